@@ -1,0 +1,162 @@
+"""Reader of the Kaggle layout: `<split>/case{N}/case{N}_day{D}/scans/slice_{ZZZZ}_{W}_{H}_{sx}_{sy}.png`.
+
+Every fact (size, spacing, slice count) is read from the files; any fault raises a DataError that
+names the file or row. The width comes FIRST in the file name: an image has `height` rows.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from src.common import CLASSES, DataError
+from src.data import rle
+
+SLICE_RE = re.compile(r"^slice_(\d{4})_(\d+)_(\d+)_(\d+(?:\.\d+)?)_(\d+(?:\.\d+)?)\.png$")
+CASE_DAY_RE = re.compile(r"^case(\d+)_day(\d+)$")
+ID_RE = re.compile(r"^(case(\d+)_day(\d+))_slice_(\d{4})$")
+INDEX_COLUMNS = ["id", "case", "day", "case_day", "slice", "width", "height", "sx", "sy", "path"]
+
+
+def slice_id(case_day: str, slice_number: int) -> str:
+    return f"{case_day}_slice_{slice_number:04d}"
+
+
+def parse_id(sid: str) -> tuple[str, int, int, int]:
+    """`case123_day20_slice_0065` -> (case_day, case, day, slice)."""
+    m = ID_RE.match(str(sid))
+    if not m:
+        raise ValueError(f"id {sid!r} is not of the form case{{N}}_day{{D}}_slice_{{ZZZZ}}")
+    return m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
+
+
+def scan_split(data_dir: str | Path, split: str = "train") -> pd.DataFrame:
+    """Index every slice PNG of a split: one row per slice, sorted by case, day, slice.
+
+    Returns an empty frame (with the columns) when the split folder is missing or empty, as
+    Kaggle's `test/` is during development. Raises DataError on a misnamed file, a case-day whose
+    slices differ in size or spacing, a duplicated or missing slice number.
+    """
+    root = Path(data_dir) / split
+    rows = []
+    if root.is_dir():
+        for path in sorted(root.glob("*/*/scans/*")):
+            case_day = path.parent.parent.name
+            cd = CASE_DAY_RE.match(case_day)
+            if not cd or path.parent.parent.parent.name != f"case{cd.group(1)}":
+                raise DataError(f"{path}: folder is not case{{N}}/case{{N}}_day{{D}}/scans")
+            m = SLICE_RE.match(path.name)
+            if not m:
+                raise DataError(f"{path}: file name is not slice_ZZZZ_W_H_sx_sy.png")
+            z, w, h, sx, sy = m.groups()
+            rows.append((slice_id(case_day, int(z)), int(cd.group(1)), int(cd.group(2)), case_day,
+                         int(z), int(w), int(h), float(sx), float(sy), str(path)))
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+    if index.empty:
+        return index
+    index = index.sort_values(["case", "day", "slice"], kind="stable").reset_index(drop=True)
+    for case_day, group in index.groupby("case_day", sort=False):
+        _check_case_day(case_day, group)
+    return index
+
+
+def _check_case_day(case_day: str, group: pd.DataFrame) -> None:
+    dup = group["slice"].duplicated()
+    if dup.any():
+        raise DataError(f"{group['path'][dup].iloc[0]}: duplicate slice number {group['slice'][dup].iloc[0]} in {case_day}")
+    numbers = group["slice"].to_numpy()
+    expected = np.arange(numbers.min(), numbers.min() + len(numbers))
+    if not np.array_equal(numbers, expected):
+        missing = sorted(set(range(numbers.min(), numbers.max() + 1)) - set(numbers.tolist()))
+        raise DataError(f"{Path(group['path'].iloc[0]).parent}: missing slice(s) {missing[:5]} in {case_day}")
+    for col in ("width", "height", "sx", "sy"):
+        if group[col].nunique() != 1:
+            raise DataError(f"{Path(group['path'].iloc[0]).parent}: slices of {case_day} differ in {col}")
+
+
+def read_slice(path: str | Path, height: int, width: int) -> np.ndarray:
+    """Load one 16-bit grayscale PNG as uint16 (height, width); DataError if unreadable, 8-bit or misshaped."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DataError(f"{path}: unreadable PNG")
+    if img.dtype != np.uint16:
+        raise DataError(f"{path}: expected a 16-bit grayscale PNG, got {img.dtype}")
+    if img.ndim != 2:
+        raise DataError(f"{path}: expected one channel, got shape {img.shape}")
+    if img.shape != (height, width):
+        raise DataError(f"{path}: image is {img.shape[0]}x{img.shape[1]} (HxW) but its name says {height}x{width}")
+    return img
+
+
+def read_labels(csv_path: str | Path) -> pd.DataFrame:
+    """Read train.csv (or a truth/submission file): columns id, class, segmentation (or predicted).
+
+    Returns columns id, class, rle with '' for empty masks. DataError for missing columns, unknown
+    classes, malformed ids, duplicate (id, class) rows, or malformed RLE (naming the CSV row).
+    """
+    csv_path = Path(csv_path)
+    try:
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{csv_path}: cannot read CSV ({str(exc).splitlines()[0]})") from None
+    rle_col = next((c for c in ("segmentation", "predicted") if c in df.columns), None)
+    if "id" not in df.columns or "class" not in df.columns or rle_col is None:
+        raise DataError(f"{csv_path}: needs columns id, class and segmentation (or predicted); has {list(df.columns)}")
+    df = df.rename(columns={rle_col: "rle"})[["id", "class", "rle"]]
+    bad_class = ~df["class"].isin(CLASSES)
+    if bad_class.any():
+        i = int(np.flatnonzero(bad_class)[0])
+        raise DataError(f"{csv_path} row {i + 2}: unknown class {df['class'].iloc[i]!r} (expected one of {', '.join(CLASSES)})")
+    bad_id = ~df["id"].str.match(ID_RE.pattern)
+    if bad_id.any():
+        i = int(np.flatnonzero(bad_id)[0])
+        raise DataError(f"{csv_path} row {i + 2}: malformed id {df['id'].iloc[i]!r}")
+    dup = df.duplicated(["id", "class"])
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise DataError(f"{csv_path} row {i + 2}: duplicate row for id {df['id'].iloc[i]} class {df['class'].iloc[i]}")
+    for i, text in enumerate(df["rle"].tolist()):
+        if text:
+            try:
+                rle.parse_runs(text)
+            except ValueError as exc:
+                raise DataError(f"{csv_path} row {i + 2}: {exc}") from None
+    return df
+
+
+def masks_for_case_day(labels: pd.DataFrame, ids: list[str], height: int, width: int,
+                       source: str = "train.csv", order: str = "C") -> np.ndarray:
+    """Decode the rows of `labels` (as from read_labels) for `ids` into a uint8 (Z, 3, H, W) volume.
+
+    `labels` must be indexed by (id, class) for speed; rows absent from it stay empty.
+    """
+    out = np.zeros((len(ids), len(CLASSES), height, width), dtype=np.uint8)
+    for z, sid in enumerate(ids):
+        for c, cls in enumerate(CLASSES):
+            text = labels.get((sid, cls), "")
+            if text:
+                try:
+                    out[z, c] = rle.decode(text, (height, width), order=order)
+                except ValueError as exc:
+                    raise DataError(f"{source}: id {sid} class {cls}: {exc}") from None
+    return out
+
+
+def check_labels_match_images(labels: pd.DataFrame, index: pd.DataFrame, csv_path: str | Path) -> None:
+    """Every id in the CSV has images and every image has its three rows; DataError naming the first culprit."""
+    label_ids = set(labels["id"])
+    image_ids = set(index["id"])
+    orphan = sorted(label_ids - image_ids)
+    if orphan:
+        raise DataError(f"{csv_path}: id {orphan[0]} has no image ({len(orphan)} such ids)")
+    unlabelled = sorted(image_ids - label_ids)
+    if unlabelled:
+        path = index.set_index("id").loc[unlabelled[0], "path"]
+        raise DataError(f"{path}: extra slice with no rows in {csv_path} ({len(unlabelled)} such slices)")
+    counts = labels.groupby("id")["class"].size()
+    short = counts[counts != len(CLASSES)]
+    if len(short):
+        raise DataError(f"{csv_path}: id {short.index[0]} has {short.iloc[0]} rows, expected {len(CLASSES)}")

@@ -1,0 +1,82 @@
+"""Cache of case-day volumes: `<cache>/<split>/<case_day>/{image.npy, mask.npy, meta.json}`.
+
+image.npy is uint16 (Z, H, W); mask.npy is uint8 (Z, 3, H, W) (train split only); both are read
+memory-mapped so a sampler slices them without decoding PNGs. meta.json is written last and marks
+the case-day complete.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from src.common import DataError, save_npy_atomic, write_json_atomic
+
+
+def default_cache_dir(data_dir: str | Path) -> Path:
+    """`cache/<dataset folder name>` under the working directory (Kaggle's input folder is read-only)."""
+    return Path("cache") / Path(data_dir).resolve().name
+
+
+@dataclass(frozen=True)
+class CaseDay:
+    """One cached case-day volume."""
+
+    case_day: str
+    ids: tuple[str, ...]
+    image: np.ndarray  # uint16 (Z, H, W), memory-mapped
+    mask: np.ndarray | None  # uint8 (Z, 3, H, W), memory-mapped; None for test
+    spacing: tuple[float, float]  # (sx, sy) in mm
+    meta: dict
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.image.shape
+
+
+def write_case_day(cache_dir: str | Path, split: str, case_day: str, image: np.ndarray,
+                   mask: np.ndarray | None, meta: dict) -> None:
+    """Write one case-day atomically (arrays first, meta.json last)."""
+    folder = Path(cache_dir) / split / case_day
+    folder.mkdir(parents=True, exist_ok=True)
+    save_npy_atomic(folder / "image.npy", np.ascontiguousarray(image, dtype=np.uint16))
+    if mask is not None:
+        save_npy_atomic(folder / "mask.npy", np.ascontiguousarray(mask, dtype=np.uint8))
+    write_json_atomic(folder / "meta.json", meta)
+
+
+def read_meta(cache_dir: str | Path, split: str, case_day: str) -> dict | None:
+    path = Path(cache_dir) / split / case_day / "meta.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+class VolumeCache:
+    """Read access to a prepared cache."""
+
+    def __init__(self, cache_dir: str | Path):
+        self.root = Path(cache_dir)
+
+    def case_days(self, split: str = "train") -> list[str]:
+        """Complete case-days of a split, in (case, day) order."""
+        folder = self.root / split
+        if not folder.is_dir():
+            return []
+        names = [p.parent.name for p in folder.glob("*/meta.json")]
+        return sorted(names, key=_case_day_key)
+
+    def load(self, case_day: str, split: str = "train") -> CaseDay:
+        folder = self.root / split / case_day
+        meta = read_meta(self.root, split, case_day)
+        if meta is None:
+            raise DataError(f"{folder}: not in the cache (run python -m src.prepare first)")
+        image = np.load(folder / "image.npy", mmap_mode="r")
+        mask_path = folder / "mask.npy"
+        mask = np.load(mask_path, mmap_mode="r") if mask_path.exists() else None
+        return CaseDay(case_day, tuple(meta["ids"]), image, mask, (meta["sx"], meta["sy"]), meta)
+
+
+def _case_day_key(case_day: str) -> tuple[int, int]:
+    case, day = case_day.removeprefix("case").split("_day")
+    return int(case), int(day)

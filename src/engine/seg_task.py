@@ -1,0 +1,99 @@
+"""Segmentation tasks for the trainer: the shared validation (whole volumes, competition metric,
+OOF probabilities) and the 2.5D task."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from src.common import save_npy_atomic
+from src.data.augment import build_augment
+from src.data.geometry import Geometry
+from src.data.samples import SliceDataset, StackSpec, volume_batches
+from src.data.volumes import CaseDay, VolumeCache
+from src.engine.config import Seg2DConfig
+from src.engine.losses import CombinedLoss
+from src.engine.trainer import Evaluation, Trainer, prepared_cache
+from src.metric import score_volumes
+from src.models.registry import create_model
+
+
+class VolumeSegmentationTask:
+    """Validation shared by 2.5D and 3D segmenters: predict (Z, 3, H, W) probabilities per case-day,
+    save them as float16 OOF, threshold and score with the competition metric."""
+
+    cfg: Seg2DConfig
+    cache: VolumeCache
+
+    def predict_volume(self, model: nn.Module, vol: CaseDay, device: torch.device) -> np.ndarray:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, case_days: list[str], device: torch.device, oof_dir: Path) -> Evaluation:
+        def pairs():
+            for cd in case_days:
+                vol = self.cache.load(cd)
+                probs = self.predict_volume(model, vol, device)
+                save_npy_atomic(oof_dir / f"{cd}.npy", probs.astype(np.float16))
+                yield cd, probs > self.cfg.threshold, np.asarray(vol.mask) > 0
+
+        result = score_volumes(pairs())
+        metrics = {"val_score": result.score, "val_dice": result.dice, "val_hausdorff": result.hausdorff}
+        return Evaluation(result.score, metrics, result.per_case_day)
+
+
+class Seg2DTask(VolumeSegmentationTask):
+    """2.5D segmentation: neighbouring slices as channels, smp decoders, optional presence head."""
+
+    def __init__(self, cfg: Seg2DConfig, cache_dir: str | Path):
+        self.cfg = cfg
+        self.cache_dir = cache_dir
+        self.cache = VolumeCache(cache_dir)
+        self.spec = StackSpec(cfg.channels, cfg.stride, cfg.anchor)
+        self.geometry = Geometry(cfg.img_size, cfg.geometry)
+        self.criterion = CombinedLoss(cfg.loss)
+        self.presence_loss = nn.BCEWithLogitsLoss()
+
+    def build_model(self) -> nn.Module:
+        return create_model(self.cfg.arch, in_channels=self.cfg.channels, classes=3, aux_head=self.cfg.aux_weight > 0)
+
+    def train_dataset(self, case_days: list[str]) -> SliceDataset:
+        return SliceDataset(self.cache_dir, case_days, self.spec, self.geometry, build_augment(self.cfg.augment),
+                            seed=self.cfg.seed, positive_only=self.cfg.positive_only, tail_drop=self.cfg.tail_drop)
+
+    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        image = batch["image"].to(device, non_blocking=True)
+        if self.cfg.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        target = batch["mask"].to(device, non_blocking=True)
+        out = model(image)
+        if self.cfg.aux_weight > 0:
+            logits, presence_logits = out
+            return self.criterion(logits, target) + self.cfg.aux_weight * self.presence_loss(
+                presence_logits.float(), batch["presence"].to(device))
+        return self.criterion(out, target)
+
+    def predict_volume(self, model: nn.Module, vol: CaseDay, device: torch.device,
+                       box=None, batch_size: int | None = None) -> np.ndarray:
+        """(Z, 3, H, W) float32 probabilities at the original resolution."""
+        depth, height, width = vol.shape
+        out = np.zeros((depth, 3, height, width), dtype=np.float32)
+        for zs, batch in volume_batches(vol, self.spec, self.geometry, batch_size or self.cfg.batch_size, box):
+            batch = batch.to(device)
+            if self.cfg.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            logits = model(batch)
+            if isinstance(logits, (tuple, list)):
+                logits = logits[0]
+            out[zs] = self.geometry.from_model(torch.sigmoid(logits.float()), height, width, box).cpu().numpy()
+        return out
+
+
+CONFIG = Seg2DConfig
+
+
+def run(cfg: Seg2DConfig, resume: bool) -> float:
+    """Train one fold of a 2.5D segmenter (the `seg2d` stage of src.train)."""
+    cache_dir, case_days = prepared_cache(cfg)
+    return Trainer(Seg2DTask(cfg, cache_dir), case_days).fit(resume=resume)

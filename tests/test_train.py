@@ -1,0 +1,145 @@
+"""2.5D training end to end on a tiny synthetic dataset: artifacts, options, resume, fold all, DDP."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from src.common import DataError
+from src.data.synthetic import generate
+from src.data.volumes import VolumeCache
+from src.engine.config import Seg2DConfig
+from src.engine.seg_task import Seg2DTask
+from src.engine.trainer import Trainer
+from src.make_folds import make_folds
+from src.metric import score_volumes
+from src.prepare import prepare
+from src.train import main
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    generate(root / "data", cases=4, seed=0, sizes=[(72, 64), (64, 64)], slices=[12, 10], workers=1)
+    make_folds(root / "data", n_folds=2, seed=0).to_csv(root / "folds.csv", index=False)
+    prepare(root / "data", root / "cache", workers=1)
+    return root
+
+
+def base_args(work, name, *extra):
+    return ["--data-dir", str(work / "data"), "--cache-dir", str(work / "cache"), "--folds-csv",
+            str(work / "folds.csv"), "--out", str(work / "runs"), "--name", name, "--arch", "unet_tiny",
+            "--img-size", "64", "--batch-size", "4", "--epochs", "1", "--workers", "0", "--device", "cpu",
+            "--lr", "3e-3", *extra]
+
+
+def config(work, name, **overrides) -> Seg2DConfig:
+    values = dict(data_dir=str(work / "data"), cache_dir=str(work / "cache"), folds_csv=str(work / "folds.csv"),
+                  out=str(work / "runs"), name=name, arch="unet_tiny", img_size=64, batch_size=4, epochs=2,
+                  workers=0, device="cpu", lr=3e-3)
+    return Seg2DConfig(**{**values, **overrides})
+
+
+def test_one_epoch_run_writes_every_artifact(work):
+    assert main(base_args(work, "basic", "--fold", "0")) == 0
+    run = work / "runs" / "basic" / "fold0"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["config"]["arch"] == "unet_tiny" and saved["seed"] == 42
+    folds = pd.read_csv(work / "folds.csv")
+    val = sorted(folds.loc[folds.fold == 0, "case_day"])
+    assert sorted(saved["val_case_days"]) == val and not set(val) & set(saved["train_case_days"])
+    cache = VolumeCache(work / "cache")
+    pairs = []
+    for cd in val:
+        oof = np.load(run / "oof" / f"{cd}.npy")
+        vol = cache.load(cd)
+        assert oof.dtype == np.float16 and oof.shape == (vol.shape[0], 3) + vol.shape[1:]
+        assert 0 <= oof.min() and oof.max() <= 1
+        pairs.append((cd, oof > 0.5, np.asarray(vol.mask) > 0))
+    log = pd.read_csv(run / "log.csv")
+    assert list(log["epoch"]) == [0] and {"train_loss", "val_score", "val_dice", "val_hausdorff", "lr"} <= set(log)
+    assert abs(score_volumes(pairs).score - log["val_score"].iloc[0]) < 1e-3  # OOF files are the scored ones
+    assert json.loads((run / "done.json").read_text())["epochs_run"] == 1
+    assert set(pd.read_csv(run / "oof_scores.csv")["case_day"]) == set(val)
+    assert torch.load(run / "best.pt", weights_only=True)["model"]
+
+
+def test_resume_ends_with_the_same_weights(work):
+    straight = config(work, "straight", augment="strong", workers=1)
+    Trainer(Seg2DTask(straight, straight.cache_dir), VolumeCache(work / "cache").case_days()).fit()
+    killed = config(work, "killed", augment="strong", workers=1)
+    Trainer(Seg2DTask(killed, killed.cache_dir), VolumeCache(work / "cache").case_days()).fit(stop_after_epoch=1)
+    assert not (work / "runs" / "killed" / "fold0" / "done.json").exists()
+    assert main(base_args(work, "killed", "--epochs", "2", "--augment", "strong", "--workers", "1", "--resume")) == 0
+    a = torch.load(work / "runs" / "straight" / "fold0" / "last.pt", weights_only=False)["model"]
+    b = torch.load(work / "runs" / "killed" / "fold0" / "last.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    logs = [pd.read_csv(work / "runs" / n / "fold0" / "log.csv") for n in ("straight", "killed")]
+    assert np.allclose(logs[0]["val_score"], logs[1]["val_score"]) and len(logs[1]) == 2
+
+
+def test_resume_refuses_a_changed_config(work):
+    main(base_args(work, "changing", "--fold", "1"))
+    with pytest.raises(DataError, match="changed: lr"):
+        main(base_args(work, "changing", "--fold", "1", "--lr", "1e-4", "--resume"))
+
+
+def test_training_options_together(work):
+    excluded = VolumeCache(work / "cache").case_days()[0]
+    cfg = config(work, "options", epochs=1, channels=5, stride=1, geometry="letterbox", loss="tversky:1,focal:0.5",
+                 aux_weight=0.3, ema=0.9, accum_steps=2, channels_last=True, schedule="poly", positive_only=True,
+                 tail_drop=2, exclude=excluded, warmup_epochs=0.5)
+    score = Trainer(Seg2DTask(cfg, cfg.cache_dir), VolumeCache(work / "cache").case_days()).fit()
+    run = work / "runs" / "options" / "fold0"
+    saved = json.loads((run / "config.json").read_text())
+    assert excluded not in saved["train_case_days"] + saved["val_case_days"]
+    best = torch.load(run / "best.pt", weights_only=True)["model"]
+    raw = torch.load(run / "last.pt", weights_only=False)["model"]
+    assert any(k.startswith("classification_head") for k in raw)  # the presence head
+    ema_weights = {k.removeprefix("module."): v for k, v in best.items() if k != "n_averaged"}
+    assert not all(torch.equal(ema_weights[k], raw[k]) for k in raw)  # best.pt holds the EMA weights
+    assert 0.0 <= score <= 1.0
+
+
+def test_fold_all_fits_everything_without_validation(work):
+    assert main(base_args(work, "full", "--fold", "all")) == 0
+    run = work / "runs" / "full" / "foldall"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["val_case_days"] == [] and len(saved["train_case_days"]) == len(VolumeCache(work / "cache").case_days())
+    assert (run / "best.pt").exists() and not (run / "oof").exists()
+
+
+def test_bad_arguments_are_one_line_errors(work):
+    cmd = [sys.executable, "-m", "src.train", *base_args(work, "bad", "--arch", "unet_r19")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --arch: unknown arch 'unet_r19'")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    with pytest.raises(DataError, match="has no fold 7"):
+        main(base_args(work, "bad", "--fold", "7"))
+    with pytest.raises(DataError, match="unknown loss"):
+        main(base_args(work, "bad", "--loss", "bce:1,iou:1"))
+
+
+def test_list_archs_prints_parameter_counts():
+    proc = subprocess.run([sys.executable, "-m", "src.train", "--list-archs", "--stage", "seg2d"],
+                          capture_output=True, text=True, check=True)
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("unet_tiny "))
+    assert row.split()[2].endswith("M") and float(row.split()[2][:-1]) > 0.5
+
+
+def test_ddp_two_cpu_processes_match_one_process(work):
+    single = config(work, "single", epochs=1, augment="none", batch_size=4)
+    score_single = Trainer(Seg2DTask(single, single.cache_dir), VolumeCache(work / "cache").case_days()).fit()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "src.train", *base_args(work, "ddp", "--augment", "none")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = work / "runs" / "ddp" / "fold0"
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    score_ddp = pd.read_csv(run / "log.csv")["val_score"].iloc[0]
+    assert abs(score_ddp - score_single) < 0.1  # same global batches; only BatchNorm statistics differ
