@@ -42,9 +42,9 @@ def test_geometry_round_trip_non_square(mode):
     geo = Geometry(64, mode)
     mask = np.zeros((62, 72), np.float32)
     mask[20:40, 10:50] = 1
-    model_in = geo.to_model(mask[..., None])
-    assert model_in.shape == (64, 64, 1)
-    back = geo.from_model(torch.from_numpy(model_in.transpose(2, 0, 1))[None], 62, 72)[0, 0].numpy()
+    model_in = geo.to_model(mask[None])
+    assert model_in.shape == (1, 64, 64) and geo.to_model(mask).shape == (64, 64)
+    back = geo.from_model(torch.from_numpy(model_in)[None], 62, 72)[0, 0].numpy()
     assert back.shape == (62, 72)
     assert ((back > 0.5) == (mask > 0.5)).mean() > 0.97
 

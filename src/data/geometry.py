@@ -35,19 +35,17 @@ class Geometry:
         return (self.size - nh) // 2, (self.size - nw) // 2, nh, nw
 
     def to_model(self, array: np.ndarray, box: Box | None = None, nearest: bool = False) -> np.ndarray:
-        """(H, W[, C]) -> (size, size[, C]); `nearest` for masks."""
+        """(H, W) or channel-first (C, H, W) -> (size, size) or (C, size, size); `nearest` for masks."""
+        if array.ndim == 2:
+            return self.to_model(array[None], box, nearest)[0]
         if box is not None:
-            array = array[box[0]:box[1], box[2]:box[3]]
-        h, w = array.shape[:2]
+            array = array[:, box[0]:box[1], box[2]:box[3]]
+        h, w = array.shape[1:]
         top, left, nh, nw = self.placement(h, w)
         interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-        resized = cv2.resize(np.ascontiguousarray(array), (nw, nh), interpolation=interp)
-        if resized.ndim < array.ndim:  # cv2 drops a channel axis of size 1
-            resized = resized[..., None]
-        if (nh, nw) == (self.size, self.size):
-            return resized
-        out = np.zeros((self.size, self.size) + array.shape[2:], dtype=array.dtype)
-        out[top:top + nh, left:left + nw] = resized
+        out = np.zeros((array.shape[0], self.size, self.size), dtype=array.dtype)
+        for c, plane in enumerate(array):  # plane by plane: no channel-last copies, any channel count
+            out[c, top:top + nh, left:left + nw] = cv2.resize(np.ascontiguousarray(plane), (nw, nh), interpolation=interp)
         return out
 
     def from_model(self, probs: torch.Tensor, height: int, width: int, box: Box | None = None) -> torch.Tensor:

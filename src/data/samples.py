@@ -100,15 +100,14 @@ class SliceDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         i, z = self.items[index]
         vol, window = self.volume(i)
-        stack = normalise(vol.image[self.spec.indices(z, vol.shape[0])], window).transpose(1, 2, 0)
-        image = self.geometry.to_model(stack)
-        mask = self.geometry.to_model(np.asarray(vol.mask[z]).transpose(1, 2, 0), nearest=True)
-        if self.augment is not None:
+        image = normalise(self.geometry.to_model(vol.image[self.spec.indices(z, vol.shape[0])]), window)
+        mask = self.geometry.to_model(vol.mask[z], nearest=True)
+        if self.augment is not None:  # albumentations works channel-last
             self.augment.set_random_seed(sample_seed(self.seed, self.epoch, index))
-            out = self.augment(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        mask_t = torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1))).float()
-        return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            out = self.augment(image=image.transpose(1, 2, 0), mask=mask.transpose(1, 2, 0))
+            image, mask = out["image"].transpose(2, 0, 1), out["mask"].transpose(2, 0, 1)
+        mask_t = torch.from_numpy(np.ascontiguousarray(mask)).float()
+        return {"image": torch.from_numpy(np.ascontiguousarray(image)),
                 "mask": mask_t, "presence": (mask_t.flatten(1).amax(1) > 0).float(),
                 "index": torch.tensor(index)}
 
@@ -121,6 +120,5 @@ def volume_batches(vol: CaseDay, spec: StackSpec, geometry: Geometry, batch_size
     depth = vol.shape[0]
     for start in range(0, depth, batch_size):
         zs = np.arange(start, min(depth, start + batch_size))
-        batch = [geometry.to_model(normalise(vol.image[spec.indices(z, depth)], window).transpose(1, 2, 0), box)
-                 for z in zs]
-        yield zs, torch.from_numpy(np.stack(batch).transpose(0, 3, 1, 2).copy())
+        batch = [normalise(geometry.to_model(vol.image[spec.indices(z, depth)], box), window) for z in zs]
+        yield zs, torch.from_numpy(np.stack(batch))

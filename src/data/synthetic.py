@@ -33,15 +33,18 @@ from src.data import rle
 from src.data.layout import slice_id
 
 REAL_SIZES = ((266, 266, 1.50), (360, 310, 1.50), (234, 234, 1.50), (276, 276, 1.63))  # W, H, spacing
+REAL_SIZE_WEIGHTS = (0.5, 0.3, 0.1, 0.1)  # after each size has had one case
 REAL_SLICES = (144, 80)  # the first is the majority
 DEFAULT_SPACING = 1.50
 MAX_CASE_ID = 150
-PNG_PARAMS = (cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
-              cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP)  # 2x faster than the default, files as small
 MAX_DAY = 40
 DAY_WEIGHTS = (0.15, 0.2, 0.3, 0.2, 0.15)  # probability of 1..5 days
+PNG_PARAMS = (cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
+              cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP)  # 2x faster than the default, files as small
+INLINE_VOXELS = 20_000_000  # smaller datasets are rendered in-process: starting workers costs more
 SLICE_MM = 3.0  # slice thickness of a 144-slice scan of an average body
 BODY_MM = 150.0  # average half-width of the body
+ANATOMY_MM = 250.0  # average height of anatomical t in [0, 1] (pelvis to the top of the stomach)
 
 # Organ centre lines as control points (u, v, t): u = image right / body half-width, v = image down
 # (posterior) / body half-height, t = anatomical height (0 pelvis .. 1 top of the stomach); and the
@@ -84,7 +87,7 @@ class CaseDaySpec:
     split: str
     case: int
     day: int
-    day_index: int  # 0 for the case's first rendered day; drives the size of the perturbation
+    day_index: int  # 0: the case's reference day (anatomy and intensity scale as drawn); others are perturbed
     width: int
     height: int
     spacing: float
@@ -154,7 +157,7 @@ def _spline(points: np.ndarray, radii: np.ndarray, n: int) -> tuple[np.ndarray, 
 def _small_bowel_walk(rng: np.random.Generator, aspect: float) -> np.ndarray:
     """A long, persistent random walk kept inside the small-bowel region; (N, 3) in (u, v, t)."""
     centre, radii = (np.asarray(x) for x in SMALL_BOWEL_REGION)
-    scale = np.array([BODY_MM, BODY_MM * aspect, 260.0])  # mm per unit of u, v, t
+    scale = np.array([BODY_MM, BODY_MM * aspect, ANATOMY_MM])  # mm per unit of u, v, t
     step = SMALL_BOWEL_R * BODY_MM / 2.5
     n = int(SMALL_BOWEL_MM / step)
     p = centre + rng.uniform(-0.5, 0.5, 3) * radii
@@ -164,7 +167,7 @@ def _small_bowel_walk(rng: np.random.Generator, aspect: float) -> np.ndarray:
         rel = (p - centre) / radii
         rho = np.linalg.norm(rel)
         d = d / np.linalg.norm(d) + 0.45 * rng.standard_normal(3)
-        if rho > 0.8:
+        if rho > 0.8:  # steer back inward, along the normal of the region's ellipsoid
             d -= 3.0 * (rho - 0.8) * rel / rho / radii * radii.mean()
         d /= np.linalg.norm(d)
         p = p + d * step / scale
@@ -235,7 +238,7 @@ def _frame(spec: CaseDaySpec, anatomy: Anatomy, seed: int) -> _Frame:
     off += day_rng.normal(0, 0.02 * a, 2)
     cx = fov_w / 2 + float(np.clip(off[0], -(0.49 * fov_w - a), 0.49 * fov_w - a))
     cy = fov_h / 2 + float(np.clip(off[1], -(0.49 * fov_h - b), 0.49 * fov_h - b))
-    span = case_rng.uniform(0.5, 0.62)
+    span = case_rng.uniform(0.46, 0.58)
     t0 = case_rng.uniform(0.14, 0.86 - span) + day_rng.normal(0, 0.015)
     dz = SLICE_MM * (a / BODY_MM) * REAL_SLICES[0] / spec.slices
     return _Frame(cx, cy, a, b, dz, t0, span)
@@ -390,8 +393,8 @@ def render(spec: CaseDaySpec, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _case_scale(seed: int, case: int) -> float:
-    """Intensity of a case: a relative value of 1.0 maps to between ~1,000 and ~28,000."""
-    return math.exp(np.random.default_rng([seed, case, 16]).uniform(math.log(1000), math.log(28000)))
+    """Intensity of a case: relative 1.0 maps to 700..20,000, so that the brightest voxel is ~1,000..~30,000."""
+    return math.exp(np.random.default_rng([seed, case, 16]).uniform(math.log(700), math.log(20000)))
 
 
 # ----------------------------------------------------------------------------- label faults
@@ -422,9 +425,10 @@ def spoil(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _layouts(rng: np.random.Generator, n: int, sizes: list[tuple[int, int, float]],
              slices: list[int]) -> list[tuple[tuple[int, int, float], int]]:
     """Image size and slice count of `n` cases: every size and every minority slice count at least once."""
+    weights = REAL_SIZE_WEIGHTS if tuple(sizes) == REAL_SIZES else None
     out: list = [None] * n
     for rank, i in enumerate(rng.permutation(n)):
-        size = sizes[rank] if rank < len(sizes) else sizes[rng.integers(len(sizes))]
+        size = sizes[rank] if rank < len(sizes) else sizes[rng.choice(len(sizes), p=weights)]
         if rank < len(slices) - 1:
             count = slices[rank + 1]
         else:
@@ -524,7 +528,7 @@ def _single_thread_cv2() -> None:
 def _write_all(specs: list[CaseDaySpec], seed: int, root: Path, workers: int) -> list[list[tuple[str, str, str]]]:
     """Write every case-day (in worker processes if asked); results in the order of `specs`."""
     jobs = [(spec, seed, str(root)) for spec in specs]
-    if workers <= 1 or len(jobs) <= 1:
+    if workers <= 1 or sum(s.slices * s.height * s.width for s in specs) < INLINE_VOXELS:
         return [_write_job(job) for job in jobs]
     with ProcessPoolExecutor(min(workers, len(jobs)), initializer=_single_thread_cv2) as pool:
         return list(pool.map(_write_job, jobs))
@@ -556,16 +560,18 @@ def parse_case_day(text: str) -> tuple[int, int]:
 
 
 def _sizes(sizes) -> list[tuple[int, int, float]]:
-    """(W, H) pairs -> (W, H, spacing): the real spacing for a real size, else 1.50 mm."""
+    """(W, H) pairs -> (W, H, spacing): the real spacing for a real size, else 1.50 mm; (W, H, spacing) kept."""
     if sizes is None:
         return list(REAL_SIZES)
     known = {(w, h): sp for w, h, sp in REAL_SIZES}
     out = []
     for size in sizes:
-        w, h = (int(x) for x in size[:2])
+        if len(size) not in (2, 3):
+            raise DataError(f"image size {size!r}: expected (width, height) or (width, height, spacing)")
+        w, h = int(size[0]), int(size[1])
         if min(w, h) < 32:
             raise DataError(f"image size {w}x{h} is too small (at least 32x32)")
-        out.append((w, h, known.get((w, h), DEFAULT_SPACING)))
+        out.append((w, h, float(size[2]) if len(size) == 3 else known.get((w, h), DEFAULT_SPACING)))
     if not out:
         raise DataError("no image sizes given")
     return out
@@ -612,6 +618,7 @@ def generate(out_dir: str | Path, cases: int = 12, seed: int = 0, test_cases: in
         if test_rows:
             with atomic_path(truth, suffix=".csv") as tmp_truth:
                 _write_csv(tmp_truth, test_rows, ["id", "class", "segmentation"])
+        tmp.chmod(0o755)  # mkdtemp made it private
         _install(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

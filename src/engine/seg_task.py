@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from src.common import save_npy_atomic
+from src.common import DataError, save_npy_atomic
 from src.data.augment import build_augment
 from src.data.geometry import Geometry
 from src.data.samples import SliceDataset, StackSpec, volume_batches
@@ -50,16 +50,20 @@ class Seg2DTask(VolumeSegmentationTask):
         self.cfg = cfg
         self.cache_dir = cache_dir
         self.cache = VolumeCache(cache_dir)
-        self.spec = StackSpec(cfg.channels, cfg.stride, cfg.anchor)
-        self.geometry = Geometry(cfg.img_size, cfg.geometry)
-        self.criterion = CombinedLoss(cfg.loss)
+        try:
+            self.spec = StackSpec(cfg.channels, cfg.stride, cfg.anchor)
+            self.geometry = Geometry(cfg.img_size, cfg.geometry)
+            self.criterion = CombinedLoss(cfg.loss)
+            self.augment = build_augment(cfg.augment)
+        except ValueError as exc:  # a bad option value: report it as one line
+            raise DataError(f"config: {exc}") from None
         self.presence_loss = nn.BCEWithLogitsLoss()
 
     def build_model(self) -> nn.Module:
         return create_model(self.cfg.arch, in_channels=self.cfg.channels, classes=3, aux_head=self.cfg.aux_weight > 0)
 
     def train_dataset(self, case_days: list[str]) -> SliceDataset:
-        return SliceDataset(self.cache_dir, case_days, self.spec, self.geometry, build_augment(self.cfg.augment),
+        return SliceDataset(self.cache_dir, case_days, self.spec, self.geometry, self.augment,
                             seed=self.cfg.seed, positive_only=self.cfg.positive_only, tail_drop=self.cfg.tail_drop)
 
     def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
