@@ -142,6 +142,8 @@ def test_days_grouped_by_case_with_shared_anatomy(tmp_path):
                 dice = 2 * inter / (footprints[a].sum() + footprints[b].sum())
                 (same if a.split("_")[0] == b.split("_")[0] else other).append(dice)
     assert same and np.mean(same) > np.mean(other) + 0.05
+    peaks = [int(image.max()) for image, _ in vols.values()]
+    assert max(peaks) > 4 * min(peaks)  # intensity scale varies widely between cases
 
 
 # ---- test split ---------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ class TrainConfig:
     name: str = ""  # run name; default: the arch
     exclude: str = ""  # comma-separated case-days left out of training and validation
     epochs: int = 10
+    samples_per_epoch: int = 0  # a fresh random subset of this many samples each epoch; 0 = all
     batch_size: int = 16
     accum_steps: int = 1
     lr: float = 1e-3

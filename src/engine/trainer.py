@@ -148,6 +148,9 @@ def _epoch_order(cfg: TrainConfig, n: int, epoch: int, dist_info: DistInfo) -> l
     equal parts to the ranks, so N processes see exactly the batches one process would see.
     """
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 10_007 + epoch)).tolist()
+    if cfg.samples_per_epoch:
+        perm = perm[:cfg.samples_per_epoch]
+        n = len(perm)
     if dist_info.world == 1:
         return perm
     share = cfg.batch_size // dist_info.world
