@@ -148,14 +148,14 @@ def hausdorff_3d(pred: np.ndarray, truth: np.ndarray) -> float:
     return max(_directed(p, t, offset, pred.shape), _directed(t, p, offset, pred.shape)) / math.sqrt(3)
 
 
-def _check_protocol(protocol: str) -> None:
+def check_protocol(protocol: str) -> None:
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
 
 
 def score_case_day(pred: np.ndarray, truth: np.ndarray, protocol: str = "kaggle") -> CaseDayScore:
     """Score one case-day of (Z, 3, H, W) masks: Dice rows and the Hausdorff of the class-OR volumes."""
-    _check_protocol(protocol)
+    check_protocol(protocol)
     pred, truth = _pair(pred, truth, 4)
     pred3, truth3 = pred.any(axis=1), truth.any(axis=1)
     oversize = np.count_nonzero(pred3) > MLEBENCH_OVERSIZE * np.count_nonzero(truth3)
@@ -172,7 +172,7 @@ def _nanmean(values: np.ndarray, if_empty: float) -> float:
 def score_volumes(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], protocol: str = "kaggle") -> MetricResult:
     """Score (case_day, pred, truth) volumes: Dice is the nanmean over ALL rows of all case-days,
     Hausdorff the nanmean over case-days; an all-NaN term counts as Dice 1.0 / Hausdorff 0.0."""
-    _check_protocol(protocol)
+    check_protocol(protocol)
     rows, dice_all = [], []
     for case_day, pred, truth in pairs:
         result = score_case_day(pred, truth, protocol)

@@ -21,8 +21,8 @@ def build_augment(preset: str) -> A.Compose | None:
         return None
     ops = [
         A.HorizontalFlip(p=0.5),
-        A.ShiftScaleRotate(shift_limit=0.0625, scale_limit=0.1, rotate_limit=15,
-                           border_mode=cv2.BORDER_CONSTANT, p=0.5),
+        A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-15, 15),
+                 border_mode=cv2.BORDER_CONSTANT, p=0.5),
         A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
     ]
     if preset == "strong":
