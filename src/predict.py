@@ -300,18 +300,20 @@ def apply_gate(probs: np.ndarray, present: np.ndarray) -> np.ndarray:
     return probs
 
 
-def _presence(probs: np.ndarray, case_day: str, gate_probs: dict | None, gate_threshold: float,
-              gate_rule: tuple[int, float] | None) -> np.ndarray:
+def gate_presence(probs: np.ndarray, cls_probs: np.ndarray | None = None, threshold: float = 0.5,
+                  rule: tuple[int, float] | None = None) -> np.ndarray:
+    """(Z, 3) bool kept by the gate: classifier presence >= threshold, and/or the pixel rule
+    (more than N pixels of `probs` above p)."""
     from src.postprocess import pixel_gate
 
     present = np.ones(probs.shape[:2], dtype=bool)
-    if gate_probs is not None:
-        cls_probs = np.asarray(gate_probs[case_day])
+    if cls_probs is not None:
+        cls_probs = np.asarray(cls_probs)
         if cls_probs.shape != probs.shape[:2]:
-            raise DataError(f"gate for {case_day}: presence of shape {cls_probs.shape}, expected {probs.shape[:2]}")
-        present &= cls_probs >= gate_threshold
-    if gate_rule is not None:
-        pixels, prob = gate_rule
+            raise DataError(f"gate: presence of shape {cls_probs.shape}, expected {probs.shape[:2]}")
+        present &= cls_probs >= threshold
+    if rule is not None:
+        pixels, prob = rule
         present &= pixel_gate(probs, [pixels] * probs.shape[1], [prob] * probs.shape[1])
     return present
 
@@ -372,7 +374,8 @@ def predict_run(run_dir: str | Path, split: str = "oof", folds: str | list[str] 
             write_json_atomic(out_dir / f"{cd}.json", pred)
             continue
         if pred.ndim == 4 and (gate_probs is not None or rule is not None):
-            pred = apply_gate(np.array(pred, dtype=np.float32), _presence(pred, cd, gate_probs, gate_threshold, rule))
+            cls_probs = None if gate_probs is None else gate_probs[cd]
+            pred = apply_gate(np.array(pred, dtype=np.float32), gate_presence(pred, cls_probs, gate_threshold, rule))
         save_npy_atomic(out_dir / f"{cd}.npy", np.asarray(pred, dtype=np.float16))
     write_json_atomic(out_dir / MANIFEST, {
         "run": str(run_dir), "split": split, "stage": predictor.stage, "folds": predictor.fold_names,

@@ -1,0 +1,119 @@
+"""Figures of the run report: each function draws one matplotlib figure (Agg canvas) into a PNG.
+
+Figures are built on `matplotlib.figure.Figure` with an Agg canvas, not through pyplot, so no global
+backend or figure registry is touched.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from src.common import CLASSES
+from src.metric import DICE_WEIGHT, HAUSDORFF_WEIGHT
+
+CLASS_COLOURS = dict(zip(CLASSES, ("#ff3b30", "#34c759", "#0a84ff")))  # legible on a grey MRI slice
+DPI = 100
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.savefig(path, format="png")
+
+
+def training_curves(logs: dict[str, pd.DataFrame], path: Path) -> None:
+    """train_loss and every val_* column per epoch, one line per fold."""
+    columns = ["train_loss"] + sorted({c for log in logs.values() for c in log.columns if c.startswith("val_")})
+    ncols = min(len(columns), 4)
+    nrows = math.ceil(len(columns) / ncols)
+    fig = _figure(3.6 * ncols, 2.8 * nrows)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, column in zip(axes, columns):
+        for fold, log in logs.items():
+            if column in log:
+                epochs = log["epoch"] + 1 if "epoch" in log else np.arange(1, len(log) + 1)
+                ax.plot(epochs, log[column], marker="o", markersize=3, label=f"fold {fold}")
+        ax.set(title=column, xlabel="epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    for ax in axes[len(columns):]:
+        ax.set_axis_off()
+    _save(fig, path)
+
+
+def case_day_scores(table: pd.DataFrame, path: Path) -> None:
+    """Stacked horizontal bars per case-day (table order, top first): the Dice and Hausdorff parts."""
+    dice_part = DICE_WEIGHT * table["dice"].fillna(1.0)
+    hausdorff_part = HAUSDORFF_WEIGHT * (1.0 - table["hausdorff"].fillna(0.0))
+    fig = _figure(8, 1.2 + 0.22 * len(table))
+    ax = fig.subplots()
+    y = np.arange(len(table))
+    ax.barh(y, dice_part, color="#4c72b0", label=f"{DICE_WEIGHT} x Dice")
+    ax.barh(y, hausdorff_part, left=dice_part, color="#dd8452", label=f"{HAUSDORFF_WEIGHT} x (1 - Hausdorff)")
+    ax.set_yticks(y, table["case_day"], fontsize="small")
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1), xlabel="score per case-day")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    _save(fig, path)
+
+
+def class_dice(values: pd.Series, path: Path) -> None:
+    """One bar per class: the mean Dice over its scored rows."""
+    fig = _figure(5, 3)
+    ax = fig.subplots()
+    bars = ax.bar(values.index, values.fillna(0.0), color=[CLASS_COLOURS.get(c, "grey") for c in values.index])
+    ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize="small")
+    ax.set(ylim=(0, 1.1), ylabel="Dice (nanmean over rows)")
+    _save(fig, path)
+
+
+def _legend_handles() -> list:
+    classes = [Patch(color=colour, label=name) for name, colour in CLASS_COLOURS.items()]
+    return classes + [Line2D([], [], color="white", linestyle="-", label="truth"),
+                      Line2D([], [], color="white", linestyle="--", label="prediction")]
+
+
+def overlays(title: str, panels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], path: Path) -> None:
+    """One panel per (z, image (H, W) in [0, 1], truth (3, H, W), pred (3, H, W)): contours per class,
+    truth solid, prediction dashed."""
+    fig = _figure(3.4 * len(panels), 3.8)
+    fig.set_facecolor("#222222")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
+    for ax, (z, image, truth, pred) in zip(axes, panels):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        for c, colour in enumerate(CLASS_COLOURS.values()):
+            for mask, style in ((truth[c], "solid"), (pred[c], "dashed")):
+                if mask.any():
+                    ax.contour(mask.astype(np.uint8), levels=[0.5], colors=[colour], linestyles=style, linewidths=1.2)
+        ax.set_title(f"slice index {z}", color="white", fontsize="small")
+        ax.set_axis_off()
+    fig.suptitle(title, color="white")
+    legend = fig.legend(handles=_legend_handles(), loc="outside lower center", ncols=5, fontsize="small",
+                        facecolor="#222222", edgecolor="#555555")
+    for text in legend.get_texts():
+        text.set_color("white")
+    _save(fig, path)
+
+
+def precision_recall(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path) -> None:
+    """Precision-recall step curve per class from {class: (precision, recall, average precision)}."""
+    fig = _figure(5, 4)
+    ax = fig.subplots()
+    for name, (precision, recall, ap) in curves.items():
+        ax.step(recall, precision, where="post", color=CLASS_COLOURS.get(name), label=f"{name} (AP {ap:.3f})")
+    ax.set(xlim=(0, 1.02), ylim=(0, 1.05), xlabel="recall", ylabel="precision")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize="small")
+    _save(fig, path)
