@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from src.common import CLASSES
 from src.metric import DICE_WEIGHT, HAUSDORFF_WEIGHT
@@ -39,12 +40,14 @@ def training_curves(logs: dict[str, pd.DataFrame], path: Path) -> None:
     nrows = math.ceil(len(columns) / ncols)
     fig = _figure(3.6 * ncols, 2.8 * nrows)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    epochs = {fold: log["epoch"] + 1 if "epoch" in log else np.arange(1, len(log) + 1) for fold, log in logs.items()}
+    last = max(max(e, default=1) for e in epochs.values())
     for ax, column in zip(axes, columns):
         for fold, log in logs.items():
             if column in log:
-                epochs = log["epoch"] + 1 if "epoch" in log else np.arange(1, len(log) + 1)
-                ax.plot(epochs, log[column], marker="o", markersize=3, label=f"fold {fold}")
-        ax.set(title=column, xlabel="epoch")
+                ax.plot(epochs[fold], log[column], marker="o", markersize=3, label=f"fold {fold}")
+        ax.set(title=column, xlabel="epoch", xlim=(0.5, last + 0.5))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
     for ax in axes[len(columns):]:
@@ -65,7 +68,7 @@ def case_day_scores(table: pd.DataFrame, path: Path) -> None:
     ax.invert_yaxis()
     ax.set(xlim=(0, 1), xlabel="score per case-day")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    fig.legend(loc="outside upper center", ncols=2, fontsize="small")
     _save(fig, path)
 
 
@@ -106,14 +109,3 @@ def overlays(title: str, panels: list[tuple[int, np.ndarray, np.ndarray, np.ndar
         text.set_color("white")
     _save(fig, path)
 
-
-def precision_recall(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path) -> None:
-    """Precision-recall step curve per class from {class: (precision, recall, average precision)}."""
-    fig = _figure(5, 4)
-    ax = fig.subplots()
-    for name, (precision, recall, ap) in curves.items():
-        ax.step(recall, precision, where="post", color=CLASS_COLOURS.get(name), label=f"{name} (AP {ap:.3f})")
-    ax.set(xlim=(0, 1.02), ylim=(0, 1.05), xlabel="recall", ylabel="precision")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize="small")
-    _save(fig, path)
