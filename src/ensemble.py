@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -110,12 +111,15 @@ def load_cases(runs: list[dict], cache_dir: Path, gate: str | None = None, crop:
     if not ordered:
         raise DataError(f"no case-day has out-of-fold predictions in every run and in the cache {cache_dir}")
     skipped = len(set().union(*map(set, files.values()))) - len(ordered)
-    log(f"ensemble: {len(ordered)} OOF case-days" + (f" ({skipped} without every prediction left out)" if skipped else ""))
+    left_out = f" ({skipped} without every prediction left out)" if skipped else ""
+    log(f"ensemble: {len(ordered)} OOF case-days{left_out}")
     cases = []
     for cd in ordered:
         truth = np.asarray(cache.load(cd).mask) > 0
         probs = {name: _check_probs(load_prediction(f[cd]), truth.shape, f[cd]) for name, f in files.items()}
-        gate_probs = _check_probs(load_prediction(extra["gate"][cd]), truth.shape[:2], extra["gate"][cd]) if gate else None
+        gate_probs = None
+        if gate:
+            gate_probs = _check_probs(load_prediction(extra["gate"][cd]), truth.shape[:2], extra["gate"][cd])
         box = load_prediction(extra["crop"][cd])["box"] if crop else None
         cases.append(make_case(cd, folds[cd], probs, truth, gate_probs, box))
     return cases
@@ -139,7 +143,8 @@ def _auxiliary(path: str | None) -> dict | None:
 
 def tune(runs: list[str | Path], gate: str | Path | None = None, crop: str | Path | None = None,
          out: str | Path = "ensemble.json", holdout_folds: list[int] | None = None,
-         cache_dir: str | Path | None = None, passes: int = 2, log: Callable[[str], None] = print) -> dict:
+         cache_dir: str | Path | None = None, passes: int = 2, min_gain: float = 0.0, workers: int = 1,
+         log: Callable[[str], None] = print) -> dict:
     """Tune the ensemble of `runs` on their OOF predictions, write `out`, return its record."""
     if not runs:
         raise DataError("--runs: name at least one run")
@@ -147,16 +152,16 @@ def tune(runs: list[str | Path], gate: str | Path | None = None, crop: str | Pat
     cache_dir = Path(cache_dir) if cache_dir else resolve_cache_dir(next(iter(run_folds(runs[0]).values())), None, None)
     cases = load_cases(members, cache_dir, str(gate) if gate else None, str(crop) if crop else None, log)
     groups = {m["name"]: m["group"] for m in members}
-    evaluator = Evaluator(cases)
+    evaluator = Evaluator(cases, workers)
     space = SearchSpace.for_cases(cases, groups)
     plain = EnsembleParams.plain_mean(groups)
     scores = {"models": {n: summary(evaluator.score(single_model(plain, n))) for n in groups},
               "plain_mean": summary(evaluator.score(plain))}
     log("search on every OOF case-day:")
-    found = coordinate_descent(evaluator, space, passes=passes, log=log)
+    found = coordinate_descent(evaluator, space, passes=passes, min_gain=min_gain, log=log)
     scores["tuned_in_sample"] = summary(found.result)
     folds = sorted({c.fold for c in cases}) if holdout_folds is None else holdout_folds
-    crossed = cross_tune(evaluator, space, folds, passes=passes, log=log)
+    crossed = cross_tune(evaluator, space, folds, passes=passes, min_gain=min_gain, log=log)
     if crossed is not None:
         scores["tuned_held_out"] = summary(crossed.result)
         scores["held_out_by_fold"] = {str(f): round(s, 6) for f, s in crossed.by_fold.items()}
@@ -164,7 +169,7 @@ def tune(runs: list[str | Path], gate: str | Path | None = None, crop: str | Pat
     record = {"version": VERSION, "runs": members, "gate": _auxiliary(gate), "crop": _auxiliary(crop),
               "params": found.params.to_dict(), "scores": scores,
               "oof": {"case_days": len(cases), "folds": sorted({c.fold for c in cases}), "cache_dir": str(cache_dir)},
-              "search": {"passes": found.passes, "evaluations": evaluator.evaluations,
+              "search": {"passes": found.passes, "min_gain": min_gain, "evaluations": evaluator.evaluations,
                          "held_out_folds": sorted(crossed.by_fold) if crossed else []}}
     write_json_atomic(out, record)
     log(score_table(record))
@@ -183,7 +188,8 @@ def score_table(record: dict) -> str:
         rows.append((f"tuned ensemble, held-out ({len(scores['held_out_by_fold'])} folds)", scores["tuned_held_out"]))
     width = max(len(r[0]) for r in rows) + 2
     fmt = lambda v: "   nan" if v is None else f"{v:.4f}"  # noqa: E731
-    lines = [f"{'OOF (' + str(record['oof']['case_days']) + ' case-days)':<{width}}{'score':>8}{'dice':>8}{'hausdorff':>11}"]
+    title = f"OOF ({record['oof']['case_days']} case-days)"
+    lines = [f"{title:<{width}}{'score':>8}{'dice':>8}{'hausdorff':>11}"]
     lines += [f"{label:<{width}}{fmt(s['score']):>8}{fmt(s['dice']):>8}{fmt(s['hausdorff']):>11}" for label, s in rows]
     if "gap" in scores:
         lines.append(f"{'gap in-sample - held-out':<{width}}{scores['gap']:>8.4f}")
@@ -214,12 +220,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folds held out one at a time for the held-out estimate (default: all; 'none' skips)")
     t.add_argument("--cache-dir", type=Path, default=None, help="cache with the truth (default: the first run's)")
     t.add_argument("--passes", type=int, default=2, help="coordinate-descent passes at most (default 2)")
+    t.add_argument("--min-gain", type=float, default=0.0,
+                   help="keep a change only if it raises the OOF score by more than this (default 0)")
+    t.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="threads scoring case-days in parallel (default: CPU count, at most 8)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    tune(args.runs, args.gate, args.crop, args.out, _fold_list(args.holdout_folds), args.cache_dir, args.passes)
+    tune(args.runs, args.gate, args.crop, args.out, _fold_list(args.holdout_folds), args.cache_dir, args.passes,
+         args.min_gain, args.workers)
     return 0
 
 

@@ -4,12 +4,14 @@ Memory and speed: every case-day is cut once to its region of interest, the boun
 voxels where some model's probability exceeds the lowest threshold any candidate can use (or the
 truth is set). No candidate can mark a voxel outside it (a blend never exceeds its largest input,
 and every post-processing step only removes), so scoring the region pasted back into the full
-volume is exact. The blended probabilities of the current weights are kept per case-day, so
-threshold, gate and clean-up candidates only re-run post-processing and the metric.
+volume is exact. The blend of the current weights is kept per case-day (float16, as apply_ensemble
+makes it), so threshold, gate and clean-up candidates only re-run post-processing and the metric,
+and the metric only for case-days whose masks changed.
 
-Search: coordinate descent over small candidate grids, in this order: per-model per-class weights,
-per-class 2.5D/3D fusion, per-class thresholds, per-class gate (classifier threshold, or the
-pixel-count rule), per-class minimum component size, per-class z clean-up, detector crop on/off.
+Search: coordinate descent over small candidate grids, in the order post-processing applies them:
+per-model per-class weights, per-class 2.5D/3D fusion, per-class thresholds, per-class gate
+(classifier threshold, or the pixel-count rule), detector crop on/off, per-class minimum component
+size, per-class z clean-up.
 Each coordinate tries all its values with the others fixed and keeps a value only if it raises
 the score; passes repeat until one changes nothing (or `passes` is reached). The start is the
 plain mean (so the result is never below it on the tuning data).
@@ -17,13 +19,17 @@ plain mean (so the result is never below it on the tuning data).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
+import pandas as pd
 
-from src.metric import MetricResult, score_volumes
+from src.metric import DICE_WEIGHT, HAUSDORFF_WEIGHT, CaseDayScore, MetricResult, score_case_day
 from src.postprocess import N_CLASSES, EnsembleParams, blend, postprocess
 
 WEIGHTS = (0.0, 0.5, 1.0, 2.0)  # per model and class, relative inside its group
@@ -86,26 +92,69 @@ def make_case(case_day: str, fold: int, probs: dict[str, np.ndarray], truth: np.
                    cut(truth).astype(bool), None if gate is None else np.asarray(gate)[z], local_box)
 
 
-class Evaluator:
-    """Scores ensemble parameters on OOF cases with the competition metric; keeps the last blend."""
+def combine(items: list[tuple[str, CaseDayScore]]) -> MetricResult:
+    """src.metric.score_volumes' aggregation of per-case-day scores: Dice is the nanmean over every
+    row, Hausdorff over case-days, an all-NaN term counting as Dice 1 / Hausdorff 0 (tests check that
+    combine(score_case_day(...)) equals score_volumes)."""
+    if not items:
+        raise ValueError("no case-days to score")
+    rows = []
+    for case_day, s in items:
+        scored = int(np.count_nonzero(~np.isnan(s.dice)))
+        rows.append((case_day, float(np.nanmean(s.dice)) if scored else math.nan, s.hausdorff, scored))
+    table = pd.DataFrame(rows, columns=["case_day", "dice", "hausdorff", "n_rows_scored"])
+    dice_all = np.concatenate([s.dice.ravel() for _, s in items])
+    dice = float(np.nanmean(dice_all)) if (~np.isnan(dice_all)).any() else 1.0
+    hausdorff = float(table["hausdorff"].mean()) if table["hausdorff"].notna().any() else 0.0
+    return MetricResult(DICE_WEIGHT * dice + HAUSDORFF_WEIGHT * (1.0 - hausdorff), dice, hausdorff, table)
 
-    def __init__(self, cases: list[OOFCase]):
+
+class Evaluator:
+    """Scores ensemble parameters on OOF cases with the competition metric.
+
+    Per case-day it keeps the blend of the last weights it saw and the scores of its last MEMO
+    distinct masks (keyed by a hash of the masks), so a candidate that leaves a case-day's masks
+    unchanged (most gate, size, z and crop candidates for most case-days) costs no metric call.
+    Case-days are scored on `workers` threads.
+    """
+
+    MEMO = 32
+
+    def __init__(self, cases: list[OOFCase], workers: int = 1):
         self.cases = cases
+        self.workers = max(1, workers)
         self.evaluations = 0
-        self._blend_key = None
-        self._blends: dict[str, np.ndarray] = {}
+        self._blends: dict[str, tuple[tuple, np.ndarray]] = {}
+        self._memo: dict[str, OrderedDict] = {c.case_day: OrderedDict() for c in cases}
 
     def _blended(self, case: OOFCase, params: EnsembleParams) -> np.ndarray:
         key = (tuple(sorted(params.weights.items())), tuple(sorted(params.groups.items())), params.fusion)
-        if key != self._blend_key:
-            self._blend_key, self._blends = key, {}
-        if case.case_day not in self._blends:
-            self._blends[case.case_day] = blend(case.probs, params)
-        return self._blends[case.case_day]
+        cached = self._blends.get(case.case_day)
+        if cached is None or cached[0] != key:
+            cached = self._blends[case.case_day] = (key, blend(case.probs, params))
+        return cached[1]
 
     def masks(self, case: OOFCase, params: EnsembleParams) -> np.ndarray:
         """Full-size (Z, 3, H, W) masks of a case under `params` (apply_ensemble on the region)."""
-        return case.full(postprocess(self._blended(case, params), case.gate, params, case.box))
+        return case.full(self._region_masks(case, params))
+
+    def _region_masks(self, case: OOFCase, params: EnsembleParams) -> np.ndarray:
+        gate_probs = [q for q, n in zip(params.gate_prob, params.gate_pixels) if n > 0]
+        if min(params.thresholds + tuple(gate_probs)) < ROI_THRESHOLD:
+            raise ValueError(f"thresholds below {ROI_THRESHOLD} can mark voxels outside the regions of interest")
+        return postprocess(self._blended(case, params), case.gate, params, case.box)
+
+    def _case_score(self, case: OOFCase, params: EnsembleParams) -> CaseDayScore:
+        masks = self._region_masks(case, params)
+        key = hashlib.blake2b(np.packbits(masks).tobytes(), digest_size=16).digest()
+        memo = self._memo[case.case_day]
+        if key in memo:
+            memo.move_to_end(key)
+            return memo[key]
+        memo[key] = score_case_day(case.full(masks), case.full(case.truth))
+        if len(memo) > self.MEMO:
+            memo.popitem(last=False)
+        return memo[key]
 
     def score(self, params: EnsembleParams | Callable[[OOFCase], EnsembleParams],
               cases: list[OOFCase] | None = None) -> MetricResult:
@@ -113,7 +162,12 @@ class Evaluator:
         self.evaluations += 1
         chosen = self.cases if cases is None else cases
         pick = params if callable(params) else (lambda case: params)
-        return score_volumes((c.case_day, self.masks(c, pick(c)), c.full(c.truth)) for c in chosen)
+        if self.workers == 1:
+            scores = [self._case_score(c, pick(c)) for c in chosen]
+        else:
+            with ThreadPoolExecutor(self.workers) as pool:
+                scores = list(pool.map(lambda c: self._case_score(c, pick(c)), chosen))
+        return combine([(c.case_day, s) for c, s in zip(chosen, scores)])
 
 
 @dataclass(frozen=True)
@@ -138,31 +192,32 @@ class SearchSpace:
 
     def coordinates(self) -> list[tuple[str, Callable[[EnsembleParams], list[EnsembleParams]]]]:
         """(label, params -> candidate params) in search order."""
-        coords = []
-        for name, group in self.groups.items():
-            if sum(g == group for g in self.groups.values()) > 1:
-                for c in range(N_CLASSES):
-                    coords.append((f"weight {name} c{c}", _weight_candidates(name, c)))
-        per_class = []
-        if set(self.groups.values()) == {"2d", "3d"}:
-            per_class.append(("fusion", lambda p, c: [p.replace_class("fusion", c, v) for v in FUSION]))
-        per_class.append(("threshold", lambda p, c: [p.replace_class("thresholds", c, v) for v in THRESHOLDS]))
-        if self.classifier:
-            per_class.append(("gate", lambda p, c: [p.replace_class("gate_threshold", c, v) for v in GATE_THRESHOLDS]))
-        else:
-            counts = (0,) + self._counts(GATE_AREA)
-            per_class.append(("gate", lambda p, c: [p.replace_class("gate_pixels", c, n).replace_class("gate_prob", c, q)
-                                                    for n in counts for q in (GATE_PROBS if n else (0.5,))]))
-        sizes = (0,) + self._counts(SIZE_AREA)
-        per_class.append(("min size", lambda p, c: [p.replace_class("min_size", c, n) for n in sizes]))
-        per_class.append(("z clean-up", lambda p, c: [p.replace_class("z_min_run", c, k).replace_class("z_largest", c, big)
-                                                     for k, big in Z_RULES]))
-        for label, make in per_class:
-            for c in range(N_CLASSES):
-                coords.append((f"{label} c{c}", lambda p, make=make, c=c: make(p, c)))
+        groups = list(self.groups.values())
+        coords = [(f"weight {name} c{c}", _weight_candidates(name, c))
+                  for name, group in self.groups.items() if groups.count(group) > 1 for c in range(N_CLASSES)]
+        if set(groups) == {"2d", "3d"}:
+            coords += _per_class("fusion", lambda p, c: [p.replace_class("fusion", c, v) for v in FUSION])
+        coords += _per_class("threshold", lambda p, c: [p.replace_class("thresholds", c, v) for v in THRESHOLDS])
+        coords += _per_class("gate", self._gate_candidates)
         if self.crop:
             coords.append(("crop", lambda p: [dataclasses.replace(p, crop=v) for v in (False, True)]))
+        sizes = (0,) + self._counts(SIZE_AREA)
+        coords += _per_class("min size", lambda p, c: [p.replace_class("min_size", c, n) for n in sizes])
+        coords += _per_class("z clean-up", lambda p, c: [
+            p.replace_class("z_min_run", c, k).replace_class("z_largest", c, big) for k, big in Z_RULES])
         return coords
+
+    def _gate_candidates(self, p: EnsembleParams, c: int) -> list[EnsembleParams]:
+        """Classifier thresholds when its probabilities exist, else (pixels, probability) of the pixel rule."""
+        if self.classifier:
+            return [p.replace_class("gate_threshold", c, v) for v in GATE_THRESHOLDS]
+        return [p.replace_class("gate_pixels", c, n).replace_class("gate_prob", c, q)
+                for n in (0,) + self._counts(GATE_AREA) for q in (GATE_PROBS if n else (0.5,))]
+
+
+def _per_class(label: str, make: Callable[[EnsembleParams, int], list[EnsembleParams]]) -> list:
+    """One coordinate per class."""
+    return [(f"{label} c{c}", lambda p, c=c: make(p, c)) for c in range(N_CLASSES)]
 
 
 def _weight_candidates(name: str, c: int) -> Callable[[EnsembleParams], list[EnsembleParams]]:
@@ -182,9 +237,10 @@ class SearchResult:
 
 
 def coordinate_descent(evaluator: Evaluator, space: SearchSpace, cases: list[OOFCase] | None = None,
-                       start: EnsembleParams | None = None, passes: int = 2,
+                       start: EnsembleParams | None = None, passes: int = 2, min_gain: float = 0.0,
                        log: Callable[[str], None] | None = None) -> SearchResult:
-    """Greedy coordinate descent from `start` (default the plain mean) on `cases` (default all)."""
+    """Greedy coordinate descent from `start` (default the plain mean) on `cases` (default all); a
+    change is kept only if it raises the score by more than `min_gain` (a guard against noise)."""
     best = start or EnsembleParams.plain_mean(space.groups)
     best_result = evaluator.score(best, cases)
     evaluations, done = 1, 0
@@ -196,7 +252,7 @@ def coordinate_descent(evaluator: Evaluator, space: SearchSpace, cases: list[OOF
                     continue
                 result = evaluator.score(candidate, cases)
                 evaluations += 1
-                if result.score > best_result.score + 1e-12:
+                if result.score > best_result.score + max(min_gain, 1e-12):
                     best, best_result, improved = candidate, result, True
         if log:
             log(f"  pass {done}: score {best_result.score:.4f} after {evaluations} evaluations")
@@ -215,7 +271,7 @@ class CrossTuning:
 
 
 def cross_tune(evaluator: Evaluator, space: SearchSpace, folds: list[int], passes: int = 2,
-               log: Callable[[str], None] | None = None) -> CrossTuning | None:
+               min_gain: float = 0.0, log: Callable[[str], None] | None = None) -> CrossTuning | None:
     """Tune on folds != f, score fold f, for each f in `folds`; None with fewer than two folds."""
     all_folds = sorted({c.fold for c in evaluator.cases})
     folds = [f for f in folds if f in all_folds]
@@ -226,7 +282,8 @@ def cross_tune(evaluator: Evaluator, space: SearchSpace, folds: list[int], passe
         if log:
             log(f"cross-tuning: held-out fold {f}")
         tune_on = [c for c in evaluator.cases if c.fold != f]
-        params_by_fold[f] = coordinate_descent(evaluator, space, tune_on, passes=passes, log=log).params
+        params_by_fold[f] = coordinate_descent(evaluator, space, tune_on, passes=passes, min_gain=min_gain,
+                                               log=log).params
         by_fold[f] = evaluator.score(params_by_fold[f], [c for c in evaluator.cases if c.fold == f]).score
     held_out = [c for c in evaluator.cases if c.fold in params_by_fold]
     pooled = evaluator.score(lambda case: params_by_fold[case.fold], held_out)

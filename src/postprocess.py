@@ -85,7 +85,9 @@ class EnsembleParams:
     def to_dict(self) -> dict:
         """JSON-ready: tuples become lists."""
         def plain(v):
-            return {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else list(v) if isinstance(v, tuple) else v
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return list(v) if isinstance(v, tuple) else v
 
         return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
@@ -117,7 +119,8 @@ def effective_weights(params: EnsembleParams, names: list[str]) -> np.ndarray:
 
 
 def blend(probs_by_model: dict[str, np.ndarray], params: EnsembleParams) -> np.ndarray:
-    """Weighted mean of (Z, 3, H, W) probabilities, float32."""
+    """Weighted mean of (Z, 3, H, W) probabilities, summed in float32 and returned as float16 (the
+    precision of saved predictions), so OOF tuning can keep blends in memory and match test time exactly."""
     missing = sorted(set(params.weights) - set(probs_by_model))
     if missing:
         raise DataError(f"no probabilities for ensemble model(s) {', '.join(missing)}")
@@ -131,7 +134,7 @@ def blend(probs_by_model: dict[str, np.ndarray], params: EnsembleParams) -> np.n
             raise DataError(f"model {name}: probabilities of shape {probs.shape}, expected {first.shape}")
         for c in np.flatnonzero(w):
             out[:, c] += w[c] * probs[:, c].astype(np.float32, copy=False)
-    return out
+    return out.astype(np.float16)
 
 
 def pixel_gate(probs: np.ndarray, pixels, prob) -> np.ndarray:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import inspect
 import json
 import re
 from dataclasses import dataclass
@@ -29,12 +30,17 @@ import torch.nn as nn
 
 from src.common import DataError, run_cli, save_npy_atomic, write_json_atomic
 from src.data.volumes import CaseDay, VolumeCache, default_cache_dir
+from src.engine.trainer import select_device
+from src.postprocess import pixel_gate
+from src.train import stage_module
 
 # stage of a run's config -> "module:TaskClass"; the task has build_model() and
 # predict_volume(model, vol, device, box=None, batch_size=None). Imported only when used.
 TASKS = {
     "seg2d": "src.engine.seg_task:Seg2DTask",
     "seg3d": "src.engine.seg3d_task:Seg3DTask",
+    "cls": "src.engine.cls_task:ClsTask",
+    "det": "src.engine.detector:DetTask",
 }
 SPLITS = ("oof", "test")
 FLIPS = {"hflip": -1, "vflip": -2}  # in-plane axis flipped: W, H
@@ -158,16 +164,8 @@ def split_predictions(run_dir: str | Path, split: str, case_days: list[str]) -> 
 
 
 # ---- models ------------------------------------------------------------------------------------
-def select_device(name: str) -> torch.device:
-    from src.engine.trainer import select_device as engine_select
-
-    return engine_select(name)
-
-
 def build_config(info: FoldInfo):
     """The fold's config dataclass, rebuilt from config.json by its stage's CONFIG."""
-    from src.train import stage_module
-
     config_cls = stage_module(info.stage).CONFIG
     known = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(info.config) - known)
@@ -201,9 +199,12 @@ class FoldModel:
         return cls(info, task, model, device)
 
     def predict(self, vol: CaseDay, box=None, batch_size: int | None = None) -> Prediction:
-        kwargs = {"box": box} if box is not None else {}
-        if batch_size:
-            kwargs["batch_size"] = batch_size
+        kwargs = {k: v for k, v in (("box", box), ("batch_size", batch_size)) if v is not None}
+        accepted = inspect.signature(self.task.predict_volume).parameters
+        unsupported = [k for k in kwargs if k not in accepted]
+        if unsupported:
+            raise DataError(f"{self.info.path}: the {self.info.stage} task does not take {unsupported[0]} "
+                            "(no --crop / --batch-size for this run)")
         amp = self.device.type == "cuda" and getattr(self.task.cfg, "amp", True)
         with torch.no_grad(), torch.autocast(self.device.type, enabled=amp):
             return self.task.predict_volume(self.model, vol, self.device, **kwargs)
@@ -266,7 +267,8 @@ class RunPredictor:
         self.tta = parse_tta(tta)
         self.batch_size = batch_size
         self.device = select_device(device)
-        self.folds = [FoldModel.load(info, self.device, Path(cache_dir)) for info in select_folds(run_dir, folds, split)]
+        chosen = select_folds(run_dir, folds, split)
+        self.folds = [FoldModel.load(info, self.device, Path(cache_dir)) for info in chosen]
         self.stage = self.folds[0].info.stage
 
     @property
@@ -304,8 +306,6 @@ def gate_presence(probs: np.ndarray, cls_probs: np.ndarray | None = None, thresh
                   rule: tuple[int, float] | None = None) -> np.ndarray:
     """(Z, 3) bool kept by the gate: classifier presence >= threshold, and/or the pixel rule
     (more than N pixels of `probs` above p)."""
-    from src.postprocess import pixel_gate
-
     present = np.ones(probs.shape[:2], dtype=bool)
     if cls_probs is not None:
         cls_probs = np.asarray(cls_probs)
@@ -379,8 +379,8 @@ def predict_run(run_dir: str | Path, split: str = "oof", folds: str | list[str] 
         save_npy_atomic(out_dir / f"{cd}.npy", np.asarray(pred, dtype=np.float16))
     write_json_atomic(out_dir / MANIFEST, {
         "run": str(run_dir), "split": split, "stage": predictor.stage, "folds": predictor.fold_names,
-        "tta": list(predictor.tta), "gate": str(gate) if gate else None, "gate_threshold": gate_threshold if gate else None,
-        "gate_rule": gate_rule, "crop": str(crop) if crop else None, "case_days": case_days})
+        "tta": list(predictor.tta), "gate": str(gate) if gate else None,
+        "gate_threshold": gate_threshold if gate else None, "gate_rule": gate_rule, "crop": str(crop) if crop else None, "case_days": case_days})
     print(f"predict: {run_dir.name} {split}: {len(case_days)} case-days -> {out_dir}")
     return out_dir
 
@@ -393,13 +393,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--folds", default=None, help="comma-separated folds or 'all' (default: every numbered fold)")
     parser.add_argument("--tta", default="", help="comma-separated flips: hflip, vflip")
     parser.add_argument("--data-dir", type=Path, default=None, help="dataset root (default: the run's)")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="cache root (default: that of --data-dir, else the run's)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="cache root (default: that of --data-dir, else the run's)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/pred_<split>)")
     parser.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: the run's)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--gate", type=Path, default=None, help="classifier run whose presence gates the slices")
     parser.add_argument("--gate-threshold", type=float, default=0.5, help="presence probability kept (default 0.5)")
-    parser.add_argument("--gate-rule", default=None, help="PIXELS:PROB, keep a slice-class with more than PIXELS above PROB")
+    parser.add_argument("--gate-rule", default=None,
+                        help="PIXELS:PROB, keep a slice-class with more than PIXELS above PROB")
     parser.add_argument("--crop", type=Path, default=None, help="detector run whose boxes crop the model input")
     return parser.parse_args(argv)
 

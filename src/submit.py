@@ -186,7 +186,8 @@ def submit(ensemble_json: str | Path, data_dir: str | Path, out: str | Path = "s
             print(f"submit: wrote the sample submission's {len(sample)} rows, empty, to {out}")
             return out
         index, sample = pseudo_test_index(data_dir, allow_train_fallback), None
-        print(f"submit: test/ is empty; predicting {index['case_day'].nunique()} train case-days as a pseudo test split")
+        print(f"submit: test/ is empty; predicting {index['case_day'].nunique()} train case-days "
+              "as a pseudo test split")
     predictor = EnsemblePredictor(ensemble, device, batch_size, runs_root)
     rows = []
     for _, group in index.groupby("case_day", sort=False):
@@ -205,7 +206,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m src.submit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ensemble", required=True, type=Path, help="ensemble.json from python -m src.ensemble tune")
-    parser.add_argument("--data-dir", required=True, type=Path, help="dataset root with test/ (and sample_submission.csv)")
+    parser.add_argument("--data-dir", required=True, type=Path,
+                        help="dataset root with test/ (and sample_submission.csv)")
     parser.add_argument("--out", type=Path, default=Path("submissions/submission.csv"))
     parser.add_argument("--allow-train-fallback", type=int, default=0, metavar="N",
                         help="when test/ is empty, predict the first N train case-days instead")

@@ -15,7 +15,7 @@ from src.engine.config import add_config_arguments, config_from_args
 
 
 # Each stage module exposes CONFIG (its config dataclass) and run(cfg, resume) -> best score.
-STAGES: dict[str, str] = {"seg2d": "src.engine.seg_task", "seg3d": "src.engine.seg3d_task"}
+STAGES: dict[str, str] = {"seg2d": "src.engine.seg_task", "seg3d": "src.engine.seg3d_task", "cls": "src.engine.cls_task", "det": "src.engine.detector"}
 
 
 def stage_module(stage: str):

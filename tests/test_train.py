@@ -132,14 +132,16 @@ def test_list_archs_prints_parameter_counts():
 
 
 def test_ddp_two_cpu_processes_match_one_process(work):
-    single = config(work, "single", epochs=1, augment="none", batch_size=4)
-    score_single = Trainer(Seg2DTask(single, single.cache_dir), VolumeCache(work / "cache").case_days()).fit()
+    # Three epochs: after one, a tiny net's thresholded score still flips between all-empty and
+    # all-full on small differences (per-process BatchNorm statistics on gloo).
+    single = config(work, "single", epochs=3, augment="none", batch_size=4)
+    Trainer(Seg2DTask(single, single.cache_dir), VolumeCache(work / "cache").case_days()).fit()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "src.train", *base_args(work, "ddp", "--augment", "none")]
+           "-m", "src.train", *base_args(work, "ddp", "--augment", "none", "--epochs", "3")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = work / "runs" / "ddp" / "fold0"
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
-    score_ddp = pd.read_csv(run / "log.csv")["val_score"].iloc[0]
-    assert abs(score_ddp - score_single) < 0.1  # same global batches; only BatchNorm statistics differ
+    log_ddp, log_single = (pd.read_csv(work / "runs" / n / "fold0" / "log.csv") for n in ("ddp", "single"))
+    assert abs(log_ddp["val_score"].max() - log_single["val_score"].max()) < 0.1

@@ -13,6 +13,7 @@ The test truth is always clean.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import re
 import shutil
@@ -530,7 +531,10 @@ def _write_all(specs: list[CaseDaySpec], seed: int, root: Path, workers: int) ->
     jobs = [(spec, seed, str(root)) for spec in specs]
     if workers <= 1 or sum(s.slices * s.height * s.width for s in specs) < INLINE_VOXELS:
         return [_write_job(job) for job in jobs]
-    with ProcessPoolExecutor(min(workers, len(jobs)), initializer=_single_thread_cv2) as pool:
+    # spawn, not fork: a fork of a process that already runs threads (torch, tqdm, a test runner)
+    # can inherit a held lock and hang.
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_single_thread_cv2) as pool:
         return list(pool.map(_write_job, jobs))
 
 

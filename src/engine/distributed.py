@@ -38,6 +38,15 @@ def broadcast_object(info: DistInfo, obj):
     return box[0]
 
 
+def sum_over_ranks(info: DistInfo, values: list[float]) -> list[float]:
+    """Element-wise sum of `values` over the ranks (the values themselves with one process)."""
+    if info.world == 1:
+        return values
+    box = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(box)
+    return box.tolist()
+
+
 def barrier(info: DistInfo) -> None:
     if info.world > 1:
         dist.barrier()

@@ -99,6 +99,8 @@ def _check_options(cfg: Seg3DConfig) -> None:
         raise ValueError("sw_batch_size, samples_per_volume, slab and cascade_scale must be positive")
     if cfg.channels_last:
         raise ValueError("channels_last is for 2D nets; 3D nets keep the default layout")
+    if cfg.encoder_weights:
+        raise ValueError("encoder_weights: the 3D nets have no pretrained encoder")
 
 
 CONFIG = Seg3DConfig

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from src.common import DataError, atomic_path, seed_everything, write_json_atomic, write_text_atomic
 from src.engine.config import TrainConfig
-from src.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
+from src.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown, sum_over_ranks
 from src.models.weights import load_encoder_weights
 
 
@@ -237,6 +237,10 @@ class Trainer:
                 "config": dataclasses.asdict(cfg), "seed": cfg.seed, "train_case_days": self.train_cds,
                 "val_case_days": self.val_cds, "world_size": self.dist.world,
                 "versions": {"torch": torch.__version__}})
+        if self.dist.world > 1 and self.device.type == "cuda":
+            # BatchNorm statistics over the global batch; gloo on CPU has no SyncBatchNorm, so there
+            # each process normalises its share of the batch (the one difference from one process).
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = DistributedDataParallel(model) if self.dist.world > 1 else model
         for epoch in range(state["epoch"], cfg.epochs):
             dataset.set_epoch(epoch)
@@ -305,6 +309,7 @@ class Trainer:
             bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
             tick = time.perf_counter()
             busy += tick - started
+        total, count = sum_over_ranks(self.dist, [total, count])
         return {"train_loss": total / max(count, 1), "data_wait_s": wait, "compute_s": busy}
 
     def _validate(self, model: nn.Module) -> Evaluation:

@@ -33,9 +33,8 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from monai.networks.nets import SegResNet, UNet
 
+from src.data.volume3d import Roi
 from src.models.registry import register_arch
-
-Roi = tuple[int, int, int]  # (depth, height, width)
 
 
 def _segresnet(in_channels: int, classes: int, filters: int, blocks_down: tuple[int, ...]) -> tuple[nn.Module, int]:
@@ -84,11 +83,12 @@ class Seg3DNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def window(self, net: nn.Module, x: torch.Tensor, roi: Roi, overlap: float, sw_batch_size: int) -> torch.Tensor:
-        return sliding_window_inference(x, roi, sw_batch_size, net, overlap=overlap, mode="gaussian")
+    def window(self, x: torch.Tensor, roi: Roi, overlap: float, sw_batch_size: int) -> torch.Tensor:
+        """The net over x by an overlapping Gaussian-weighted sliding window of roi (D, H, W)."""
+        return sliding_window_inference(x, roi, sw_batch_size, self.net, overlap=overlap, mode="gaussian")
 
     def predict(self, x: torch.Tensor, roi: Roi, overlap: float, sw_batch_size: int) -> torch.Tensor:
-        return self.window(self.net, x, roi, overlap, sw_batch_size)
+        return self.window(x, roi, overlap, sw_batch_size)
 
 
 class SlabNet(Seg3DNet):
@@ -103,7 +103,7 @@ class SlabNet(Seg3DNet):
 
     def predict(self, x: torch.Tensor, roi: Roi, overlap: float, sw_batch_size: int) -> torch.Tensor:
         window = (self.slab, *roi[1:])
-        return slab_apply(lambda part, z0: self.window(self.net, part, window, overlap, sw_batch_size), x, self.slab)
+        return slab_apply(lambda part, z0: self.window(part, window, overlap, sw_batch_size), x, self.slab)
 
 
 class Cascade3D(SlabNet):
@@ -132,7 +132,7 @@ class Cascade3D(SlabNet):
 
         def fine(part: torch.Tensor, z0: int) -> torch.Tensor:
             guidance = torch.sigmoid(upsample_plane(coarse[:, :, z0:z0 + self.slab], height, width))
-            return self.window(self.net, torch.cat([part, guidance], dim=1), window, overlap, sw_batch_size)
+            return self.window(torch.cat([part, guidance], dim=1), window, overlap, sw_batch_size)
 
         return slab_apply(fine, x, self.slab)
 
