@@ -46,8 +46,9 @@ def main() -> None:
     args = parser.parse_args()
     wheels = sorted((args.bundle / "wheels").glob("*.whl"))
     if wheels:
+        # --ignore-installed: the bundle's pinned versions run, whatever the image already has
         subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet",
-                               *map(str, wheels)])
+                               "--ignore-installed", *map(str, wheels)])
     subprocess.check_call([sys.executable, "-m", "src.submit", "--ensemble", str(args.bundle / "ensemble.json"),
                            "--runs-root", str(args.bundle / "runs"), "--data-dir", args.data_dir, "--out", args.out,
                            "--allow-train-fallback", args.allow_train_fallback], cwd=args.bundle / "code")

@@ -6,6 +6,12 @@ its arguments, and runs them in order. A step is skipped when its outputs exist 
 (the hash of its command and of its inputs' sizes and times) matches the last completed run, so a
 re-run after an interruption continues where it stopped; an interrupted training step resumes
 from its last.pt.
+
+Steps: synthetic data (when the recipe asks for it and it is missing), folds, cache, one training
+per model and fold; then, with an [ensemble] section: ensemble tuning on OOF (src.ensemble),
+the test submission (src.submit), its score when the test truth is known (the synthetic data's
+<dir>_test_truth.csv, or [submit] truth), the HTML report (src.report). Recipes named by
+`compare` run first on the same data; their headline numbers are printed beside this recipe's.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from src.common import DataError, run_cli, write_json_atomic
+from src.common import DataError, run_cli, write_json_atomic, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -53,9 +59,17 @@ class Recipe:
     synthetic: dict | None
     folds: dict
     models: tuple[dict, ...]
-    ensemble: dict = field(default_factory=dict)
+    ensemble: dict | None = None  # no [ensemble] section: the recipe stops after training
     submit: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
+    compare: tuple[str, ...] = ()  # recipes run first (on the same data) and printed beside this one
+
+    def model(self, name: str) -> dict:
+        for model in self.models:
+            if model["name"] == name:
+                return model
+        raise DataError(f"recipe {self.name}: no model named {name!r} (models: "
+                        f"{', '.join(m['name'] for m in self.models)})")
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -76,9 +90,12 @@ def load_recipe(path: str | Path) -> Recipe:
         missing = {"name", "stage", "arch"} - set(model)
         if missing:
             raise DataError(f"{path}: model {i + 1} lacks {', '.join(sorted(missing))}")
+    compare = tuple(str(path.parent / c if not Path(c).exists() and (path.parent / c).with_suffix(".toml").exists()
+                        else c) for c in raw.get("compare", []))
     return Recipe(name=raw.get("name", path.stem), data_dir=raw["data"]["dir"],
                   synthetic=raw["data"].get("synthetic"), folds=raw["folds"], models=tuple(raw["models"]),
-                  ensemble=raw.get("ensemble", {}), submit=raw.get("submit", {}), report=raw.get("report", {}))
+                  ensemble=raw.get("ensemble"), submit=raw.get("submit", {}), report=raw.get("report", {}),
+                  compare=compare)
 
 
 def _flags(options: dict) -> list[str]:
@@ -93,6 +110,63 @@ def _flags(options: dict) -> list[str]:
         else:
             out += [flag, str(value)]
     return out
+
+
+SEGMENTER_STAGES = ("seg2d", "seg3d")
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where a recipe's final artifacts go."""
+
+    ensemble: str
+    submission: str
+    truth: str | None
+    score: str
+    report: str
+
+
+def outputs(recipe: Recipe, runs_dir: str = "runs") -> Outputs:
+    truth = recipe.submit.get("truth")
+    if truth is None and recipe.synthetic and recipe.synthetic.get("test_cases", 0) > 0:
+        truth = f"{recipe.data_dir.rstrip('/')}_test_truth.csv"  # where src.make_synthetic puts it
+    submission = recipe.submit.get("out", f"submissions/{recipe.name}.csv")
+    return Outputs(ensemble=(recipe.ensemble or {}).get("out", f"{runs_dir}/ensemble_{recipe.name}.json"),
+                   submission=submission, truth=truth, score=str(Path(submission).with_suffix(".score.json")),
+                   report=recipe.report.get("out", f"reports/{recipe.name}"))
+
+
+def _done_files(recipe: Recipe, names: list[str], runs_dir: str) -> tuple[str, ...]:
+    return tuple(f"{runs_dir}/{n}/fold{f}/done.json" for n in names for f in recipe.model(n).get("folds", [0]))
+
+
+def _final_steps(recipe: Recipe, runs_dir: str) -> list[Step]:
+    """Ensemble tuning on OOF, the test submission, its score when the truth is known, the report."""
+    out = outputs(recipe, runs_dir)
+    ens = dict(recipe.ensemble)
+    members = ens.pop("runs", [m["name"] for m in recipe.models if m["stage"] in SEGMENTER_STAGES])
+    helpers = [ens[k] for k in ("gate", "crop") if ens.get(k)]
+    argv = ["tune", "--runs", *(f"{runs_dir}/{n}" for n in members)]
+    for key in ("gate", "crop"):
+        if ens.get(key):
+            argv += [f"--{key}", f"{runs_dir}/{ens.pop(key)}"]
+    ens.pop("out", None)
+    steps = [Step("ensemble", "src.ensemble", (*argv, "--out", out.ensemble, *_flags(ens)), (out.ensemble,),
+                  _done_files(recipe, members + helpers, runs_dir))]
+    submit_opts = {k: v for k, v in recipe.submit.items() if k not in ("out", "truth")}
+    steps.append(Step("submission", "src.submit", ("--ensemble", out.ensemble, "--data-dir", recipe.data_dir,
+                                                   "--out", out.submission, *_flags(submit_opts)),
+                      (out.submission,), (out.ensemble,)))
+    if out.truth:
+        steps.append(Step("score", "src.score", ("--data-dir", recipe.data_dir, "--truth", out.truth, "--pred",
+                                                 out.submission, "--summary", out.score),
+                          (out.score,), (out.submission, out.truth)))
+    if recipe.report.get("enabled", True):  # `enabled = false` under [report] leaves it out
+        runs = [f"{runs_dir}/{m['name']}" for m in recipe.models]
+        steps.append(Step("report", "src.report", ("--runs", *runs, "--ensemble", out.ensemble,
+                                                   "--title", f"recipe {recipe.name}", "--out", out.report),
+                          (f"{out.report}/index.html",), (out.ensemble,)))
+    return steps
 
 
 def plan(recipe: Recipe, runs_dir: str = "runs") -> list[Step]:
@@ -114,7 +188,36 @@ def plan(recipe: Recipe, runs_dir: str = "runs") -> list[Step]:
                     "--data-dir", data, "--folds-csv", folds_csv, "--out", runs_dir, *_flags(options))
             steps.append(Step(f"train {model['name']} fold {fold}", "src.train", argv,
                               (f"{runs_dir}/{model['name']}/fold{fold}/done.json",), (folds_csv,), resumable=True))
+    if recipe.ensemble is not None:
+        steps += _final_steps(recipe, runs_dir)
     return steps
+
+
+def results(recipe: Recipe, runs_dir: str = "runs") -> dict:
+    """The recipe's headline numbers from its artifacts: OOF scores from ensemble.json, test score."""
+    out = outputs(recipe, runs_dir)
+    row: dict = {"recipe": recipe.name}
+    if Path(out.ensemble).exists():
+        scores = json.loads(Path(out.ensemble).read_text())["scores"]
+        row["oof plain mean"] = scores["plain_mean"]["score"]
+        row["oof tuned (in-sample)"] = scores["tuned_in_sample"]["score"]
+        row["oof tuned (held-out)"] = scores.get("tuned_held_out", {}).get("score")
+    if Path(out.score).exists():
+        test = json.loads(Path(out.score).read_text())
+        row.update({"test score": test["score"], "test dice": test["dice"], "test hausdorff": test["hausdorff"]})
+    return row
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """Recipes side by side: one column per recipe, one line per number."""
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "recipe"]
+    width = max(map(len, keys), default=8) + 2
+    cols = [max(len(r["recipe"]), 8) + 2 for r in rows]
+    lines = [" " * width + "".join(f"{r['recipe']:>{w}}" for r, w in zip(rows, cols))]
+    for key in keys:
+        cells = [("-" if r.get(key) is None else f"{r[key]:.4f}") for r in rows]
+        lines.append(f"{key:<{width}}" + "".join(f"{c:>{w}}" for c, w in zip(cells, cols)))
+    return "\n".join(lines)
 
 
 def _state_path(recipe: Recipe, runs_dir: str) -> Path:
@@ -150,24 +253,41 @@ def run_steps(steps: list[Step], state_path: Path) -> list[tuple[str, str, float
     return rows
 
 
+def run_recipe(recipe: Recipe, runs_dir: str) -> None:
+    steps = plan(recipe, runs_dir)
+    start = time.perf_counter()
+    print(f"== recipe {recipe.name}: {len(steps)} steps", flush=True)
+    rows = run_steps(steps, _state_path(recipe, runs_dir))
+    print(f"\nrecipe {recipe.name}: {len(rows)} steps in {time.perf_counter() - start:.0f} s")
+    for name, status, seconds in rows:
+        print(f"  {name:<40} {status:<8} {seconds:8.1f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", help="a recipe file, e.g. recipes/demo")
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--dry-run", action="store_true", help="print the steps and exit")
+    parser.add_argument("--no-compare", action="store_true", help="skip the recipes named by the recipe's compare")
     args = parser.parse_args(argv)
     recipe = load_recipe(args.recipe)
-    steps = plan(recipe, args.runs_dir)
+    recipes = ([] if args.no_compare else [load_recipe(c) for c in recipe.compare]) + [recipe]
+    for other in recipes[:-1]:
+        if other.data_dir != recipe.data_dir:
+            raise DataError(f"recipe {other.name} runs on {other.data_dir}, not {recipe.data_dir}: "
+                            "compared recipes must share the data")
     if args.dry_run:
-        for i, step in enumerate(steps, 1):
-            print(f"[{i}/{len(steps)}] {step.name}: python -m {step.module} {' '.join(step.argv)}")
+        for r in recipes:
+            steps = plan(r, args.runs_dir)
+            for i, step in enumerate(steps, 1):
+                print(f"[{r.name} {i}/{len(steps)}] {step.name}: python -m {step.module} {' '.join(step.argv)}")
         return 0
-    start = time.perf_counter()
-    rows = run_steps(steps, _state_path(recipe, args.runs_dir))
-    print(f"\nrecipe {recipe.name}: {len(rows)} steps in {time.perf_counter() - start:.0f} s")
-    for name, status, seconds in rows:
-        print(f"  {name:<40} {status:<8} {seconds:8.1f} s")
+    for r in recipes:
+        run_recipe(r, args.runs_dir)
+    table = comparison_table([results(r, args.runs_dir) for r in recipes])
+    write_text_atomic(Path(args.runs_dir) / f"pipeline_{recipe.name}_results.txt", table + "\n")
+    print("\n" + table)
     return 0
 
 

@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from src.common import DataError, atomic_path, run_cli
+from src.common import DataError, atomic_path, run_cli, write_json_atomic
 from src.data.layout import check_labels_match_images, masks_for_case_day, parse_id, read_labels, scan_split
 from src.metric import PROTOCOLS, MetricResult, check_protocol, score_volumes
 
@@ -94,12 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", choices=PROTOCOLS, default="kaggle")
     parser.add_argument("--per-case-day", type=Path, metavar="OUT.csv", help="write the per-case-day table here")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--summary", type=Path, metavar="OUT.json", help="also write the JSON object here")
     args = parser.parse_args(argv)
     result, split = _score(args.data_dir, args.truth, args.pred, args.protocol, args.split)
     if args.per_case_day:
         with atomic_path(args.per_case_day, suffix=".csv") as tmp:
             result.per_case_day.to_csv(tmp, index=False)
     summary = _summary(result, args.protocol, split)
+    if args.summary:
+        write_json_atomic(args.summary, summary)
     if args.json:
         print(json.dumps(summary))
     else:

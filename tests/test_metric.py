@@ -34,12 +34,32 @@ def _dist(a, b, shape) -> float:
     return math.dist(np.divide(a, shape), np.divide(b, shape)) / math.sqrt(3)
 
 
-@settings(max_examples=300, deadline=None)
-@given(volume_pairs())
-def test_fast_hausdorff_equals_naive(pair):
+@pytest.mark.parametrize("path", ["auto", "kd-tree", "transform"])
+@settings(max_examples=150, deadline=None)
+@given(pair=volume_pairs())
+def test_fast_hausdorff_equals_naive(pair, path):
+    """Each of the two exact paths (KD-tree over the boundary, distance transform) on its own too."""
     pred, truth = pair
-    fast, naive = metric.hausdorff_3d(pred, truth), metric.hausdorff_naive(pred, truth)
+    with pytest.MonkeyPatch.context() as patch:
+        if path != "auto":
+            patch.setattr(metric, "_use_transform", lambda *counts: path == "transform")
+        fast = metric.hausdorff_3d(pred, truth)
+    naive = metric.hausdorff_naive(pred, truth)
     assert (math.isnan(fast) and math.isnan(naive)) or abs(fast - naive) <= 1e-9
+
+
+def test_untrained_prediction_takes_the_transform_and_stays_exact():
+    """Half the volume predicted (an untrained model): the KD-tree path would query every voxel."""
+    rng = np.random.default_rng(0)
+    truth = np.zeros((12, 40, 44), bool)
+    truth[4:8, 10:20, 12:25] = True
+    pred = rng.random(truth.shape) > 0.5
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(metric, "_farthest_by_transform",
+                      lambda *a, real=metric._farthest_by_transform: calls.append(1) or real(*a))
+        fast = metric.hausdorff_3d(pred, truth)
+    assert calls and fast == pytest.approx(metric.hausdorff_naive(pred, truth), abs=1e-12)
 
 
 @settings(max_examples=150, deadline=None)

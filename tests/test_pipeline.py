@@ -1,6 +1,7 @@
 """The recipe runner: planning, skipping up-to-date steps, resuming an interrupted training."""
 import json
 
+import pandas as pd
 import pytest
 
 import src.train
@@ -86,3 +87,113 @@ def test_run_skip_and_resume(recipe, tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "runs" / "m" / "fold1" / "done.json").read_text())["epochs_run"] == 2
     main([str(recipe), "--runs-dir", runs])
     assert capsys.readouterr().out.count("up to date, skipped") == 5
+
+
+FULL = """
+name = "full"
+compare = ["base"]
+[data]
+dir = "{root}/data"
+synthetic = {{ cases = 4, seed = 2, test_cases = 1, sizes = "64x64", slices = "12", workers = 1 }}
+[folds]
+n_folds = 2
+out = "{root}/folds.csv"
+[[models]]
+name = "f_unet"
+stage = "seg2d"
+arch = "unet_tiny"
+folds = [0, 1]
+{common}
+img_size = 64
+augment = "none"
+[[models]]
+name = "f_3d"
+stage = "seg3d"
+arch = "unet3d_tiny"
+folds = [0, 1]
+{common}
+roi = "32,32,8"
+samples_per_volume = 1
+[[models]]
+name = "f_cls"
+stage = "cls"
+arch = "cls_tiny"
+folds = [0, 1]
+{common}
+img_size = 64
+[[models]]
+name = "f_det"
+stage = "det"
+arch = "yolo26n"
+folds = [0, 1]
+{common}
+img_size = 64
+slice_step = 3
+predict_step = 3
+[ensemble]
+gate = "f_cls"
+crop = "f_det"
+passes = 1
+workers = 1
+[submit]
+out = "{root}/sub.csv"
+device = "cpu"
+[report]
+out = "{root}/report"
+"""
+BASE = """
+name = "base"
+[data]
+dir = "{root}/data"
+synthetic = {{ cases = 4, seed = 2, test_cases = 1, sizes = "64x64", slices = "12", workers = 1 }}
+[folds]
+n_folds = 2
+out = "{root}/folds.csv"
+[[models]]
+name = "b_unet"
+stage = "seg2d"
+arch = "unet_tiny"
+folds = [0, 1]
+{common}
+img_size = 64
+augment = "none"
+[ensemble]
+passes = 0
+holdout_folds = "none"
+[submit]
+out = "{root}/base.csv"
+device = "cpu"
+[report]
+enabled = false
+"""
+COMMON = 'epochs = 1\nbatch_size = 4\nworkers = 0\ndevice = "cpu"'
+
+
+def test_shortened_recipe_end_to_end_with_a_baseline(tmp_path, monkeypatch, capsys):
+    """Every stage, the ensemble with gate and crop, the scored submission, the report, and the
+    compared baseline recipe printed beside it; a second run only skips."""
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo_config"))
+    for name, text in (("full", FULL), ("base", BASE)):
+        (tmp_path / f"{name}.toml").write_text(text.format(root=tmp_path, common=COMMON))
+    runs = str(tmp_path / "runs")
+    assert main([str(tmp_path / "full.toml"), "--runs-dir", runs]) == 0
+    out = capsys.readouterr().out
+    record = json.loads((tmp_path / "runs" / "ensemble_full.json").read_text())
+    assert record["gate"]["path"].endswith("f_cls") and record["crop"]["path"].endswith("f_det")
+    assert sorted(r["name"] for r in record["runs"]) == ["f_3d", "f_unet"]
+    sub = pd.read_csv(tmp_path / "sub.csv", dtype=str, keep_default_na=False)
+    sample = pd.read_csv(tmp_path / "data" / "sample_submission.csv", dtype=str, keep_default_na=False)
+    assert sub[["id", "class"]].equals(sample[["id", "class"]])
+    for name in ("sub", "base"):
+        assert 0.0 <= json.loads((tmp_path / f"{name}.score.json").read_text())["score"] <= 1.0
+    assert (tmp_path / "report" / "index.html").exists()
+    table = (tmp_path / "runs" / "pipeline_full_results.txt").read_text()
+    header, *lines = table.splitlines()
+    assert header.split() == ["base", "full"] and any(line.startswith("test score") for line in lines)
+    assert table.strip() in out
+    base = json.loads((tmp_path / "runs" / "ensemble_base.json").read_text())
+    assert base["scores"]["tuned_in_sample"] == base["scores"]["plain_mean"]  # passes = 0: no tuning
+    main([str(tmp_path / "full.toml"), "--runs-dir", runs])
+    out = capsys.readouterr().out
+    steps = sum(len(plan(load_recipe(tmp_path / f"{n}.toml"), runs)) for n in ("base", "full"))
+    assert " ran " not in out and out.count("up to date, skipped") == steps == 8 + 15

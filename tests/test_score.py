@@ -114,8 +114,10 @@ def test_cli_json_and_per_case_day(tiny_dataset, tmp_path, capsys):
     assert (summary["n_case_days"], summary["protocol"], summary["split"]) == (len(ds.masks), "kaggle", "train")
     table = pd.read_csv(out)
     assert list(table.columns) == ["case_day", "dice", "hausdorff", "n_rows_scored"] and len(table) == len(ds.masks)
-    assert score.main(["--data-dir", str(ds.root), "--truth", str(ds.csv), "--pred", sub]) == 0
+    saved = tmp_path / "out" / "summary.json"
+    assert score.main(["--data-dir", str(ds.root), "--truth", str(ds.csv), "--pred", sub, "--summary", str(saved)]) == 0
     assert capsys.readouterr().out.startswith("score")
+    assert json.loads(saved.read_text()) == summary
 
 
 def test_truth_subset_and_test_split_detection(tiny_dataset, tmp_path, capsys):
