@@ -39,7 +39,8 @@ def test_run_cli_turns_data_errors_into_one_line_exit_2(capsys):
 
 
 @pytest.mark.parametrize("module", ["make_synthetic", "make_folds", "prepare", "train", "score", "pipeline",
-                                    "bench", "bench_loader"])
+                                    "predict", "ensemble", "submit", "report", "kernel", "cls_report",
+                                    "bench", "bench_loader", "bench3d", "bench_gate_crop"])
 def test_every_stage_has_help(module):
     proc = subprocess.run([sys.executable, "-m", f"src.{module}", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage: " in proc.stdout

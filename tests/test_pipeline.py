@@ -1,5 +1,6 @@
 """The recipe runner: planning, skipping up-to-date steps, resuming an interrupted training."""
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -197,3 +198,22 @@ def test_shortened_recipe_end_to_end_with_a_baseline(tmp_path, monkeypatch, caps
     out = capsys.readouterr().out
     steps = sum(len(plan(load_recipe(tmp_path / f"{n}.toml"), runs)) for n in ("base", "full"))
     assert " ran " not in out and out.count("up to date, skipped") == steps == 8 + 15
+
+
+@pytest.mark.parametrize("recipe_file", sorted(Path(__file__).resolve().parent.parent.glob("recipes/*.toml")),
+                         ids=lambda p: p.stem)
+def test_shipped_recipes_parse_into_valid_commands(recipe_file):
+    """Every option of every shipped recipe is a flag of its stage, every arch is registered for it."""
+    from src.engine.config import config_from_args
+    from src.ensemble import parse_args as ensemble_args
+    from src.models.registry import get_arch
+
+    recipe = load_recipe(recipe_file)
+    for step in plan(recipe, "runs"):
+        if step.module == "src.train":
+            stage = step.argv[step.argv.index("--stage") + 1]
+            cfg = config_from_args(src.train.stage_module(stage).CONFIG, src.train.build_parser(stage).parse_args(step.argv))
+            assert get_arch(cfg.arch).stage == stage, step.name
+        elif step.module == "src.ensemble":
+            ensemble_args(list(step.argv))
+    assert any(step.module == "src.submit" for step in plan(recipe, "runs"))
