@@ -4,9 +4,9 @@ Memory and speed: every case-day is cut once to its region of interest, the boun
 voxels where some model's probability exceeds the lowest threshold any candidate can use (or the
 truth is set). No candidate can mark a voxel outside it (a blend never exceeds its largest input,
 and every post-processing step only removes), so scoring the region pasted back into the full
-volume is exact. The blend of the current weights is kept per case-day (float16, as apply_ensemble
-makes it), so threshold, gate and clean-up candidates only re-run post-processing and the metric,
-and the metric only for case-days whose masks changed.
+volume is exact; the Evaluator never builds the full volume. Blends (float16, as apply_ensemble
+makes them), masks and Dice rows are kept per class, so a candidate re-runs only its class's
+post-processing, and the Hausdorff only for case-days whose masks changed.
 
 Search: coordinate descent over small candidate grids, in the order post-processing applies them:
 per-model per-class weights, per-class 2.5D/3D fusion, per-class thresholds, per-class gate
@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
-import pandas as pd
 
-from src.metric import DICE_WEIGHT, HAUSDORFF_WEIGHT, CaseDayScore, MetricResult, score_case_day
-from src.postprocess import N_CLASSES, EnsembleParams, blend, postprocess
+from src.metric import CaseDayScore, MetricResult, aggregate, dice_rows, hausdorff_3d
+from src.postprocess import N_CLASSES, EnsembleParams, blend_class, postprocess_class
 
 WEIGHTS = (0.0, 0.5, 1.0, 2.0)  # per model and class, relative inside its group
 FUSION = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)  # share of the 3D group
@@ -92,69 +91,80 @@ def make_case(case_day: str, fold: int, probs: dict[str, np.ndarray], truth: np.
                    cut(truth).astype(bool), None if gate is None else np.asarray(gate)[z], local_box)
 
 
-def combine(items: list[tuple[str, CaseDayScore]]) -> MetricResult:
-    """src.metric.score_volumes' aggregation of per-case-day scores: Dice is the nanmean over every
-    row, Hausdorff over case-days, an all-NaN term counting as Dice 1 / Hausdorff 0 (tests check that
-    combine(score_case_day(...)) equals score_volumes)."""
-    if not items:
-        raise ValueError("no case-days to score")
-    rows = []
-    for case_day, s in items:
-        scored = int(np.count_nonzero(~np.isnan(s.dice)))
-        rows.append((case_day, float(np.nanmean(s.dice)) if scored else math.nan, s.hausdorff, scored))
-    table = pd.DataFrame(rows, columns=["case_day", "dice", "hausdorff", "n_rows_scored"])
-    dice_all = np.concatenate([s.dice.ravel() for _, s in items])
-    dice = float(np.nanmean(dice_all)) if (~np.isnan(dice_all)).any() else 1.0
-    hausdorff = float(table["hausdorff"].mean()) if table["hausdorff"].notna().any() else 0.0
-    return MetricResult(DICE_WEIGHT * dice + HAUSDORFF_WEIGHT * (1.0 - hausdorff), dice, hausdorff, table)
-
-
 class Evaluator:
     """Scores ensemble parameters on OOF cases with the competition metric.
 
-    Per case-day it keeps the blend of the last weights it saw and the scores of its last MEMO
-    distinct masks (keyed by a hash of the masks), so a candidate that leaves a case-day's masks
-    unchanged (most gate, size, z and crop candidates for most case-days) costs no metric call.
-    Case-days are scored on `workers` threads.
+    Every coordinate of the search changes one class, and a class's masks depend only on its own
+    parameters (EnsembleParams.class_key), so per case-day and class it keeps the last KEEP masks
+    (bit-packed) with their Dice rows, and the blend of the last weights: a candidate re-runs
+    post-processing and Dice for one class only. The 3D Hausdorff (of the class-OR volume) is kept for
+    the last MEMO distinct OR-masks (keyed by a hash), so a candidate that leaves a case-day's masks
+    unchanged (most gate, size, z and crop candidates for most case-days) costs no Hausdorff.
+    Everything is computed on the regions of interest (exact: see the module doc). Case-days are
+    scored on `workers` threads; each thread only touches its own case-day's caches.
     """
 
+    KEEP = 3
     MEMO = 32
 
     def __init__(self, cases: list[OOFCase], workers: int = 1):
         self.cases = cases
         self.workers = max(1, workers)
         self.evaluations = 0
-        self._blends: dict[str, tuple[tuple, np.ndarray]] = {}
-        self._memo: dict[str, OrderedDict] = {c.case_day: OrderedDict() for c in cases}
+        self._truth_or = {c.case_day: c.truth.any(axis=1) for c in cases}
+        self._blends: dict[tuple[str, int], tuple[tuple, np.ndarray]] = {}
+        self._classes = {(c.case_day, k): OrderedDict() for c in cases for k in range(N_CLASSES)}
+        self._hausdorff = {c.case_day: OrderedDict() for c in cases}
 
-    def _blended(self, case: OOFCase, params: EnsembleParams) -> np.ndarray:
-        key = (tuple(sorted(params.weights.items())), tuple(sorted(params.groups.items())), params.fusion)
-        cached = self._blends.get(case.case_day)
+    def _blended(self, case: OOFCase, params: EnsembleParams, c: int) -> np.ndarray:
+        key = (tuple(sorted((n, w[c]) for n, w in params.weights.items())), tuple(sorted(params.groups.items())),
+               params.fusion[c])
+        cached = self._blends.get((case.case_day, c))
         if cached is None or cached[0] != key:
-            cached = self._blends[case.case_day] = (key, blend(case.probs, params))
+            cached = self._blends[(case.case_day, c)] = (key, blend_class(case.probs, params, c))
         return cached[1]
+
+    def _class(self, case: OOFCase, params: EnsembleParams, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """Class c's region mask (z, y, x) and its Dice rows (z,) under `params`."""
+        key = params.class_key(c)
+        cache = self._classes[(case.case_day, c)]
+        if key in cache:
+            cache.move_to_end(key)
+            packed, dice = cache[key]
+            shape = case.truth.shape[:1] + case.truth.shape[2:]
+            return np.unpackbits(packed, count=math.prod(shape)).reshape(shape).view(bool), dice
+        thresholds = [params.thresholds[c]] + ([params.gate_prob[c]] if params.gate_pixels[c] > 0 else [])
+        if min(thresholds) < ROI_THRESHOLD:
+            raise ValueError(f"thresholds below {ROI_THRESHOLD} can mark voxels outside the regions of interest")
+        mask = postprocess_class(self._blended(case, params, c), case.gate, params, c, case.box)
+        dice = dice_rows(mask[:, None], case.truth[:, c:c + 1])[:, 0]
+        cache[key] = (np.packbits(mask), dice)
+        if len(cache) > self.KEEP:
+            cache.popitem(last=False)
+        return mask, dice
 
     def masks(self, case: OOFCase, params: EnsembleParams) -> np.ndarray:
         """Full-size (Z, 3, H, W) masks of a case under `params` (apply_ensemble on the region)."""
-        return case.full(self._region_masks(case, params))
-
-    def _region_masks(self, case: OOFCase, params: EnsembleParams) -> np.ndarray:
-        gate_probs = [q for q, n in zip(params.gate_prob, params.gate_pixels) if n > 0]
-        if min(params.thresholds + tuple(gate_probs)) < ROI_THRESHOLD:
-            raise ValueError(f"thresholds below {ROI_THRESHOLD} can mark voxels outside the regions of interest")
-        return postprocess(self._blended(case, params), case.gate, params, case.box)
+        return case.full(np.stack([self._class(case, params, c)[0] for c in range(N_CLASSES)], axis=1))
 
     def _case_score(self, case: OOFCase, params: EnsembleParams) -> CaseDayScore:
-        masks = self._region_masks(case, params)
-        key = hashlib.blake2b(np.packbits(masks).tobytes(), digest_size=16).digest()
-        memo = self._memo[case.case_day]
+        """The case-day's score from its region: Dice rows outside it are NaN (both empty), the
+        Hausdorff is placed in the full volume by shape and origin."""
+        classes = [self._class(case, params, c) for c in range(N_CLASSES)]
+        pred_or = np.logical_or.reduce([mask for mask, _ in classes])
+        key = hashlib.blake2b(np.packbits(pred_or).tobytes(), digest_size=16).digest()
+        memo = self._hausdorff[case.case_day]
         if key in memo:
             memo.move_to_end(key)
-            return memo[key]
-        memo[key] = score_case_day(case.full(masks), case.full(case.truth))
-        if len(memo) > self.MEMO:
-            memo.popitem(last=False)
-        return memo[key]
+        else:
+            z, _, h, w = case.shape
+            memo[key] = hausdorff_3d(pred_or, self._truth_or[case.case_day], shape=(z, h, w),
+                                    origin=tuple(r.start or 0 for r in case.roi))
+            if len(memo) > self.MEMO:
+                memo.popitem(last=False)
+        dice = np.full(case.shape[:2], np.nan)  # full length, so that means sum in the same order
+        dice[case.roi[0]] = np.stack([rows for _, rows in classes], axis=1)
+        return CaseDayScore(dice, memo[key])
 
     def score(self, params: EnsembleParams | Callable[[OOFCase], EnsembleParams],
               cases: list[OOFCase] | None = None) -> MetricResult:
@@ -167,7 +177,7 @@ class Evaluator:
         else:
             with ThreadPoolExecutor(self.workers) as pool:
                 scores = list(pool.map(lambda c: self._case_score(c, pick(c)), chosen))
-        return combine([(c.case_day, s) for c, s in zip(chosen, scores)])
+        return aggregate([(c.case_day, s) for c, s in zip(chosen, scores)])
 
 
 @dataclass(frozen=True)

@@ -169,16 +169,20 @@ def _directed(a: np.ndarray, b: np.ndarray, offset: np.ndarray, shape: tuple[int
     return _farthest(tree, (np.argwhere(outside) + offset) / shape)
 
 
-def hausdorff_3d(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Exact symmetric Hausdorff of two (Z, H, W) masks, coordinates / shape, / sqrt(3); empty rules above."""
+def hausdorff_3d(pred: np.ndarray, truth: np.ndarray, shape: tuple[int, int, int] | None = None,
+                 origin: tuple[int, int, int] = (0, 0, 0)) -> float:
+    """Exact symmetric Hausdorff of two (Z, H, W) masks, coordinates / shape, / sqrt(3); empty rules above.
+    When the masks are a crop holding all the voxels of a whole volume, `shape` is the whole's and
+    `origin` the crop's first voxel in it: the result is then the whole's, to the bit."""
     pred, truth = _pair(pred, truth, 3)
     rule = _empty_rule(pred, truth)
     if rule is not None:
         return rule
+    shape = pred.shape if shape is None else tuple(shape)
     box = _bbox(pred | truth)  # a nearest boundary voxel lies inside the box of both (see module doc)
-    offset = np.array([s.start for s in box])
+    offset = np.array([s.start for s in box]) + np.asarray(origin)
     p, t = pred[box], truth[box]
-    return max(_directed(p, t, offset, pred.shape), _directed(t, p, offset, pred.shape)) / math.sqrt(3)
+    return max(_directed(p, t, offset, shape), _directed(t, p, offset, shape)) / math.sqrt(3)
 
 
 def check_protocol(protocol: str) -> None:
@@ -202,13 +206,11 @@ def _nanmean(values: np.ndarray, if_empty: float) -> float:
     return float(finite.mean()) if finite.size else if_empty
 
 
-def score_volumes(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], protocol: str = "kaggle") -> MetricResult:
-    """Score (case_day, pred, truth) volumes: Dice is the nanmean over ALL rows of all case-days,
-    Hausdorff the nanmean over case-days; an all-NaN term counts as Dice 1.0 / Hausdorff 0.0."""
-    check_protocol(protocol)
+def aggregate(items: Iterable[tuple[str, CaseDayScore]]) -> MetricResult:
+    """Combine per-case-day scores: Dice is the nanmean over ALL rows of all case-days, Hausdorff the
+    nanmean over case-days; an all-NaN term counts as Dice 1.0 / Hausdorff 0.0."""
     rows, dice_all = [], []
-    for case_day, pred, truth in pairs:
-        result = score_case_day(pred, truth, protocol)
+    for case_day, result in items:
         dice_all.append(result.dice.ravel())
         rows.append((case_day, _nanmean(result.dice, math.nan), result.hausdorff,
                      int(np.count_nonzero(~np.isnan(result.dice)))))
@@ -219,3 +221,9 @@ def score_volumes(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], protocol:
     hausdorff = _nanmean(table["hausdorff"].to_numpy(), 0.0)
     score = DICE_WEIGHT * dice + HAUSDORFF_WEIGHT * (1.0 - hausdorff)
     return MetricResult(score, dice, hausdorff, table)
+
+
+def score_volumes(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], protocol: str = "kaggle") -> MetricResult:
+    """Score (case_day, pred, truth) volumes (see aggregate)."""
+    check_protocol(protocol)
+    return aggregate((case_day, score_case_day(pred, truth, protocol)) for case_day, pred, truth in pairs)

@@ -82,6 +82,21 @@ class EnsembleParams:
         weights[name] = tuple(row)
         return dataclasses.replace(self, weights=weights)
 
+    def class_key(self, c: int) -> tuple:
+        """Hashable: everything class c's masks depend on (its entries of the per-class fields, the
+        models' class-c weights, the groups, the crop), so a cache can skip unchanged classes."""
+        key = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "weights":
+                value = tuple(sorted((name, w[c]) for name, w in value.items()))
+            elif f.name == "groups":
+                value = tuple(sorted(value.items()))
+            elif isinstance(value, tuple):
+                value = value[c]
+            key.append(value)
+        return tuple(key)
+
     def to_dict(self) -> dict:
         """JSON-ready: tuples become lists."""
         def plain(v):
@@ -118,23 +133,36 @@ def effective_weights(params: EnsembleParams, names: list[str]) -> np.ndarray:
     return out / total
 
 
-def blend(probs_by_model: dict[str, np.ndarray], params: EnsembleParams) -> np.ndarray:
-    """Weighted mean of (Z, 3, H, W) probabilities, summed in float32 and returned as float16 (the
-    precision of saved predictions), so OOF tuning can keep blends in memory and match test time exactly."""
+def _model_names(probs_by_model: dict[str, np.ndarray], params: EnsembleParams) -> list[str]:
+    """The ensemble's models, checked to have probabilities of one shape."""
     missing = sorted(set(params.weights) - set(probs_by_model))
     if missing:
         raise DataError(f"no probabilities for ensemble model(s) {', '.join(missing)}")
     names = list(params.weights)
-    weights = effective_weights(params, names)
+    first = probs_by_model[names[0]].shape
+    for name in names:
+        if probs_by_model[name].shape != first:
+            raise DataError(f"model {name}: probabilities of shape {probs_by_model[name].shape}, expected {first}")
+    return names
+
+
+def blend_class(probs_by_model: dict[str, np.ndarray], params: EnsembleParams, c: int) -> np.ndarray:
+    """Class c of the blend: the weighted mean of the models' (Z, H, W) probabilities, summed in float32
+    and returned as float16 (the precision of saved predictions), so OOF tuning can keep blends in
+    memory and match test time exactly."""
+    names = _model_names(probs_by_model, params)
+    weights = effective_weights(params, names)[:, c]
     first = probs_by_model[names[0]]
-    out = np.zeros(first.shape, dtype=np.float32)
+    out = np.zeros(first.shape[:1] + first.shape[2:], dtype=np.float32)
     for name, w in zip(names, weights):
-        probs = probs_by_model[name]
-        if probs.shape != first.shape:
-            raise DataError(f"model {name}: probabilities of shape {probs.shape}, expected {first.shape}")
-        for c in np.flatnonzero(w):
-            out[:, c] += w[c] * probs[:, c].astype(np.float32, copy=False)
+        if w:
+            out += np.float32(w) * probs_by_model[name][:, c].astype(np.float32, copy=False)
     return out.astype(np.float16)
+
+
+def blend(probs_by_model: dict[str, np.ndarray], params: EnsembleParams) -> np.ndarray:
+    """Weighted mean of (Z, 3, H, W) probabilities, class by class (blend_class)."""
+    return np.stack([blend_class(probs_by_model, params, c) for c in range(N_CLASSES)], axis=1)
 
 
 def pixel_gate(probs: np.ndarray, pixels, prob) -> np.ndarray:
@@ -177,7 +205,7 @@ def clean_z_runs(mask: np.ndarray, min_run: int = 0, keep_largest: bool = False)
 
 
 def crop_to_box(masks: np.ndarray, box: Box) -> np.ndarray:
-    """Zero (in place) everything of (Z, 3, H, W) masks outside the box (y0, y1, x0, x1)."""
+    """Zero (in place) everything of (..., H, W) masks outside the box (y0, y1, x0, x1)."""
     y0, y1, x0, x1 = (int(v) for v in box)
     inside = np.zeros(masks.shape[-2:], dtype=bool)
     inside[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
@@ -185,29 +213,34 @@ def crop_to_box(masks: np.ndarray, box: Box) -> np.ndarray:
     return masks
 
 
-def postprocess(probs: np.ndarray, gate_probs: np.ndarray | None, params: EnsembleParams,
-                box: Box | None = None) -> np.ndarray:
-    """Blended (Z, 3, H, W) probabilities -> bool masks: threshold, gates, box, components, z-runs."""
-    masks = probs > np.asarray(params.thresholds, dtype=np.float32)[:, None, None]
-    present = np.ones(masks.shape[:2], dtype=bool)
-    if any(t > 0 for t in params.gate_threshold):
+def postprocess_class(probs: np.ndarray, gate_probs: np.ndarray | None, params: EnsembleParams, c: int,
+                      box: Box | None = None) -> np.ndarray:
+    """Class c's blended (Z, H, W) probabilities -> bool mask: threshold, gates, box, components, z-runs.
+    `gate_probs` are the classifier's (Z, 3) presence probabilities (or None)."""
+    mask = probs > np.float32(params.thresholds[c])
+    present = np.ones(mask.shape[0], dtype=bool)
+    if params.gate_threshold[c] > 0:
         if gate_probs is None:
             raise DataError("the ensemble gates on a classifier but no classifier probabilities were given")
-        if np.shape(gate_probs) != masks.shape[:2]:
-            raise DataError(f"classifier probabilities of shape {np.shape(gate_probs)}, expected {masks.shape[:2]}")
-        present &= classifier_gate(gate_probs, params.gate_threshold)
-    if any(n > 0 for n in params.gate_pixels):
-        active = np.array(params.gate_pixels) > 0
-        present &= pixel_gate(probs, params.gate_pixels, params.gate_prob) | ~active
-    masks &= present[:, :, None, None]
+        if np.shape(gate_probs) != (mask.shape[0], N_CLASSES):
+            raise DataError(f"classifier probabilities of shape {np.shape(gate_probs)}, "
+                            f"expected {(mask.shape[0], N_CLASSES)}")
+        present &= classifier_gate(np.asarray(gate_probs)[:, c], params.gate_threshold[c])
+    if params.gate_pixels[c] > 0:
+        present &= pixel_gate(probs[:, None], [params.gate_pixels[c]], [params.gate_prob[c]])[:, 0]
+    mask &= present[:, None, None]
     if params.crop:
         if box is None:
             raise DataError("the ensemble crops to the detector box but no box was given")
-        crop_to_box(masks, box)
-    for c in range(masks.shape[1]):
-        masks[:, c] = remove_small_components(masks[:, c], params.min_size[c])
-        clean_z_runs(masks[:, c], params.z_min_run[c], params.z_largest[c])
-    return masks
+        crop_to_box(mask, box)
+    mask = remove_small_components(mask, params.min_size[c])
+    return clean_z_runs(mask, params.z_min_run[c], params.z_largest[c])
+
+
+def postprocess(probs: np.ndarray, gate_probs: np.ndarray | None, params: EnsembleParams,
+                box: Box | None = None) -> np.ndarray:
+    """Blended (Z, 3, H, W) probabilities -> bool masks, class by class (postprocess_class)."""
+    return np.stack([postprocess_class(probs[:, c], gate_probs, params, c, box) for c in range(N_CLASSES)], axis=1)
 
 
 def apply_ensemble(probs_by_model: dict[str, np.ndarray], gate_probs: np.ndarray | None,

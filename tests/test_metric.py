@@ -48,6 +48,21 @@ def test_fast_hausdorff_equals_naive(pair, path):
     assert (math.isnan(fast) and math.isnan(naive)) or abs(fast - naive) <= 1e-9
 
 
+@settings(max_examples=60, deadline=None)
+@given(pair=volume_pairs(), data=st.data())
+def test_hausdorff_of_a_crop_with_the_whole_shape_equals_the_whole(pair, data):
+    """The ensemble tuner scores crops that hold every voxel: with `shape` the result is the whole's."""
+    pred, truth = pair
+    either = pred | truth
+    box = metric._bbox(either) if either.any() else tuple(slice(0, 0) for _ in pred.shape)
+    pad = [data.draw(st.integers(0, 2)) for _ in range(6)]  # a crop a little larger than the voxels' box
+    crop = tuple(slice(max(s.start - pad[2 * i], 0), s.stop + pad[2 * i + 1]) for i, s in enumerate(box))
+    whole = metric.hausdorff_3d(pred, truth)
+    cropped = metric.hausdorff_3d(pred[crop], truth[crop], shape=pred.shape,
+                                   origin=tuple(c.start for c in crop))
+    assert (math.isnan(whole) and math.isnan(cropped)) or cropped == whole
+
+
 def test_untrained_prediction_takes_the_transform_and_stays_exact():
     """Half the volume predicted (an untrained model): the KD-tree path would query every voxel."""
     rng = np.random.default_rng(0)
