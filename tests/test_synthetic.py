@@ -191,7 +191,7 @@ def test_same_bytes_for_same_args_any_worker_count(tmp_path, monkeypatch):
     b = make(tmp_path, "b", cases=2, test_cases=1, workers=2)
     assert file_hashes(tmp_path / "a") == file_hashes(tmp_path / "b")
     assert Path(a.truth_path).read_bytes() == Path(b.truth_path).read_bytes()
-    c = make(tmp_path, "c", cases=2, test_cases=1, seed=TINY["seed"] + 1)
+    make(tmp_path, "c", cases=2, test_cases=1, seed=TINY["seed"] + 1)
     assert file_hashes(tmp_path / "a") != file_hashes(tmp_path / "c")
 
 

@@ -105,6 +105,16 @@ def test_training_options_together(work):
     assert 0.0 <= score <= 1.0
 
 
+def test_bn_momentum_reaches_every_batchnorm(work):
+    case_days = VolumeCache(work / "cache").case_days()
+    momenta = {}
+    for value in (0.0, 0.3):
+        cfg = config(work, f"bn{value}", bn_momentum=value)
+        model, _, _ = Trainer(Seg2DTask(cfg, cfg.cache_dir), case_days)._build()
+        momenta[value] = {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta[0.3] == {0.3} and 0.3 not in momenta[0.0]  # 0 keeps the architecture's own
+
+
 def test_fold_all_fits_everything_without_validation(work):
     assert main(base_args(work, "full", "--fold", "all")) == 0
     run = work / "runs" / "full" / "foldall"

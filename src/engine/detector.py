@@ -49,7 +49,7 @@ from src.models.registry import create_model, get_arch
 DET_CLASSES = ("organs", "body")
 # TrainConfig fields the YOLO trainer has no use for: setting one is an error, not silently ignored.
 UNUSED_FIELDS = ("loss", "ema", "accum_steps", "samples_per_epoch", "channels_last", "encoder_weights", "threshold",
-                 "schedule", "amp")
+                 "schedule", "amp", "bn_momentum")
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,14 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def set_bn_momentum(model: nn.Module, momentum: float) -> int:
+    """Set the running-statistics momentum of every BatchNorm of `model`; returns how many."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.momentum = momentum
+    return len(norms)
+
+
 def split_case_days(cfg: TrainConfig, all_case_days: list[str]) -> tuple[list[str], list[str]]:
     """(train, validation) case-days for cfg.fold from the saved folds file."""
     from src.make_folds import load_folds
@@ -197,6 +205,8 @@ class Trainer:
         model = self.task.build_model()
         if self.cfg.encoder_weights:
             load_encoder_weights(model, self.cfg.encoder_weights)
+        if self.cfg.bn_momentum > 0:
+            set_bn_momentum(model, self.cfg.bn_momentum)
         model.to(self.device)
         if self.cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
