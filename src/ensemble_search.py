@@ -117,8 +117,7 @@ class Evaluator:
         self._hausdorff = {c.case_day: OrderedDict() for c in cases}
 
     def _blended(self, case: OOFCase, params: EnsembleParams, c: int) -> np.ndarray:
-        key = (tuple(sorted((n, w[c]) for n, w in params.weights.items())), tuple(sorted(params.groups.items())),
-               params.fusion[c])
+        key = params.blend_key(c)
         cached = self._blends.get((case.case_day, c))
         if cached is None or cached[0] != key:
             cached = self._blends[(case.case_day, c)] = (key, blend_class(case.probs, params, c))
@@ -162,7 +161,7 @@ class Evaluator:
                                     origin=tuple(r.start or 0 for r in case.roi))
             if len(memo) > self.MEMO:
                 memo.popitem(last=False)
-        dice = np.full(case.shape[:2], np.nan)  # full length, so that means sum in the same order
+        dice = np.full(case.shape[:2], np.nan)  # (Z, 3), as score_case_day gives
         dice[case.roi[0]] = np.stack([rows for _, rows in classes], axis=1)
         return CaseDayScore(dice, memo[key])
 

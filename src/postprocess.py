@@ -82,6 +82,11 @@ class EnsembleParams:
         weights[name] = tuple(row)
         return dataclasses.replace(self, weights=weights)
 
+    def blend_key(self, c: int) -> tuple:
+        """Hashable: everything class c's blend depends on (the models' class-c weights, groups, fusion)."""
+        return tuple(sorted((name, w[c]) for name, w in self.weights.items())), \
+            tuple(sorted(self.groups.items())), self.fusion[c]
+
     def class_key(self, c: int) -> tuple:
         """Hashable: everything class c's masks depend on (its entries of the per-class fields, the
         models' class-c weights, the groups, the crop), so a cache can skip unchanged classes."""

@@ -43,8 +43,8 @@ class TrainConfig:
     threshold: float = 0.5  # pixel threshold of the validation metric
     encoder_weights: str = ""  # local .safetensors/.pth of the encoder; never downloaded
     # > 0 sets the momentum of every BatchNorm; 0 keeps the architecture's. smp's efficientnet-b* and
-    # timm's tf_efficientnet_b* use 0.01: in a short run from scratch their running statistics lag
-    # far behind the weights and the eval-mode model predicts nothing (0.1 is torch's default).
+    # timm's tf_efficientnet_b* use 0.01, whose running statistics lag the weights in a short run
+    # from scratch (0.1 is torch's default).
     bn_momentum: float = 0.0
 
     @property

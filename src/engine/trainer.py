@@ -69,12 +69,11 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def set_bn_momentum(model: nn.Module, momentum: float) -> int:
-    """Set the running-statistics momentum of every BatchNorm of `model`; returns how many."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.momentum = momentum
-    return len(norms)
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    """Set the running-statistics momentum of every BatchNorm of `model`."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum
 
 
 def split_case_days(cfg: TrainConfig, all_case_days: list[str]) -> tuple[list[str], list[str]]:
