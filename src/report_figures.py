@@ -49,7 +49,9 @@ def training_curves(logs: dict[str, pd.DataFrame], path: Path) -> None:
         ax.set(title=column, xlabel="epoch", xlim=(0.5, last + 0.5))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
+    labelled = next((ax for ax in axes if ax.lines), None)  # a detector's log has no train_loss
+    if labelled is not None:
+        labelled.legend(fontsize="small")
     for ax in axes[len(columns):]:
         ax.set_axis_off()
     _save(fig, path)
