@@ -18,7 +18,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve
 
-from src.common import CLASSES, DataError, atomic_path, run_cli
+from src.core.atomic import atomic_path
+from src.core.errors import DataError, run_cli
+from src.core.ids import CLASSES
 from src.data.volumes import VolumeCache
 from src.engine.cls_task import presence_table, slice_presence
 from src.predict import load_prediction, prediction_files, resolve_cache_dir, run_folds

@@ -6,9 +6,9 @@ Reads each run's OOF probabilities (its pred_oof/ when complete, else the union 
 the truth from the cache, searches blend weights (per model and class), the 2.5D/3D fusion weight,
 per-class thresholds, the gate (the classifier's presence threshold with --gate, else the
 pixel-count rule), minimum 3D component sizes and the z clean-up by coordinate descent (see
-src.ensemble_search), and estimates the held-out score by cross-tuning: for each fold f, tune on
+src.ensembling.search), and estimates the held-out score by cross-tuning: for each fold f, tune on
 the other folds and score fold f. Writes ensemble.json (runs, parameters, scores) and prints a
-table of every model, the plain mean and the tuned ensemble. src.postprocess.apply_ensemble is the
+table of every model, the plain mean and the tuned ensemble. src.ensembling.postprocess.apply_ensemble is the
 one code path that turns probabilities into masks, here and in src.submit.
 """
 from __future__ import annotations
@@ -22,10 +22,12 @@ from typing import Callable
 
 import numpy as np
 
-from src.common import CLASSES, DataError, run_cli, write_json_atomic
+from src.core.atomic import write_json_atomic
+from src.core.errors import DataError, run_cli
+from src.core.ids import CLASSES
 from src.data.volumes import VolumeCache
-from src.ensemble_search import (Evaluator, SearchSpace, OOFCase, coordinate_descent, cross_tune, make_case, summary)
-from src.postprocess import EnsembleParams, group_of
+from src.ensembling.search import (Evaluator, SearchSpace, OOFCase, coordinate_descent, cross_tune, make_case, summary)
+from src.ensembling.postprocess import EnsembleParams, group_of
 from src.predict import (case_day_folds, load_prediction, prediction_files, prediction_manifest,
                          resolve_cache_dir, run_folds)
 

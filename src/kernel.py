@@ -19,7 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from src.common import DataError, run_cli, write_json_atomic
+from src.core.atomic import write_json_atomic
+from src.core.errors import DataError, run_cli
 
 # Pinned in requirements.txt but absent from Kaggle's Python image (it ships torch, torchvision,
 # timm, albumentations, opencv, numba, pandas, scikit-learn, scipy, matplotlib).
@@ -64,6 +65,12 @@ README_TEXT = """Offline inference bundle for the UW-Madison GI Tract Image Segm
    add the competition and the dataset as inputs, turn the internet off, pick a GPU.
 3. It installs wheels/ with --no-index and writes /kaggle/working/submission.csv.
 """
+
+
+def _code_ignored(folder: str, names: list[str]) -> list[str]:
+    """What the bundle's code/ leaves out: caches and the benchmarks (src/bench, not run on Kaggle)."""
+    skipped = [n for n in names if n == "__pycache__" or n.endswith(".pyc")]
+    return skipped + (["bench"] if Path(folder) == ROOT / "src" else [])
 
 
 def _pins(requirements: Path) -> dict[str, str]:
@@ -120,7 +127,7 @@ def build(ensemble_json: str | Path, out: str | Path, wheels: tuple[str, ...] = 
     shutil.rmtree(staging, ignore_errors=True)
     try:
         shutil.copytree(ROOT / "src", staging / "code" / "src",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                        ignore=_code_ignored)
         shutil.copy2(ROOT / "requirements.txt", staging / "code" / "requirements.txt")
         for run in _ensemble_runs(record):
             _copy_run(run, staging / "runs" / run.name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from src.common import DataError, run_cli
+from src.core.errors import DataError, run_cli
 from src.data.synthetic import generate
 
 

@@ -24,7 +24,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from src.common import DataError, run_cli, write_json_atomic, write_text_atomic
+from src.core.atomic import write_json_atomic, write_text_atomic
+from src.core.errors import DataError, run_cli
 
 
 @dataclass(frozen=True)

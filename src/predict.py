@@ -28,10 +28,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from src.common import DataError, run_cli, save_npy_atomic, write_json_atomic
+from src.core.atomic import save_npy_atomic, write_json_atomic
+from src.core.errors import DataError, run_cli
 from src.data.volumes import CaseDay, VolumeCache, default_cache_dir
 from src.engine.trainer import select_device
-from src.postprocess import pixel_gate
+from src.ensembling.postprocess import pixel_gate
 from src.train import stage_module
 
 # stage of a run's config -> "module:TaskClass"; the task has build_model() and
@@ -338,7 +339,7 @@ def split_case_days(split: str, folds: list[FoldInfo], cache: VolumeCache, data_
             raise DataError(f"{cache.root / 'train'}: validation case-day {missing[0]} is not cached "
                             "(run python -m src.prepare)")
         return [cd for cd in cached if cd in wanted]
-    from src.prepare import prepare
+    from src.data.preparation import prepare
 
     prepare(data_dir, cache.root, split="test", workers=1)
     return cache.case_days("test")

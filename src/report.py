@@ -29,11 +29,13 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from src import cls_report, report_figures as figures
-from src.common import CLASSES, DataError, run_cli
+from src import cls_report
+from src.reporting import figures
+from src.core.errors import DataError, run_cli
+from src.core.ids import CLASSES
 from src.data.samples import intensity_window, normalise
 from src.data.volumes import VolumeCache, default_cache_dir
-from src.metric import DICE_WEIGHT, HAUSDORFF_WEIGHT, dice_rows, score_volumes
+from src.metrics.competition import DICE_WEIGHT, HAUSDORFF_WEIGHT, dice_rows, score_volumes
 
 CLS_STAGE = "cls"
 WORST_BEST = 2  # case-days shown at each end of the ranking

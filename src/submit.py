@@ -3,7 +3,7 @@
 `python -m src.submit --ensemble ensemble.json --data-dir DIR --out submissions/submission.csv`
 
 Every run of ensemble.json (and its classifier gate and detector, if any) predicts each test
-case-day through src.predict (its recorded folds and TTA), src.postprocess.apply_ensemble turns the
+case-day through src.predict (its recorded folds and TTA), src.ensembling.postprocess.apply_ensemble turns the
 probabilities into masks, and each (slice, class) becomes a row `id,class,predicted` (RLE over (H, W)
 in C order). Rows follow sample_submission.csv when it has rows, else slice order with classes in
 the order large_bowel, small_bowel, stomach. The file is validated (every row present once, every
@@ -21,12 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.common import CLASSES, DataError, atomic_path, run_cli
+from src.core.atomic import atomic_path
+from src.core.errors import DataError, run_cli
+from src.core.ids import CLASSES
 from src.data import rle
 from src.data.layout import read_slice, scan_split
 from src.data.volumes import CaseDay
 from src.ensemble import Ensemble, load_ensemble
-from src.postprocess import apply_ensemble
+from src.ensembling.postprocess import apply_ensemble
 from src.predict import RunPredictor, apply_gate, gate_presence, parse_gate_rule
 
 COLUMNS = ["id", "class", "predicted"]

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from src.common import DataError, run_cli
+from src.core.errors import DataError, run_cli
 from src.engine.config import add_config_arguments, config_from_args
 
 

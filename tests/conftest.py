@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.common import CLASSES
+from src.core.ids import CLASSES
 from src.data import rle
 from src.data.layout import slice_id
 

@@ -8,16 +8,17 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from src.common import CLASSES, DataError
+from src.core.errors import DataError
+from src.core.ids import CLASSES
 from src.cls_report import main as report_main
 from src.data.synthetic import generate
 from src.data.volumes import VolumeCache, write_case_day
 from src.engine.cls_task import (ClsConfig, ClsTask, presence_from_probs, presence_score, presence_table,
                                  slice_presence)
-from src.make_folds import make_folds
+from src.data.folds import make_folds
 from src.models.registry import create_model, list_archs
 from src.models.weights import load_encoder_weights
-from src.prepare import prepare
+from src.data.preparation import prepare
 from src.train import main
 
 EMPTY = "case999_day0"

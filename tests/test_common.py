@@ -6,7 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from src.common import DataError, atomic_path, run_cli, save_npy_atomic, write_json_atomic
+from src.core.atomic import atomic_path, save_npy_atomic, write_json_atomic
+from src.core.errors import DataError, run_cli
 
 
 def test_atomic_path_leaves_old_file_on_failure(tmp_path):
@@ -40,7 +41,7 @@ def test_run_cli_turns_data_errors_into_one_line_exit_2(capsys):
 
 @pytest.mark.parametrize("module", ["make_synthetic", "make_folds", "prepare", "train", "score", "pipeline",
                                     "predict", "ensemble", "submit", "report", "kernel", "cls_report",
-                                    "bench", "bench_loader", "bench3d", "bench_gate_crop"])
+                                    "bench.metric", "bench.loader", "bench.seg3d", "bench.gate_crop"])
 def test_every_stage_has_help(module):
     proc = subprocess.run([sys.executable, "-m", f"src.{module}", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage: " in proc.stdout

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from src.common import DataError
+from src.core.errors import DataError
 from src.data.boxes import (body_box, box_area_fraction, box_from_xyxy, box_recall, clip_box, expand_box, mask_box,
                             union_boxes, yolo_xywh)
 from src.data.samples import StackSpec
@@ -22,9 +22,9 @@ from src.data.volumes import VolumeCache, write_case_day
 from src.engine.config import Seg2DConfig
 from src.engine.detector import DetConfig, DetTask, case_day_box, export_dataset, load_detector, predict_boxes
 from src.engine.seg_task import Seg2DTask
-from src.make_folds import make_folds
+from src.data.folds import make_folds
 from src.models.registry import list_archs
-from src.prepare import prepare
+from src.data.preparation import prepare
 from src.train import main
 
 EMPTY = "case999_day0"

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from src.common import DataError
+from src.core.errors import DataError
 from src.data.volumes import write_case_day
 from src.ensemble import load_ensemble, main, tune
-from src.ensemble_search import Evaluator, SearchSpace, make_case, region_of_interest
-from src.metric import score_volumes
-from src.postprocess import EnsembleParams, apply_ensemble, blend, clean_z_runs, remove_small_components
+from src.ensembling.search import Evaluator, SearchSpace, make_case, region_of_interest
+from src.metrics.competition import score_volumes
+from src.ensembling.postprocess import EnsembleParams, apply_ensemble, blend, clean_z_runs, remove_small_components
 
 SHAPE = (8, 3, 32, 40)  # Z, classes, H, W (W != H)
 GROUPS2 = {"a": "2d", "b": "2d"}

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.common import DataError, run_cli
-from src.make_folds import FOLD_COLUMNS, assign_folds, fold_table, load_folds, main, make_folds
+from src.core.errors import DataError, run_cli
+from src.data.folds import FOLD_COLUMNS, assign_folds, fold_table, load_folds, make_folds
+from src.make_folds import main
 
 REPO = Path(__file__).resolve().parents[1]
 # six cases, some with two days, two image sizes

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from src.common import DataError
+from src.core.errors import DataError
 from src.ensemble import tune
 from src.kernel import build, main
 from src.submit import submit

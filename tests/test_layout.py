@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.common import CLASSES, DataError
+from src.core.errors import DataError
+from src.core.ids import CLASSES
 from src.data.layout import (INDEX_COLUMNS, check_labels_match_images, masks_for_case_day, parse_id, read_labels,
                              read_slice, scan_split, slice_id)
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
-from src import metric
+from src.metrics import competition as metric
 
 SHAPES = st.tuples(st.integers(1, 6), st.integers(1, 12), st.integers(1, 12))
 

@@ -4,7 +4,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from src.common import DataError
+from src.core.errors import DataError
 from src.engine.losses import CombinedLoss, parse_loss_spec
 from src.models.registry import create_model, get_arch, list_archs
 from src.models.weights import load_encoder_weights

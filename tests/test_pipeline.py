@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import src.train
-from src.common import DataError
+from src.core.errors import DataError
 from src.pipeline import load_recipe, main, plan
 
 RECIPE = """

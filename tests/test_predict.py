@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from src.common import DataError
+from src.core.errors import DataError
 from src.data.synthetic import generate
 from src.data.volumes import VolumeCache
-from src.make_folds import make_folds
+from src.data.folds import make_folds
 from src.predict import RunPredictor, flip_volume, main, predict_run, predict_tta
-from src.prepare import prepare
+from src.data.preparation import prepare
 from src.train import main as train_main
 
 RUNS = {"unet": ("seg2d", "unet_tiny", "01"), "fpn": ("seg2d", "fpn_tiny", "01"), "cls": ("cls", "cls_tiny", "0")}

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import src.prepare
-from src.common import DataError
+import src.data.preparation
+from src.core.errors import DataError
 from src.data import rle
 from src.data.volumes import VolumeCache
-from src.prepare import prepare
+from src.data.preparation import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_SPLIT = [(9, 1, 70, 66, 5)]
@@ -149,7 +149,7 @@ def test_crash_while_writing_leaves_no_complete_looking_entry(dataset, tmp_path,
         np.save(folder / "image.npy", image[:1])  # half-written, no meta
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(src.prepare, "write_case_day", lambda *a: crash(*a) if a[2] == "case2_day0" else None)
+    monkeypatch.setattr(src.data.preparation, "write_case_day", lambda *a: crash(*a) if a[2] == "case2_day0" else None)
     with pytest.raises(KeyboardInterrupt):
         prepare(dataset.root, cache, workers=1)
     assert "case2_day0" not in VolumeCache(cache).case_days()

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.common import DataError, save_npy_atomic
+from src.core.atomic import save_npy_atomic
+from src.core.errors import DataError
 from src.data.layout import slice_id
 from src.data.volumes import write_case_day
-from src.metric import dice_rows, score_volumes
+from src.metrics.competition import dice_rows, score_volumes
 from src.report import build_report, case_day_score, main
 
 CASE_DAYS = ("case1_day0", "case1_day2", "case3_day1", "case4_day5")

@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 
 from src import score
-from src.common import CLASSES, DataError, run_cli
+from src.metrics.scoring import score_submission
+from src.core.errors import DataError, run_cli
+from src.core.ids import CLASSES
 from src.data import rle
 from src.data.layout import slice_id
-from src.metric import dice_rows, hausdorff_naive
+from src.metrics.competition import dice_rows, hausdorff_naive
 
 
 def _rows(masks: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -47,7 +49,7 @@ def _shifted(masks: dict) -> dict:
 def test_perfect_submission_scores_one(tiny_dataset, tmp_path):
     ds = tiny_dataset()
     sub = _write(_rows(ds.masks), tmp_path / "sub.csv")
-    result = score.score_submission(ds.root, ds.csv, sub)
+    result = score_submission(ds.root, ds.csv, sub)
     assert (result.score, result.dice, result.hausdorff) == (1.0, 1.0, 0.0)
     assert sorted(result.per_case_day["case_day"]) == sorted(ds.masks)
 
@@ -55,7 +57,7 @@ def test_perfect_submission_scores_one(tiny_dataset, tmp_path):
 def test_empty_submission_by_hand(tiny_dataset, tmp_path):
     ds = tiny_dataset()
     sub = _write(pd.DataFrame(columns=["id", "class", "predicted"]), tmp_path / "sub.csv")
-    result = score.score_submission(ds.root, ds.csv, sub)
+    result = score_submission(ds.root, ds.csv, sub)
     # every row with truth scores Dice 0, rows without are skipped; every case-day with truth has Hausdorff 1
     n_truth_rows = sum(int(m.any(axis=(2, 3)).sum()) for m in ds.masks.values())
     assert n_truth_rows > 0
@@ -68,7 +70,7 @@ def test_missing_rows_count_as_empty(tiny_dataset, tmp_path):
     dropped = "case1_day3"
     rows = _rows(ds.masks)
     sub = _write(rows[~rows["id"].str.startswith(dropped + "_")], tmp_path / "sub.csv")
-    result = score.score_submission(ds.root, ds.csv, sub)
+    result = score_submission(ds.root, ds.csv, sub)
     kept = {cd: m for cd, m in ds.masks.items() if cd != dropped}
     assert result.score == pytest.approx(_expected(kept, ds.masks), abs=1e-12)
     n_rows = {cd: int(m.any(axis=(2, 3)).sum()) for cd, m in ds.masks.items()}
@@ -79,7 +81,7 @@ def test_missing_rows_count_as_empty(tiny_dataset, tmp_path):
 def test_shifted_submission_matches_the_definition(tiny_dataset, tmp_path):
     ds = tiny_dataset()
     pred = _shifted(ds.masks)
-    result = score.score_submission(ds.root, ds.csv, _write(_rows(pred), tmp_path / "sub.csv"))
+    result = score_submission(ds.root, ds.csv, _write(_rows(pred), tmp_path / "sub.csv"))
     assert result.score == pytest.approx(_expected(pred, ds.masks), abs=1e-12)
     assert 0 < result.score < 1
 
@@ -91,8 +93,8 @@ def test_mlebench_protocol(tiny_dataset, tmp_path):
     pred[big] = pred[big].copy()
     pred[big][:, 0] = 1  # a whole-image large bowel: far over 10x the truth's voxels
     sub = _write(_rows(pred), tmp_path / "sub.csv")
-    kaggle = score.score_submission(ds.root, ds.csv, sub)
-    mle = score.score_submission(ds.root, ds.csv, sub, protocol="mlebench")
+    kaggle = score_submission(ds.root, ds.csv, sub)
+    mle = score_submission(ds.root, ds.csv, sub, protocol="mlebench")
     assert mle.score == pytest.approx(_expected(pred, ds.masks, column_major=True, oversize_rule=True), abs=1e-12)
     assert kaggle.score == pytest.approx(_expected(pred, ds.masks), abs=1e-12)
     haus = {p: r.per_case_day.set_index("case_day")["hausdorff"] for p, r in (("k", kaggle), ("m", mle))}
@@ -108,7 +110,7 @@ def test_cli_json_and_per_case_day(tiny_dataset, tmp_path, capsys):
     assert score.main(["--data-dir", str(ds.root), "--truth", str(ds.csv), "--pred", sub, "--json",
                        "--per-case-day", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
-    result = score.score_submission(ds.root, ds.csv, sub)
+    result = score_submission(ds.root, ds.csv, sub)
     assert summary["score"] == pytest.approx(result.score) and summary["dice"] == pytest.approx(result.dice)
     assert summary["hausdorff"] == pytest.approx(result.hausdorff)
     assert (summary["n_case_days"], summary["protocol"], summary["split"]) == (len(ds.masks), "kaggle", "train")
@@ -125,7 +127,7 @@ def test_truth_subset_and_test_split_detection(tiny_dataset, tmp_path, capsys):
     one = "case2_day0"
     truth_csv = _write(_rows({one: ds.masks[one]}), tmp_path / "truth.csv")
     sub = _write(_rows(_shifted(ds.masks)), tmp_path / "sub.csv")  # also rows for the unscored case-days
-    result = score.score_submission(ds.root, truth_csv, sub)
+    result = score_submission(ds.root, truth_csv, sub)
     assert result.per_case_day["case_day"].tolist() == [one]
     assert result.score == pytest.approx(_expected(_shifted(ds.masks), {one: ds.masks[one]}), abs=1e-12)
     test_truth = _rows({"case9_day1": np.zeros((6, 3, 72, 64), np.uint8)})
@@ -135,7 +137,7 @@ def test_truth_subset_and_test_split_detection(tiny_dataset, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["split"] == "test" and summary["n_case_days"] == 1 and summary["score"] == 1.0
     with pytest.raises(DataError, match="case9_day1_slice_0001 has no image"):
-        score.score_submission(ds.root, test_csv, test_csv, split="train")
+        score_submission(ds.root, test_csv, test_csv, split="train")
 
 
 @pytest.mark.parametrize("fault, message", [
@@ -162,12 +164,12 @@ def test_cli_errors(tiny_dataset, tmp_path, capsys, fault, message):
     assert exit_info.value.code == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and "sub.csv" in err and message in err
     with pytest.raises(DataError):
-        score.score_submission(ds.root, ds.csv, sub)
+        score_submission(ds.root, ds.csv, sub)
 
 
 def test_truth_without_images_is_an_error(tiny_dataset, tmp_path):
     ds = tiny_dataset()
     truth = _write(_rows({"case42_day0": np.zeros((2, 3, 8, 8), np.uint8)}), tmp_path / "truth.csv")
     with pytest.raises(DataError, match="case42_day0_slice_0001 have no image"):
-        score.score_submission(ds.root, truth, truth)
-    assert math.isclose(score.score_submission(ds.root, ds.csv, ds.csv).score, 1.0)
+        score_submission(ds.root, truth, truth)
+    assert math.isclose(score_submission(ds.root, ds.csv, ds.csv).score, 1.0)

@@ -7,16 +7,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.common import DataError
+from src.core.errors import DataError
 from src.data.samples import intensity_window, normalise
 from src.data.synthetic import generate
 from src.data.volume3d import CropDataset, build_augment3d, parse_roi
 from src.data.volumes import CaseDay, VolumeCache
 from src.engine.seg3d_task import Seg3DConfig, Seg3DTask
-from src.make_folds import make_folds
+from src.data.folds import make_folds
 from src.models.registry import create_model
 from src.models.seg3d import Cascade3D, SlabNet, slab_apply
-from src.prepare import prepare
+from src.data.preparation import prepare
 from src.train import list_archs_table, main
 
 ROI = "32,32,16"  # H,W,D

@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.common import CLASSES, DataError
+from src.core.errors import DataError
+from src.core.ids import CLASSES
 from src.data import rle
 from src.data.layout import scan_split
 from src.ensemble import load_ensemble, tune
-from src.score import score_submission
+from src.metrics.scoring import score_submission
 from src.submit import EnsemblePredictor, main, order_rows, read_volume, submit, validate_submission
 from test_predict import build_trained_runs, one_thread  # noqa: F401  (runs built once per session)
 

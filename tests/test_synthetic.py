@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from src.common import CLASSES, DataError, run_cli
+from src.core.errors import DataError, run_cli
+from src.core.ids import CLASSES
 from src.data import synthetic
 from src.data.layout import check_labels_match_images, masks_for_case_day, read_labels, read_slice, scan_split
 from src.make_synthetic import main

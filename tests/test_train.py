@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 import torch
 
-from src.common import DataError
+from src.core.errors import DataError
 from src.data.synthetic import generate
 from src.data.volumes import VolumeCache
 from src.engine.config import Seg2DConfig
 from src.engine.seg_task import Seg2DTask
 from src.engine.trainer import Trainer
-from src.make_folds import make_folds
-from src.metric import score_volumes
-from src.prepare import prepare
+from src.data.folds import make_folds
+from src.metrics.competition import score_volumes
+from src.data.preparation import prepare
 from src.train import main
 
 

@@ -1,7 +1,7 @@
 """Boxes for the crop detector: from masks and images, unions, margins, and how well a box covers the truth.
 
 A box is (y0, y1, x0, x1) in pixels, half-open (rows y0..y1-1, columns x0..x1-1), the form
-`src.data.geometry` crops with and `src.postprocess.crop_to_box` masks with.
+`src.data.geometry` crops with and `src.ensembling.postprocess.crop_to_box` masks with.
 """
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from src.common import CLASSES, DataError
+from src.core.errors import DataError
+from src.core.ids import CLASSES
 from src.data import rle
 
 SLICE_RE = re.compile(r"^slice_(\d{4})_(\d+)_(\d+)_(\d+(?:\.\d+)?)_(\d+(?:\.\d+)?)\.png$")

@@ -1,7 +1,7 @@
 """Run-length encoding of the competition: 1-indexed `start length` pairs over the (H, W) mask in C order.
 
 `encode` writes the text with numba and `decode` paints runs with numba; `encode_reference` is the straightforward numpy encoder that
-the fast one must match byte for byte (tests and `src.bench` compare them).
+the fast one must match byte for byte (tests and `src.bench.metric` compare them).
 """
 from __future__ import annotations
 

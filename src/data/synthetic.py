@@ -29,7 +29,9 @@ import pandas as pd
 from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
-from src.common import CLASSES, DataError, atomic_path
+from src.core.atomic import atomic_path
+from src.core.errors import DataError
+from src.core.ids import CLASSES
 from src.data import rle
 from src.data.layout import slice_id
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from src.common import DataError, save_npy_atomic, write_json_atomic
+from src.core.atomic import save_npy_atomic, write_json_atomic
+from src.core.errors import DataError
+from src.core.ids import case_day_key
 
 
 def default_cache_dir(data_dir: str | Path) -> Path:
@@ -64,7 +66,7 @@ class VolumeCache:
         if not folder.is_dir():
             return []
         names = [p.parent.name for p in folder.glob("*/meta.json")]
-        return sorted(names, key=_case_day_key)
+        return sorted(names, key=case_day_key)
 
     def load(self, case_day: str, split: str = "train") -> CaseDay:
         folder = self.root / split / case_day
@@ -76,7 +78,3 @@ class VolumeCache:
         mask = np.load(mask_path, mmap_mode="r") if mask_path.exists() else None
         return CaseDay(case_day, tuple(meta["ids"]), image, mask, (meta["sx"], meta["sy"]), meta)
 
-
-def _case_day_key(case_day: str) -> tuple[int, int]:
-    case, day = case_day.removeprefix("case").split("_day")
-    return int(case), int(day)

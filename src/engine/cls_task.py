@@ -23,14 +23,16 @@ import torch
 import torch.nn as nn
 from sklearn.metrics import average_precision_score
 
-from src.common import CLASSES, DataError, save_npy_atomic
+from src.core.atomic import save_npy_atomic
+from src.core.errors import DataError
+from src.core.ids import CLASSES
 from src.data.samples import volume_batches
 from src.data.volumes import CaseDay
 from src.engine.config import Seg2DConfig
 from src.engine.seg_task import Seg2DTask
 from src.engine.trainer import Evaluation, Trainer, prepared_cache
 from src.models.registry import create_model, get_arch
-from src.postprocess import pixel_gate
+from src.ensembling.postprocess import pixel_gate
 
 
 @dataclass(frozen=True)

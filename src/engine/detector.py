@@ -36,7 +36,8 @@ import torch
 import torch.nn as nn
 import yaml
 
-from src.common import DataError, atomic_path, write_json_atomic, write_text_atomic
+from src.core.atomic import atomic_path, write_json_atomic, write_text_atomic
+from src.core.errors import DataError
 from src.data.boxes import (Box, body_box, box_area_fraction, box_from_xyxy, box_recall, expand_box, mask_box,
                             union_boxes, yolo_xywh)
 from src.data.samples import StackSpec, intensity_window, normalise

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from src.common import DataError
+from src.core.errors import DataError
 from src.data.samples import intensity_window, normalise
 from src.data.volume3d import CropDataset, build_augment3d, parse_roi
 from src.data.volumes import CaseDay, VolumeCache

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from src.common import DataError, save_npy_atomic
+from src.core.atomic import save_npy_atomic
+from src.core.errors import DataError
 from src.data.augment import build_augment
 from src.data.geometry import Geometry
 from src.data.samples import SliceDataset, StackSpec, volume_batches
@@ -16,7 +17,7 @@ from src.data.volumes import CaseDay, VolumeCache
 from src.engine.config import Seg2DConfig
 from src.engine.losses import CombinedLoss
 from src.engine.trainer import Evaluation, Trainer, prepared_cache
-from src.metric import score_volumes
+from src.metrics.competition import score_volumes
 from src.models.registry import create_model
 
 

@@ -31,7 +31,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from src.common import DataError, atomic_path, seed_everything, write_json_atomic, write_text_atomic
+from src.core.atomic import atomic_path, write_json_atomic, write_text_atomic
+from src.core.errors import DataError
+from src.core.seed import seed_everything
 from src.engine.config import TrainConfig
 from src.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown, sum_over_ranks
 from src.models.weights import load_encoder_weights
@@ -78,7 +80,7 @@ def set_bn_momentum(model: nn.Module, momentum: float) -> None:
 
 def split_case_days(cfg: TrainConfig, all_case_days: list[str]) -> tuple[list[str], list[str]]:
     """(train, validation) case-days for cfg.fold from the saved folds file."""
-    from src.make_folds import load_folds
+    from src.data.folds import load_folds
 
     excluded = set(cfg.excluded)
     available = [cd for cd in all_case_days if cd not in excluded]
@@ -109,7 +111,7 @@ def prepared_cache(cfg: TrainConfig) -> tuple[Path, list[str]]:
     if not case_days:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise DataError(f"{cache_dir}: empty cache; run python -m src.prepare --data-dir {cfg.data_dir} before torchrun")
-        from src.prepare import prepare
+        from src.data.preparation import prepare
 
         prepare(cfg.data_dir, cache_dir)
         case_days = VolumeCache(cache_dir).case_days("train")

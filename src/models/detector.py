@@ -20,7 +20,7 @@ import matplotlib
 import torch
 import torch.nn as nn
 
-from src.common import atomic_path
+from src.core.atomic import atomic_path
 from src.models.registry import register_arch
 
 YOLO_ARCHS = ("yolo26n", "yolo26s", "yolo26m", "yolo11n", "yolo11s", "yolov8n", "yolov8s")

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from timm.models import adapt_input_conv
 
-from src.common import DataError
+from src.core.errors import DataError
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -16,9 +16,10 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from src.common import CLASSES, DataError, run_cli
+from src.core.errors import DataError, run_cli
+from src.core.ids import CLASSES
 from src.data import rle
-from src.metric import hausdorff_3d, hausdorff_naive
+from src.metrics.competition import hausdorff_3d, hausdorff_naive
 
 RLE_SHAPES = ((266, 266), (310, 360))  # (H, W) of the two commonest image sizes
 PREDICTION_KINDS = ("noisy", "shifted", "truncated", "dilated")  # the naive Hausdorff is slowest on "dilated"
@@ -164,7 +165,7 @@ def parse_size(text: str) -> tuple[int, int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m src.bench.metric", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
     parser.add_argument("--size", default="144x266x266", help="case-day volume ZxHxW")
     parser.add_argument("--case-days", type=int, default=12, help="case-days in the synthetic fold")

@@ -1,9 +1,9 @@
-"""What the empty-slice gate and the detector crop add to one segmenter: `python -m src.bench_gate_crop --work DIR`.
+"""What the empty-slice gate and the detector crop add to one segmenter: `python -m src.bench.gate_crop --work DIR`.
 
 On a small synthetic dataset (generated under DIR if missing, folds and cache too) it trains fold 0
 of a 2.5D segmenter, a slice classifier and a YOLO crop detector (each reused when its done.json
 exists), then scores the segmenter's out-of-fold probabilities with the competition metric through
-the ensemble's own post-processing (src.postprocess.postprocess), untuned: threshold 0.5; gate =
+the ensemble's own post-processing (src.ensembling.postprocess.postprocess), untuned: threshold 0.5; gate =
 the classifier's presence >= --gate-threshold, or the 1st place's pixel rule (the segmenter as its
 own classifier: more than 12 pixels above 0.6); crop = everything outside the detector's box zeroed.
 Prints one row per variant: plain, gate, pixel-rule gate, crop, gate + crop.
@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.common import run_cli
+from src.core.errors import run_cli
 from src.data.synthetic import generate
 from src.data.volumes import VolumeCache
 from src.engine import cls_task, detector, seg_task
-from src.make_folds import make_folds
-from src.metric import score_volumes
-from src.postprocess import EnsembleParams, postprocess
-from src.prepare import prepare
+from src.data.folds import make_folds
+from src.metrics.competition import score_volumes
+from src.ensembling.postprocess import EnsembleParams, postprocess
+from src.data.preparation import prepare
 
 VARIANTS = {  # name -> EnsembleParams overrides on the plain single-model mean
     "plain": {},
@@ -73,7 +73,7 @@ def score_variants(work: Path, seg: Path, cls: Path, det: Path, gate_threshold: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.bench_gate_crop", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m src.bench.gate_crop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="folder for data, cache, folds and runs")
     parser.add_argument("--cases", type=int, default=6)

@@ -1,4 +1,4 @@
-"""Benchmark of the 3D designs: `python -m src.bench3d [--data-dir DIR] [--epochs N] [--device cpu|cuda]`.
+"""Benchmark of the 3D designs: `python -m src.bench.seg3d [--data-dir DIR] [--epochs N] [--device cpu|cuda]`.
 
 Whole 3D, patch-wise and cascade (`--archs`: tiny nets by default, so that the defaults finish in a
 few minutes on 2 CPU cores; `--archs unet3d,unet3d_patch,cascade3d` for the real ones). Per design,
@@ -25,11 +25,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from src.common import DataError, run_cli
+from src.core.errors import DataError, run_cli
 from src.data.synthetic import generate
 from src.engine.seg3d_task import Seg3DConfig, Seg3DTask
 from src.engine.trainer import Trainer, prepared_cache, select_device
-from src.make_folds import make_folds
+from src.data.folds import make_folds
 from src.models.registry import count_parameters, get_arch
 
 SYNTHETIC_SIZES = [(120, 104), (88, 88)]  # W, H: about a third of the real sizes
@@ -125,7 +125,7 @@ def _dataset(args: argparse.Namespace, tmp: Path) -> tuple[str, str, str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m src.bench3d", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m src.bench.seg3d", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=None, help="Kaggle-layout data (default: a generated synthetic set)")
     parser.add_argument("--cache-dir", default="", help="volume cache (default: the data's, or a temporary one)")

@@ -28,8 +28,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from src.metric import CaseDayScore, MetricResult, aggregate, dice_rows, hausdorff_3d
-from src.postprocess import N_CLASSES, EnsembleParams, blend_class, postprocess_class
+from src.metrics.competition import CaseDayScore, MetricResult, aggregate, dice_rows, hausdorff_3d
+from src.ensembling.postprocess import N_CLASSES, EnsembleParams, blend_class, postprocess_class
 
 WEIGHTS = (0.0, 0.5, 1.0, 2.0)  # per model and class, relative inside its group
 FUSION = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)  # share of the 3D group

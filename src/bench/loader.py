@@ -1,4 +1,4 @@
-"""Benchmark of the 2.5D data pipeline: `python -m src.bench_loader [--data-dir DIR]`.
+"""Benchmark of the 2.5D data pipeline: `python -m src.bench.loader [--data-dir DIR]`.
 
 Prints two tables measured in one process:
 1. samples per second of our cached-volume sampler against a loader that reads the PNGs of every
@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from src.common import CLASSES, run_cli
+from src.core.errors import run_cli
+from src.core.ids import CLASSES
 from src.data import rle
 from src.data.augment import build_augment
 from src.data.geometry import Geometry
@@ -91,7 +92,7 @@ def data_wait_share(dataset: Dataset, arch: str, channels: int, batch_size: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.bench_loader", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m src.bench.loader", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="data/synthetic")
     parser.add_argument("--cache-dir", default=None)
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    from src.prepare import prepare
+    from src.data.preparation import prepare
 
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir(args.data_dir)
     prepare(args.data_dir, cache_dir)

@@ -1,22 +1,15 @@
-"""Shared helpers of every stage: the one-line error type, atomic writes, CLI entry wrapper, seeding."""
+"""Atomic writes: a temporary file beside the target, renamed onto it only when complete."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import random
-import sys
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
-
-CLASSES = ("large_bowel", "small_bowel", "stomach")  # row order of train.csv
-
-
-class DataError(Exception):
-    """Bad input: the message names the file (or row) and what is wrong; printed as one line."""
 
 
 @contextlib.contextmanager
@@ -52,21 +45,12 @@ def save_npy_atomic(target: str | os.PathLike, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and (if imported) torch; deterministic algorithms stay the caller's choice."""
-    random.seed(seed)
-    np.random.seed(seed)
-    if "torch" in sys.modules:
-        import torch
-
-        torch.manual_seed(seed)
-
-
-def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a stage's main; a DataError becomes `error: <message>` on stderr and exit code 2."""
-    try:
-        code = main(argv)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(code or 0)
+def swap_dir(staging: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Make the complete folder `staging` the new `final` by renames; the old `final` goes last."""
+    staging, final = Path(staging), Path(final)
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)

@@ -16,7 +16,8 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-from src.common import CLASSES, DataError
+from src.core.errors import DataError
+from src.core.ids import CLASSES
 
 GROUPS = ("2d", "3d")  # blend groups: 3D models vs every other segmenter
 N_CLASSES = len(CLASSES)

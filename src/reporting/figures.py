@@ -16,8 +16,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from src.common import CLASSES
-from src.metric import DICE_WEIGHT, HAUSDORFF_WEIGHT
+from src.core.ids import CLASSES
+from src.metrics.competition import DICE_WEIGHT, HAUSDORFF_WEIGHT
 
 CLASS_COLOURS = dict(zip(CLASSES, ("#ff3b30", "#34c759", "#0a84ff")))  # legible on a grey MRI slice
 DPI = 100

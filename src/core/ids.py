@@ -1,0 +1,10 @@
+"""Class names and case-day ids, as the competition spells them."""
+from __future__ import annotations
+
+CLASSES = ("large_bowel", "small_bowel", "stomach")  # row order of train.csv
+
+
+def case_day_key(case_day: str) -> tuple[int, int]:
+    """"case12_day3" -> (12, 3): sorts case-days by case, then day."""
+    case, day = case_day.removeprefix("case").split("_day")
+    return int(case), int(day)

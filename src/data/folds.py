@@ -1,0 +1,106 @@
+"""Folds: assign every train case-day to a cross-validation fold, grouped by case.
+
+sklearn's StratifiedGroupKFold runs over one row per slice, labelled organ-positive (any class has a
+mask) or empty, with the case as group: no case is split across folds and the folds get similar
+shares of positive slices. Reads train.csv and the slice file names only, never the pixels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from src.core.errors import DataError
+from src.data.layout import check_labels_match_images, read_labels, scan_split
+
+FOLD_COLUMNS = ["case", "day", "case_day", "fold"]
+
+
+def slice_table(data_dir: str | Path) -> pd.DataFrame:
+    """One row per train slice in (case, day, slice) order: case, day, case_day, positive (bool)."""
+    data_dir = Path(data_dir)
+    csv_path = data_dir / "train.csv"
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: not found (folds are made from the train labels)")
+    labels = read_labels(csv_path)
+    index = scan_split(data_dir, "train")
+    check_labels_match_images(labels, index, csv_path)
+    if index.empty:
+        raise DataError(f"{data_dir / 'train'}: no train slices to split into folds")
+    positive = labels.assign(positive=labels["rle"].str.strip() != "").groupby("id")["positive"].any()
+    return index[["case", "day", "case_day"]].assign(positive=index["id"].map(positive).to_numpy())
+
+
+def assign_folds(slices: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.DataFrame:
+    """Folds for the per-slice table of `slice_table`: one row per case-day, sorted by case and day.
+
+    Columns case, day, case_day, fold, n_slices, n_positive_slices. Deterministic for a seed.
+    """
+    n_cases = slices["case"].nunique()
+    if n_folds < 2:
+        raise DataError(f"need at least 2 folds, got {n_folds}")
+    if n_folds > n_cases:
+        raise DataError(f"{n_folds} folds asked for but the data has only {n_cases} cases (folds are grouped by case)")
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    fold = np.empty(len(slices), dtype=np.int64)
+    splits = splitter.split(np.zeros(len(slices)), slices["positive"].astype(int), groups=slices["case"])
+    for k, (_, held_out) in enumerate(splits):
+        fold[held_out] = k
+    return slices.assign(fold=fold).groupby(["case", "day", "case_day"], as_index=False, sort=True).agg(
+        fold=("fold", "first"), n_slices=("positive", "size"), n_positive_slices=("positive", "sum"))
+
+
+def make_folds(data_dir: str | Path, n_folds: int = 5, seed: int = 42, exclude: Iterable[str] = ()) -> pd.DataFrame:
+    """Folds of the train case-days of `data_dir`, leaving out the case-days in `exclude`."""
+    slices = slice_table(data_dir)
+    exclude = set(exclude)
+    unknown = sorted(exclude - set(slices["case_day"]))
+    if unknown:
+        raise DataError(f"{Path(data_dir) / 'train'}: excluded case-day {unknown[0]} is not in the data")
+    return assign_folds(slices[~slices["case_day"].isin(exclude)].reset_index(drop=True), n_folds, seed)
+
+
+def load_folds(path: str | Path) -> pd.DataFrame:
+    """Read a folds file written by this stage; DataError unless every case-day has one fold and no case spans two."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: folds file not found (run python -m src.make_folds)")
+    try:
+        folds = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read CSV ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in FOLD_COLUMNS if c not in folds.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; has {list(folds.columns)}")
+    if folds.empty:
+        raise DataError(f"{path}: no case-days listed")
+    for col in ("case", "day", "fold"):
+        if not pd.api.types.is_integer_dtype(folds[col]) or (folds[col] < 0).any():
+            raise DataError(f"{path}: column {col} must hold non-negative integers")
+    _check_rows(folds, path)
+    return folds
+
+
+def _check_rows(folds: pd.DataFrame, path: Path) -> None:
+    expected = "case" + folds["case"].astype(str) + "_day" + folds["day"].astype(str)
+    bad = np.flatnonzero((folds["case_day"] != expected).to_numpy())
+    if bad.size:
+        raise DataError(f"{path} row {bad[0] + 2}: case_day {folds['case_day'].iloc[bad[0]]!r} does not match "
+                        f"case {folds['case'].iloc[bad[0]]} day {folds['day'].iloc[bad[0]]}")
+    dup = np.flatnonzero(folds["case_day"].duplicated().to_numpy())
+    if dup.size:
+        raise DataError(f"{path} row {dup[0] + 2}: case-day {folds['case_day'].iloc[dup[0]]} listed twice")
+    spread = folds.groupby("case")["fold"].nunique()
+    if (spread > 1).any():
+        raise DataError(f"{path}: case {spread.index[spread > 1][0]} is in more than one fold (folds must be grouped by case)")
+
+
+def fold_table(folds: pd.DataFrame) -> pd.DataFrame:
+    """Per fold: cases, case-days, slices and share of organ-positive slices."""
+    table = folds.groupby("fold").agg(cases=("case", "nunique"), case_days=("case_day", "size"),
+                                      slices=("n_slices", "sum"), positive=("n_positive_slices", "sum"))
+    table["positive_share"] = (table.pop("positive") / table["slices"]).round(3)
+    return table.reset_index()

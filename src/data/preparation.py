@@ -1,0 +1,167 @@
+"""The cache builder: read the Kaggle layout once into memory-mappable case-day volumes.
+
+Each case-day becomes `<cache>/<split>/<case_day>/{image.npy, mask.npy, meta.json}` (see
+src.data.volumes). meta.json carries a fingerprint of the case-day's source (PNG names, sizes and
+mtimes; hash of its train.csv rows), so a re-run skips unchanged case-days, rewrites changed ones and
+removes case-days that vanished from the data. A case-day is deleted before it is rewritten and its
+meta.json is written last, so the cache holds either a complete case-day or none.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.core.errors import DataError
+from src.data.layout import (CASE_DAY_RE, check_labels_match_images, masks_for_case_day, read_labels,
+                             read_slice, scan_split)
+from src.data.volumes import default_cache_dir, read_meta, write_case_day
+
+SPLITS = ("train", "test")
+CACHE_VERSION = 1  # bump when the cached arrays or meta change meaning: every case-day is rewritten
+
+
+@dataclass(frozen=True)
+class PrepareSummary:
+    """What a run did to the cache."""
+
+    cache_dir: Path
+    written: int
+    skipped: int
+    removed: int
+    seconds: float
+
+    def line(self) -> str:
+        return (f"prepare: {self.cache_dir}: {self.written} case-days written, {self.skipped} skipped, "
+                f"{self.removed} removed in {self.seconds:.1f} s")
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Everything one case-day is built from: its slice rows (from scan_split) and its label rows."""
+
+    split: str
+    case_day: str
+    slices: pd.DataFrame
+    labels: pd.Series | None  # rle indexed by (id, class); None for test
+    labels_sha: str | None
+    csv_path: Path | None
+
+
+def prepare(data_dir: str | Path, cache_dir: str | Path | None = None, split: str = "train",
+            workers: int = 2) -> PrepareSummary:
+    """Cache every case-day of `split` ("train", "test" or "all"); DataError on any bad input."""
+    start = time.perf_counter()
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: data folder not found")
+    if split not in (*SPLITS, "all"):
+        raise DataError(f"unknown split {split!r} (expected train, test or all)")
+    if workers < 1:
+        raise DataError(f"--workers must be at least 1, got {workers}")
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir)
+    counts: Counter[str] = Counter()
+    for name in SPLITS if split == "all" else (split,):
+        counts += _prepare_split(data_dir, cache_dir, name, workers)
+    return PrepareSummary(cache_dir, counts["written"], counts["skipped"], counts["removed"],
+                          time.perf_counter() - start)
+
+
+def _prepare_split(data_dir: Path, cache_dir: Path, split: str, workers: int) -> Counter[str]:
+    sources = _sources(data_dir, split)
+    if not sources:
+        print(f"prepare: nothing to cache in {data_dir / split}")
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        futures = [pool.submit(_cache_case_day, cache_dir, source) for source in sources]
+        outcomes = Counter(future.result() for future in futures)
+    finally:
+        pool.shutdown(cancel_futures=True)
+    outcomes["removed"] = _remove_vanished(cache_dir / split, {s.case_day for s in sources})
+    return outcomes
+
+
+def _sources(data_dir: Path, split: str) -> list[_Source]:
+    """Validate the split's images (and train.csv for train) and group them by case-day."""
+    index = scan_split(data_dir, split)
+    if split != "train":
+        return [_Source(split, cd, group, None, None, None) for cd, group in index.groupby("case_day", sort=False)]
+    csv_path = data_dir / "train.csv"
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: not found (the train split needs its labels)")
+    labels = read_labels(csv_path)
+    check_labels_match_images(labels, index, csv_path)
+    labels = labels.assign(case_day=labels["id"].map(index.set_index("id")["case_day"]))
+    by_case_day = dict(tuple(labels.sort_values(["id", "class"]).groupby("case_day", sort=False)))
+    sources = []
+    for cd, group in index.groupby("case_day", sort=False):
+        rows = by_case_day[cd][["id", "class", "rle"]]
+        sha = hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()
+        sources.append(_Source(split, cd, group, rows.set_index(["id", "class"])["rle"], sha, csv_path))
+    return sources
+
+
+def _fingerprint(source: _Source) -> dict:
+    """Names, sizes and mtimes of the PNGs plus the hash of the label rows: changes when the source does."""
+    listing = []
+    for path in source.slices["path"]:
+        stat = os.stat(path)
+        listing.append(f"{Path(path).name} {stat.st_size} {stat.st_mtime_ns}")
+    images_sha = hashlib.sha256("\n".join(listing).encode()).hexdigest()
+    return {"version": CACHE_VERSION, "images": images_sha, "labels": source.labels_sha}
+
+
+def _cache_case_day(cache_dir: Path, source: _Source) -> str:
+    """Write one case-day unless its cached fingerprint matches; returns "written" or "skipped"."""
+    folder = cache_dir / source.split / source.case_day
+    fingerprint = _fingerprint(source)  # before reading, so a change while reading shows up next run
+    meta = read_meta(cache_dir, source.split, source.case_day)
+    arrays = ["image.npy"] + (["mask.npy"] if source.labels is not None else [])
+    if meta is not None and meta.get("source") == fingerprint and all((folder / a).is_file() for a in arrays):
+        return "skipped"
+    try:
+        image, mask = _read_volume(source)
+    finally:  # the old entry is stale whether or not the new source reads cleanly
+        if folder.exists():
+            shutil.rmtree(folder)
+    write_case_day(cache_dir, source.split, source.case_day, image, mask, _meta(source, fingerprint))
+    return "written"
+
+
+def _read_volume(source: _Source) -> tuple[np.ndarray, np.ndarray | None]:
+    slices = source.slices
+    height, width = int(slices["height"].iloc[0]), int(slices["width"].iloc[0])
+    image = np.stack([read_slice(path, height, width) for path in slices["path"]])
+    if source.labels is None:
+        return image, None
+    mask = masks_for_case_day(source.labels, slices["id"].tolist(), height, width, source=str(source.csv_path))
+    return image, mask
+
+
+def _meta(source: _Source, fingerprint: dict) -> dict:
+    first = source.slices.iloc[0]
+    return {
+        "case_day": source.case_day, "case": int(first["case"]), "day": int(first["day"]), "split": source.split,
+        "ids": source.slices["id"].tolist(), "slices": [int(z) for z in source.slices["slice"]],
+        "height": int(first["height"]), "width": int(first["width"]),
+        "sx": float(first["sx"]), "sy": float(first["sy"]),
+        "has_mask": source.labels is not None, "source": fingerprint,
+    }
+
+
+def _remove_vanished(split_dir: Path, keep: set[str]) -> int:
+    """Delete cached case-day folders whose case-day is no longer in the data; returns how many."""
+    if not split_dir.is_dir():
+        return 0
+    stale = [p for p in split_dir.iterdir() if p.is_dir() and CASE_DAY_RE.match(p.name) and p.name not in keep]
+    for path in stale:
+        shutil.rmtree(path)
+    return len(stale)

@@ -1,0 +1,1 @@
+"""Prediction with trained runs: fold models, TTA, gating, whole-split prediction."""

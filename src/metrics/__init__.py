@@ -1,0 +1,1 @@
+"""The competition metric and the scoring of submission files."""

@@ -1,0 +1,1 @@
+"""The HTML report: runs, tables, figures."""
