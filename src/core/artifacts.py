@@ -1,0 +1,306 @@
+"""The one owner of every artifact's on-disk layout: runs, folds, predictions, the cache, ensemble files.
+
+No other module spells a file name of an artifact; they all read and write through these types.
+
+    runs/<name>/                          RunDir
+        fold<k>/ | foldall/               FoldDir
+            config.json                   the run's config, its case-days, seed, versions (first)
+            best.pt                       weights of the best epoch {"model": state_dict, "epoch"}
+            last.pt                       full training state for --resume
+            log.csv                       one row per epoch
+            oof/<case_day>.npy|.json      out-of-fold predictions of the best epoch (oof.staging/ while written)
+            oof_scores.csv                the best epoch's validation table
+            done.json                     written last: the fold is complete
+        pred_<split>/                     PredictionDir: <case_day>.npy|.json, predict.json written last
+    cache/<data>/<split>/<case_day>/      CaseDayFiles: image.npy, mask.npy, meta.json (last)
+    ensemble.json                         EnsembleRecord (versioned)
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from src.core.atomic import atomic_path, swap_dir, write_json_atomic, write_text_atomic
+from src.core.errors import DataError
+
+FOLD_RE = re.compile(r"^fold(\d+|all)$")
+PREDICTION_SUFFIXES = (".npy", ".json")  # probability arrays; a detector's box records
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable {what} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: {what} is not a JSON object")
+    return value
+
+
+def _fold_order(name: str) -> tuple[int, int]:
+    return (1, 0) if name == "all" else (0, int(name))
+
+
+# ---- a fold ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FoldRecord:
+    """config.json of a fold: the stage config's fields and the case-days it trained and validated on."""
+
+    config: dict
+    train_case_days: tuple[str, ...] = ()
+    val_case_days: tuple[str, ...] = ()
+    seed: int | None = None
+    world_size: int = 1
+    versions: dict = field(default_factory=dict)
+
+    @property
+    def stage(self) -> str:
+        return self.config.get("stage", "seg2d")
+
+
+class FoldDir:
+    """One trained fold, `runs/<name>/fold<k>/`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        match = FOLD_RE.match(self.path.name)
+        if not match:
+            raise DataError(f"{self.path}: not a fold folder (expected fold<k> or foldall)")
+        self.fold = match.group(1)
+        self.config_path = self.path / "config.json"
+        self.weights = self.path / "best.pt"
+        self.last = self.path / "last.pt"
+        self.done_path = self.path / "done.json"
+        self.log_path = self.path / "log.csv"
+        self.oof_dir = self.path / "oof"
+        self.oof_staging = self.path / "oof.staging"
+        self.oof_scores_path = self.path / "oof_scores.csv"
+
+    def __repr__(self) -> str:
+        return f"FoldDir({str(self.path)!r})"
+
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.path.parent)
+
+    # config
+    def write_config(self, record: FoldRecord) -> None:
+        write_json_atomic(self.config_path, {
+            "config": record.config, "seed": record.seed, "train_case_days": list(record.train_case_days),
+            "val_case_days": list(record.val_case_days), "world_size": record.world_size,
+            "versions": record.versions})
+
+    def read_config(self) -> FoldRecord:
+        raw = _read_json(self.config_path, "run config")
+        if not isinstance(raw.get("config"), dict):
+            raise DataError(f"{self.config_path}: run config has no 'config' object")
+        try:
+            return FoldRecord(raw["config"], tuple(raw.get("train_case_days", ())), tuple(raw.get("val_case_days", ())),
+                              raw.get("seed"), int(raw.get("world_size", 1)), dict(raw.get("versions") or {}))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{self.config_path}: bad run config ({exc})") from None
+
+    # completion
+    def is_done(self) -> bool:
+        return self.done_path.is_file()
+
+    def write_done(self, record: dict) -> None:
+        write_json_atomic(self.done_path, record)
+
+    def read_done(self) -> dict | None:
+        return _read_json(self.done_path, "done marker") if self.done_path.is_file() else None
+
+    # out-of-fold predictions and scores
+    def oof_file(self, case_day: str, suffix: str = ".npy", staging: bool = False) -> Path:
+        return (self.oof_staging if staging else self.oof_dir) / f"{case_day}{suffix}"
+
+    def oof_files(self) -> dict[str, Path]:
+        if not self.oof_dir.is_dir():
+            return {}
+        return {p.stem: p for p in sorted(self.oof_dir.iterdir()) if p.suffix in PREDICTION_SUFFIXES}
+
+    def promote_oof(self, per_case_day: pd.DataFrame) -> None:
+        """Make the staged OOF predictions the fold's oof/ (swap by rename) and save their scores."""
+        swap_dir(self.oof_staging, self.oof_dir)
+        with atomic_path(self.oof_scores_path, suffix=".csv") as tmp:
+            per_case_day.to_csv(tmp, index=False)
+
+    def read_oof_scores(self) -> pd.DataFrame | None:
+        return pd.read_csv(self.oof_scores_path) if self.oof_scores_path.is_file() else None
+
+    # log
+    def append_log(self, row: dict) -> None:
+        log = self.read_log()
+        log = pd.concat([log, pd.DataFrame([row])], ignore_index=True) if log is not None else pd.DataFrame([row])
+        write_text_atomic(self.log_path, log.to_csv(index=False))
+
+    def write_log(self, log: pd.DataFrame) -> None:
+        write_text_atomic(self.log_path, log.to_csv(index=False))
+
+    def read_log(self) -> pd.DataFrame | None:
+        return pd.read_csv(self.log_path) if self.log_path.is_file() else None
+
+    # what a Kaggle bundle carries of a fold: config and weights
+    def bundle_files(self) -> list[Path]:
+        return [self.config_path, self.weights, self.done_path]
+
+
+# ---- a run -------------------------------------------------------------------------------------
+class RunDir:
+    """A run, `runs/<name>/`: its folds and its predictions."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.name = self.path.name
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def fold(self, fold: str | int) -> FoldDir:
+        return FoldDir(self.path / f"fold{fold}")
+
+    def folds(self) -> dict[str, FoldDir]:
+        """The folds that have weights, keyed "0", "1", ..., "all" (numbered first)."""
+        if not self.path.is_dir():
+            raise DataError(f"{self.path}: run folder not found")
+        found = {}
+        for path in self.path.iterdir():
+            if FOLD_RE.match(path.name) and (path / "best.pt").is_file():
+                fold = FoldDir(path)
+                found[fold.fold] = fold
+        if not found:
+            raise DataError(f"{self.path}: no fold*/best.pt (train the run first)")
+        return dict(sorted(found.items(), key=lambda kv: _fold_order(kv[0])))
+
+    def predictions(self, split: str) -> PredictionDir:
+        return PredictionDir(self.path / f"pred_{split}")
+
+
+def fold_dir(runs_root: str | Path, name: str, fold: str | int) -> FoldDir:
+    """`<runs_root>/<name>/fold<fold>/`."""
+    return RunDir(Path(runs_root) / name).fold(fold)
+
+
+# ---- predictions -------------------------------------------------------------------------------
+class PredictionDir:
+    """Predictions of one split: `<case_day>.npy` (probabilities) or `.json` (boxes), predict.json last."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.manifest_path = self.path / "predict.json"
+
+    def file(self, case_day: str, suffix: str = ".npy") -> Path:
+        return self.path / f"{case_day}{suffix}"
+
+    def begin(self) -> None:
+        """Mark the folder incomplete (no manifest) before predictions are (re)written."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.manifest_path.unlink(missing_ok=True)
+
+    def write_manifest(self, manifest: dict) -> None:
+        write_json_atomic(self.manifest_path, manifest)
+
+    def read_manifest(self) -> dict | None:
+        return _read_json(self.manifest_path, "prediction manifest") if self.manifest_path.is_file() else None
+
+    def files(self) -> dict[str, Path]:
+        """case-day -> file of a complete folder (one with its manifest); {} when incomplete."""
+        manifest = self.read_manifest()
+        if manifest is None:
+            return {}
+        out = {}
+        for cd in manifest.get("case_days", []):
+            found = [self.file(cd, s) for s in PREDICTION_SUFFIXES if self.file(cd, s).is_file()]
+            if not found:
+                raise DataError(f"{self.path}: {cd} is listed in {self.manifest_path.name} but has no prediction file")
+            out[cd] = found[0]
+        return out
+
+
+# ---- the cache ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CaseDayFiles:
+    """One cached case-day: image.npy (uint16 Z,H,W), mask.npy (uint8 Z,3,H,W; train only), meta.json (last)."""
+
+    folder: Path
+
+    @classmethod
+    def of(cls, cache_dir: str | Path, split: str, case_day: str) -> CaseDayFiles:
+        return cls(Path(cache_dir) / split / case_day)
+
+    @property
+    def image(self) -> Path:
+        return self.folder / "image.npy"
+
+    @property
+    def mask(self) -> Path:
+        return self.folder / "mask.npy"
+
+    @property
+    def meta(self) -> Path:
+        return self.folder / "meta.json"
+
+
+def cached_case_days(cache_dir: str | Path, split: str) -> list[str]:
+    """Names of the complete (meta.json written) case-days of a cached split, unordered."""
+    folder = Path(cache_dir) / split
+    return [p.parent.name for p in folder.glob("*/meta.json")] if folder.is_dir() else []
+
+
+# ---- ensemble files ----------------------------------------------------------------------------
+ENSEMBLE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EnsembleRecord:
+    """A read ensemble.json: member runs (with the predict options their OOF was made with), the
+    classifier gate and detector crop runs, the raw parameters, scores, and the whole record."""
+
+    path: Path
+    runs: list[dict]
+    gate: dict | None
+    crop: dict | None
+    params: dict
+    record: dict
+
+    def run_paths(self) -> list[str]:
+        """Every run the ensemble needs at test time, once each: the members, the gate and crop runs
+        their predictions were made with (runs[i].predict), and the ensemble's own gate and crop."""
+        paths = []
+        for run in self.runs:
+            paths.append(run["path"])
+            opts = run.get("predict") or {}
+            paths += [opts[k] for k in ("gate", "crop") if opts.get(k)]
+        paths += [aux["path"] for aux in (self.gate, self.crop) if aux and aux.get("path")]
+        return list(dict.fromkeys(str(p) for p in paths))
+
+
+def read_ensemble(path: str | Path) -> EnsembleRecord:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: ensemble file not found (run python -m src.ensemble tune)")
+    record = _read_json(path, "ensemble file")
+    missing = [k for k in ("version", "runs", "params") if k not in record]
+    if missing:
+        raise DataError(f"{path}: missing key(s) {', '.join(missing)}")
+    if record["version"] != ENSEMBLE_VERSION:
+        raise DataError(f"{path}: ensemble version {record['version']}, this code reads {ENSEMBLE_VERSION}")
+    runs = record["runs"]
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and "name" in r and "path" in r for r in runs):
+        raise DataError(f"{path}: 'runs' must be a list of objects with name and path")
+    if not isinstance(record["params"], dict):
+        raise DataError(f"{path}: 'params' must be an object")
+    for key in ("gate", "crop"):
+        if record.get(key) is not None and not (isinstance(record[key], dict) and "path" in record[key]):
+            raise DataError(f"{path}: '{key}' must be null or an object with a path")
+    return EnsembleRecord(path, runs, record.get("gate"), record.get("crop"), record["params"], record)
+
+
+def write_ensemble(path: str | Path, record: dict) -> None:
+    write_json_atomic(path, {"version": ENSEMBLE_VERSION, **record})
