@@ -1,7 +1,7 @@
 """UW-Madison GI tract segmentation pipeline.
 
 Importing the package turns off albumentations' update check (a request to PyPI on its import):
-nothing may use the network at run time (DESIGN.md section 5).
+nothing may use the network at run time.
 """
 import os
 

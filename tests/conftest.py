@@ -110,3 +110,22 @@ def tiny_dataset(tmp_path: Path) -> Callable[..., TinyDataset]:
         return TinyDataset(root, images, masks)
 
     return make
+
+
+class Killed(Exception):
+    """Stands in for a process killed between two epochs."""
+
+
+def fit_until_killed(trainer, epochs: int = 1) -> None:
+    """Run trainer.fit() and kill it right after the resume state of `epochs` epochs is saved."""
+    real, saved = trainer._save_last, []
+
+    def save_then_die(checkpoint):
+        real(checkpoint)
+        saved.append(1)
+        if len(saved) >= epochs:
+            raise Killed
+
+    trainer._save_last = save_then_die
+    with pytest.raises(Killed):
+        trainer.fit()

@@ -8,17 +8,18 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from src.cls_report import main as report_main
 from src.core.errors import DataError
 from src.core.ids import CLASSES
-from src.cls_report import main as report_main
-from src.data.synthetic import generate
-from src.data.volumes import VolumeCache, write_case_day
-from src.engine.cls_task import (ClsConfig, ClsTask, presence_from_probs, presence_score, presence_table,
-                                 slice_presence)
 from src.data.folds import make_folds
+from src.data.preparation import prepare
+from src.data.synthetic import generate
+from src.data.volumes import VolumeCache, read_meta, write_case_day
+from src.engine.cls import ClsTask, presence_score, presence_table, slice_presence
+from src.engine.config import ClsConfig
+from src.inference.gating import pixel_gate
 from src.models.registry import create_model, list_archs
 from src.models.weights import load_encoder_weights
-from src.data.preparation import prepare
 from src.train import main
 
 EMPTY = "case999_day0"
@@ -29,7 +30,7 @@ def add_empty_case_day(root, fold: int) -> None:
     cache = VolumeCache(root / "cache")
     donor = cache.load(cache.case_days()[0])
     ids = [i.replace(donor.case_day, EMPTY) for i in donor.ids]
-    meta = {**donor.meta, "case": 999, "day": 0, "case_day": EMPTY, "ids": ids}
+    meta = {**read_meta(root / "cache", "train", donor.case_day), "case": 999, "day": 0, "case_day": EMPTY, "ids": ids}
     write_case_day(root / "cache", "train", EMPTY, np.asarray(donor.image), np.zeros_like(donor.mask), meta)
     folds = pd.read_csv(root / "folds.csv")
     row = {"case": 999, "day": 0, "case_day": EMPTY, "fold": fold, "n_slices": len(ids), "n_positive_slices": 0}
@@ -98,14 +99,14 @@ def test_presence_table_and_score():
     assert worse.loc[0, "recall"] == pytest.approx(2 / 3) and worse.loc[0, "ap"] < 1
 
 
-def test_presence_from_probs_is_the_pixel_count_rule():
+def test_the_pixel_gate_is_the_pixel_count_rule():
     probs = np.zeros((2, 3, 8, 8), np.float32)
     probs[0, 0].flat[:13] = 0.7  # 13 pixels above 0.6
     probs[1, 0].flat[:12] = 0.7  # 12: not more than 12
     probs[0, 1].flat[:40] = 0.55  # many, but below 0.6
-    present = presence_from_probs(probs, min_pixels=12, prob=0.6)
+    present = pixel_gate(probs, [12] * 3, [0.6] * 3)
     assert present.shape == (2, 3) and present.tolist() == [[True, False, False], [False, False, False]]
-    assert presence_from_probs(probs, min_pixels=[12, 5, 0], prob=[0.6, 0.5, 0.6])[0].tolist() == [True, True, False]
+    assert pixel_gate(probs, [12, 5, 0], [0.6, 0.5, 0.6])[0].tolist() == [True, True, False]
 
 
 def test_classifier_prediction_with_a_crop_box(work, cls_run):

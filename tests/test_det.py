@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -13,18 +14,31 @@ import pytest
 import torch
 import yaml
 
+from src.core.artifacts import save_prediction
 from src.core.errors import DataError
-from src.data.boxes import (body_box, box_area_fraction, box_from_xyxy, box_recall, clip_box, expand_box, mask_box,
-                            union_boxes, yolo_xywh)
+from src.data.boxes import (
+    body_box,
+    box_area_fraction,
+    box_from_xyxy,
+    box_recall,
+    clip_box,
+    expand_box,
+    mask_box,
+    union_boxes,
+    yolo_xywh,
+)
+from src.data.folds import make_folds
+from src.data.preparation import prepare
 from src.data.samples import StackSpec
 from src.data.synthetic import generate
-from src.data.volumes import VolumeCache, write_case_day
-from src.engine.config import Seg2DConfig
-from src.engine.detector import DetConfig, DetTask, case_day_box, export_dataset, load_detector, predict_boxes
-from src.engine.seg_task import Seg2DTask
-from src.data.folds import make_folds
+from src.data.volumes import VolumeCache, read_meta, write_case_day
+from src.engine.config import DetConfig, Seg2DConfig
+from src.engine.det import DetTask, case_day_box, export_dataset
+from src.engine.seg2d import Seg2DTask
+from src.inference.fold_model import FoldModel
+from src.inference.predict import RunPredictor
+from src.inference.runs import run_folds
 from src.models.registry import list_archs
-from src.data.preparation import prepare
 from src.train import main
 
 EMPTY = "case999_day0"
@@ -44,13 +58,16 @@ socket.create_connection = refuse("socket.create_connection")
 socket.getaddrinfo = refuse("socket.getaddrinfo")
 urllib.request.urlopen = refuse("urllib.request.urlopen")
 requests.Session.request = refuse("requests")
+from pathlib import Path
 from src.data.volumes import VolumeCache
-from src.engine.detector import predict_boxes
+from src.inference.predict import PredictOptions, predict_run
+from src.inference.runs import split_predictions
 from src.train import main
 split = sys.argv.index("--")
 code = main(sys.argv[1:split])
 run_dir, cache_dir = sys.argv[split + 1:]
-boxes = predict_boxes(run_dir, cache_dir, VolumeCache(cache_dir).case_days("test"), split="test")
+predict_run(PredictOptions(Path(run_dir), "test", cache_dir=Path(cache_dir), device="cpu"))
+boxes = split_predictions(run_dir, "test", VolumeCache(cache_dir).case_days("test"))
 print("TEST_BOXES", len(boxes), "NETWORK_TRIED", tried)
 sys.exit(3 if tried else code)
 """
@@ -60,7 +77,7 @@ def add_empty_case_day(root, fold: int) -> None:
     """A validation case-day whose truth has no organ at all (the image of another case-day)."""
     cache = VolumeCache(root / "cache")
     donor = cache.load(cache.case_days()[0])
-    meta = {**donor.meta, "case": 999, "day": 0, "case_day": EMPTY,
+    meta = {**read_meta(root / "cache", "train", donor.case_day), "case": 999, "day": 0, "case_day": EMPTY,
             "ids": [i.replace(donor.case_day, EMPTY) for i in donor.ids]}
     write_case_day(root / "cache", "train", EMPTY, np.asarray(donor.image), np.zeros_like(donor.mask), meta)
     folds = pd.read_csv(root / "folds.csv")
@@ -109,7 +126,7 @@ def test_det_run_writes_every_artifact(work, det_run):
     saved = json.loads((fold / "config.json").read_text())
     assert saved["config"]["stage"] == "det" and saved["config"]["arch"] == "yolo26n" and EMPTY in saved["val_case_days"]
     assert (fold / "yolo" / "weights" / "best.pt").is_file() and not (fold / "dataset").exists()
-    task, model = load_detector(fold, work / "cache", torch.device("cpu"))  # best.pt is a plain state dict
+    task, model = load_fold_model(fold, work / "cache")  # best.pt is a plain state dict
     assert model.names == {0: "organs", 1: "body"}
     cache = VolumeCache(work / "cache")
     for cd in saved["val_case_days"]:
@@ -123,8 +140,9 @@ def test_det_run_writes_every_artifact(work, det_run):
     assert done["epochs_run"] == 1 and done["best_score"] == pytest.approx(scores["crop_recall"].mean())
     assert len(pd.read_csv(fold / "log.csv")) == 1
     threads = torch.get_num_threads()
-    oof = predict_boxes(fold.parent, work / "cache", saved["val_case_days"][:1], split="oof")
-    for cd, crop in oof.items():
+    predictor = RunPredictor(fold.parent, split="oof", device="cpu", cache_dir=work / "cache")
+    for cd in saved["val_case_days"][:1]:
+        crop = predictor.predict_oof(VolumeCache(work / "cache").load(cd))
         assert crop["box"] == json.loads((fold / "oof" / f"{cd}.json").read_text())["box"]
     assert torch.get_num_threads() == threads  # ultralytics' device selection is undone
     assert main(det_args(work, "crop", "--fold", "0", "--resume")) == 0  # a finished fold is not retrained
@@ -132,10 +150,11 @@ def test_det_run_writes_every_artifact(work, det_run):
 
 
 def test_a_detector_finding_nothing_falls_back_to_the_whole_image(work, det_run, monkeypatch, tmp_path):
-    task, model = load_detector(det_run.fold, work / "cache", torch.device("cpu"))
+    task, model = load_fold_model(det_run.fold, work / "cache")
     empty = SimpleNamespace(boxes=SimpleNamespace(cls=torch.zeros(0), conf=torch.zeros(0), xyxy=torch.zeros(0, 4)))
     monkeypatch.setattr(DetTask, "predictor", lambda self, m, d: lambda source: [empty] * len(source))
-    evaluation = task.evaluate(model, ["case999_day0", VolumeCache(work / "cache").case_days()[1]], torch.device("cpu"), tmp_path)
+    evaluation = task.evaluate(model, ["case999_day0", VolumeCache(work / "cache").case_days()[1]], torch.device("cpu"),
+                               lambda cd, p: save_prediction(tmp_path, cd, p))
     _, height, width = VolumeCache(work / "cache").load(EMPTY).shape
     crop = json.loads((tmp_path / f"{EMPTY}.json").read_text())
     assert crop["box"] == [0, height, 0, width] and crop["source"] == "fallback" and crop["detections"] == []
@@ -218,3 +237,9 @@ def test_bad_detector_configs_are_one_line_errors(work):
 
 def test_the_detectors_are_registered_for_list_archs():
     assert {"yolo26n", "yolo26s", "yolov8n", "yolo11n"} <= {a.name for a in list_archs(stage="det")}
+
+
+def load_fold_model(fold: Path, cache: Path):
+    """(task, model) of a trained fold folder, loaded the way prediction loads it."""
+    loaded = FoldModel.load(run_folds(fold.parent)[fold.name.removeprefix("fold")], torch.device("cpu"), cache)
+    return loaded.task, loaded.model

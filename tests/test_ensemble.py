@@ -10,10 +10,18 @@ from scipy import ndimage
 
 from src.core.errors import DataError
 from src.data.volumes import write_case_day
-from src.ensemble import load_ensemble, main, tune
+from src.ensemble import main
+from src.ensembling.ensemble_file import load_ensemble
+from src.ensembling.params import EnsembleParams
+from src.ensembling.postprocess import (
+    apply_ensemble,
+    blend,
+    clean_z_runs,
+    remove_small_components,
+)
 from src.ensembling.search import Evaluator, SearchSpace, make_case, region_of_interest
+from src.ensembling.tune import TuneOptions, tune
 from src.metrics.competition import score_volumes
-from src.ensembling.postprocess import EnsembleParams, apply_ensemble, blend, clean_z_runs, remove_small_components
 
 SHAPE = (8, 3, 32, 40)  # Z, classes, H, W (W != H)
 GROUPS2 = {"a": "2d", "b": "2d"}
@@ -141,7 +149,7 @@ def test_region_of_interest_scoring_equals_full_volumes():
                                   min_size=(5, 0, 10), z_min_run=(0, 2, 0), z_largest=(True, False, False), crop=True)):
         expected = score_volumes((cd, apply_ensemble(p, g, params, b), t) for cd, p, t, g, b in full)
         for case, (_, p, _, g, b) in zip(cases, full):
-            assert np.array_equal(evaluator.masks(case, params), apply_ensemble(p, g, params, b))
+            assert np.array_equal(_full_masks(evaluator, case, params), apply_ensemble(p, g, params, b))
         for _ in range(2):  # again, from the caches
             got = evaluator.score(params)
             assert (got.score, got.dice, got.hausdorff) == (expected.score, expected.dice, expected.hausdorff)
@@ -220,7 +228,7 @@ def fake(tmp_path_factory):
 def test_tune_beats_the_plain_mean_and_reports_held_out(fake, capsys):
     root, runs, _ = fake
     out = root / "ensemble.json"
-    record = tune([runs["sharp"], runs["soft"], runs["vol"]], out=out, cache_dir=root / "cache", passes=1)
+    record = tune(TuneOptions([runs["sharp"], runs["soft"], runs["vol"]], out=out, cache_dir=root / "cache", passes=1))
     scores = record["scores"]
     assert scores["tuned_in_sample"]["score"] >= scores["plain_mean"]["score"]
     assert scores["tuned_in_sample"]["score"] > max(s["score"] for s in scores["models"].values())
@@ -244,8 +252,8 @@ def test_tune_beats_the_plain_mean_and_reports_held_out(fake, capsys):
 
 def test_classifier_gate_is_tuned_when_given(fake, tmp_path):
     root, runs, _ = fake
-    record = tune([runs["sharp"]], gate=runs["cls"], out=tmp_path / "e.json", cache_dir=root / "cache",
-                  holdout_folds=[], passes=1, log=lambda line: None)
+    record = tune(TuneOptions([runs["sharp"]], gate=runs["cls"], out=tmp_path / "e.json", cache_dir=root / "cache",
+                  holdout_folds=[], passes=1), log=lambda line: None)
     assert record["gate"]["path"] == str(runs["cls"]) and "tuned_held_out" not in record["scores"]
     assert any(t > 0 for t in record["params"]["gate_threshold"])  # a perfect classifier removes spurious blobs
     assert record["scores"]["tuned_in_sample"]["score"] > record["scores"]["plain_mean"]["score"]
@@ -253,8 +261,8 @@ def test_classifier_gate_is_tuned_when_given(fake, tmp_path):
 
 def test_detector_crop_is_tried(fake, tmp_path):
     root, runs, _ = fake
-    record = tune([runs["vol"]], crop=runs["det"], out=tmp_path / "e.json", cache_dir=root / "cache",
-                  holdout_folds=[], passes=1, log=lambda line: None)
+    record = tune(TuneOptions([runs["vol"]], crop=runs["det"], out=tmp_path / "e.json", cache_dir=root / "cache",
+                  holdout_folds=[], passes=1), log=lambda line: None)
     assert record["crop"]["path"] == str(runs["det"]) and record["params"]["crop"] is True  # boxes drop spurious blobs
     assert load_ensemble(tmp_path / "e.json").crop["stage"] == "det"
 
@@ -264,7 +272,7 @@ def test_cli_and_bad_runs(fake, tmp_path, capsys):
     args = ["tune", "--cache-dir", str(root / "cache"), "--holdout-folds", "none", "--passes", "1", "--workers", "1"]
     assert main([*args, "--runs", str(runs["sharp"]), str(runs["soft"]), "--out", str(tmp_path / "cli.json")]) == 0
     assert "plain mean @0.5" in capsys.readouterr().out and (tmp_path / "cli.json").exists()
-    with pytest.raises(DataError, match="pass it with --gate"):
+    with pytest.raises(DataError, match="pass a classifier with --gate"):
         main([*args, "--runs", str(runs["cls"]), "--out", str(tmp_path / "x.json")])
     moved = {cd: (f + 1) % 3 for cd, f in folds.items()}
     other = _fake_run(tmp_path / "runs", "other", "seg2d", moved, {cd: np.zeros(SHAPE, np.float16) for cd in folds})
@@ -273,3 +281,11 @@ def test_cli_and_bad_runs(fake, tmp_path, capsys):
     with pytest.raises(DataError, match="run folder not found"):
         main([*args, "--runs", str(tmp_path / "missing")])
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()
+
+
+def _full_masks(evaluator, case, params):
+    """The evaluator's region masks of a case pasted into an empty full-size volume."""
+    out = np.zeros(case.shape, dtype=bool)
+    z, y, x = case.roi
+    out[z, :, y, x] = np.stack([evaluator._class(case, params, c)[0] for c in range(3)], axis=1)
+    return out

@@ -10,7 +10,13 @@ import pandas as pd
 import pytest
 
 from src.core.errors import DataError, run_cli
-from src.data.folds import FOLD_COLUMNS, assign_folds, fold_table, load_folds, make_folds
+from src.data.folds import (
+    FOLD_COLUMNS,
+    assign_folds,
+    fold_table,
+    load_folds,
+    make_folds,
+)
 from src.make_folds import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_predict import build_trained_runs, one_thread  # noqa: F401  (runs built once per session)
 
 from src.core.errors import DataError
-from src.ensemble import tune
-from src.kernel import build, main
-from src.submit import submit
-from test_predict import build_trained_runs, one_thread  # noqa: F401  (runs built once per session)
+from src.ensembling.submission import SubmitOptions, submit
+from src.ensembling.tune import TuneOptions, tune
+from src.kaggle.bundle import build
+from src.kernel import main
 
 OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
            "HTTPS_PROXY": "http://127.0.0.1:9", "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "",
@@ -27,8 +28,8 @@ def ensemble(tmp_path_factory, one_thread) -> tuple[Path, Path]:
     work = tmp_path_factory.mktemp("kernel")
     shutil.copytree(root / "runs", work / "runs")
     out = work / "ensemble.json"
-    tune([work / "runs" / "unet", work / "runs" / "fpn"], gate=work / "runs" / "cls", out=out,
-         cache_dir=root / "cache", holdout_folds=[], passes=1, log=lambda line: None)
+    tune(TuneOptions([work / "runs" / "unet", work / "runs" / "fpn"], gate=work / "runs" / "cls", out=out,
+         cache_dir=root / "cache", holdout_folds=[], passes=1), log=lambda line: None)
     record = json.loads(out.read_text())
     record["params"]["thresholds"][0] = 0.05  # masks in the CSV whatever one epoch learnt
     out.write_text(json.dumps(record))
@@ -37,7 +38,7 @@ def ensemble(tmp_path_factory, one_thread) -> tuple[Path, Path]:
 
 def test_bundle_runs_offline_in_a_fresh_venv_and_matches_submit(ensemble, tmp_path):
     data, ensemble_json = ensemble
-    expected = submit(ensemble_json, data, tmp_path / "expected.csv", device="cpu")
+    expected = submit(SubmitOptions(ensemble_json, data, tmp_path / "expected.csv", device="cpu"))
     try:  # a real wheel when the package registry answers; the bundle must work either way
         bundle = build(ensemble_json, tmp_path / "bundle", wheels=("edt",))
         bundled_wheel = True
@@ -66,9 +67,14 @@ def test_bundle_runs_offline_in_a_fresh_venv_and_matches_submit(ensemble, tmp_pa
 
 def test_bad_ensemble_is_a_one_line_error(tmp_path):
     (tmp_path / "ensemble.json").write_text("{not json")
-    with pytest.raises(DataError, match="ensemble.json: cannot read the ensemble"):
+    with pytest.raises(DataError, match="ensemble.json: unreadable ensemble file"):
         main(["build", "--ensemble", str(tmp_path / "ensemble.json"), "--out", str(tmp_path / "b"), "--wheels", ""])
     (tmp_path / "ensemble.json").write_text(json.dumps({"runs": [{"path": str(tmp_path / "nowhere")}]}))
-    with pytest.raises(DataError, match="no trained fold"):
+    with pytest.raises(DataError, match="missing key"):
+        main(["build", "--ensemble", str(tmp_path / "ensemble.json"), "--out", str(tmp_path / "b"), "--wheels", ""])
+    (tmp_path / "ensemble.json").write_text(json.dumps({
+        "version": 1, "runs": [{"name": "x", "path": str(tmp_path / "nowhere")}],
+        "params": {"weights": {"x": [1, 1, 1]}, "groups": {"x": "2d"}}}))
+    with pytest.raises(DataError, match="nowhere: run folder not found"):
         main(["build", "--ensemble", str(tmp_path / "ensemble.json"), "--out", str(tmp_path / "b"), "--wheels", ""])
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.building"))

@@ -11,8 +11,16 @@ import pytest
 
 from src.core.errors import DataError
 from src.core.ids import CLASSES
-from src.data.layout import (INDEX_COLUMNS, check_labels_match_images, masks_for_case_day, parse_id, read_labels,
-                             read_slice, scan_split, slice_id)
+from src.data.layout import (
+    INDEX_COLUMNS,
+    check_labels_match_images,
+    masks_for_case_day,
+    parse_id,
+    read_labels,
+    read_slice,
+    scan_split,
+    slice_id,
+)
 
 
 def one_line_error(func, *args, match: str, **kwargs) -> str:

@@ -4,10 +4,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import fit_until_killed
 
 import src.train
 from src.core.errors import DataError
-from src.pipeline import load_recipe, main, plan
+from src.orchestration.recipes import load_recipe, plan
+from src.pipeline import main
 
 RECIPE = """
 name = "t"
@@ -62,16 +64,22 @@ def test_run_skip_and_resume(recipe, tmp_path, monkeypatch, capsys):
     def killed_after_one_epoch(argv):
         calls.append(list(argv))
         if "--fold" in argv and argv[argv.index("--fold") + 1] == "1" and "--resume" not in argv:
-            from src.engine.config import Seg2DConfig, add_config_arguments, config_from_args
-            from src.engine.seg_task import Seg2DTask
-            from src.engine.trainer import Trainer, prepared_cache
             import argparse
+
+            from src.engine.config import (
+                Seg2DConfig,
+                add_config_arguments,
+                config_from_args,
+            )
+            from src.engine.run import ensure_cache
+            from src.engine.seg2d import Seg2DTask
+            from src.engine.trainer import Trainer
 
             parser = argparse.ArgumentParser()
             add_config_arguments(parser, Seg2DConfig)
             cfg = config_from_args(Seg2DConfig, parser.parse_args(argv))
-            cache, case_days = prepared_cache(cfg)
-            Trainer(Seg2DTask(cfg, cache), case_days).fit(stop_after_epoch=1)
+            cache, case_days = ensure_cache(cfg)
+            fit_until_killed(Trainer(Seg2DTask(cfg, cache), case_days))
             raise KeyboardInterrupt  # the machine went away mid-run
         return real_main(argv)
 
@@ -205,6 +213,7 @@ def test_shortened_recipe_end_to_end_with_a_baseline(tmp_path, monkeypatch, caps
 def test_shipped_recipes_parse_into_valid_commands(recipe_file):
     """Every option of every shipped recipe is a flag of its stage, every arch is registered for it."""
     from src.engine.config import config_from_args
+    from src.engine.stages import get_stage
     from src.ensemble import parse_args as ensemble_args
     from src.models.registry import get_arch
 
@@ -212,7 +221,7 @@ def test_shipped_recipes_parse_into_valid_commands(recipe_file):
     for step in plan(recipe, "runs"):
         if step.module == "src.train":
             stage = step.argv[step.argv.index("--stage") + 1]
-            cfg = config_from_args(src.train.stage_module(stage).CONFIG, src.train.build_parser(stage).parse_args(step.argv))
+            cfg = config_from_args(get_stage(stage).config, src.train.build_parser(stage).parse_args(step.argv))
             assert get_arch(cfg.arch).stage == stage, step.name
         elif step.module == "src.ensemble":
             ensemble_args(list(step.argv))

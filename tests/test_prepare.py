@@ -15,8 +15,8 @@ import pytest
 import src.data.preparation
 from src.core.errors import DataError
 from src.data import rle
-from src.data.volumes import VolumeCache
 from src.data.preparation import prepare
+from src.data.volumes import VolumeCache, read_meta
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_SPLIT = [(9, 1, 70, 66, 5)]
@@ -56,12 +56,12 @@ def test_round_trip_train_and_test(dataset, tmp_path):
     summary = prepare(dataset.root, cache, split="all")
     assert (summary.written, summary.skipped, summary.removed) == (5, 0, 0)
     assert_cached(cache, dataset)
-    meta = VolumeCache(cache).load("case2_day0").meta
+    meta = read_meta(cache, "train", "case2_day0")
     assert (meta["case"], meta["day"], meta["height"], meta["width"], meta["sx"], meta["sy"]) == (2, 0, 96, 64, 1.63, 1.63)
     assert meta["ids"] == [f"case2_day0_slice_{z:04d}" for z in range(1, 13)] and meta["slices"] == list(range(1, 13))
     test = VolumeCache(cache).load("case9_day1", "test")
     assert test.mask is None and not (cache / "test" / "case9_day1" / "mask.npy").exists()
-    assert test.image.shape == (5, 66, 70) and test.spacing == (1.5, 1.5)
+    assert test.image.shape == (5, 66, 70) and (read_meta(cache, "test", "case9_day1")["sx"], read_meta(cache, "test", "case9_day1")["sy"]) == (1.5, 1.5)
     np.testing.assert_array_equal(test.image, dataset.images["case9_day1"])
 
 

@@ -14,7 +14,8 @@ from src.core.errors import DataError
 from src.data.layout import slice_id
 from src.data.volumes import write_case_day
 from src.metrics.competition import dice_rows, score_volumes
-from src.report import build_report, case_day_score, main
+from src.report import main
+from src.reporting.build import build_report, case_day_score
 
 CASE_DAYS = ("case1_day0", "case1_day2", "case3_day1", "case4_day5")
 FOLD_OF = {"case1_day0": "0", "case1_day2": "0", "case3_day1": "1", "case4_day5": "1"}
@@ -89,7 +90,9 @@ def work(tmp_path_factory):
     scores = {"models": {"seg": {"score": 0.81, "dice": 0.7, "hausdorff": 0.12}},
               "plain_mean": {"score": 0.8, "dice": 0.69},  # hausdorff missing on purpose
               "held_out_by_fold": {"0": 0.79}, "gap": 0.011}
-    (root / "ensemble.json").write_text(json.dumps({"scores": scores, "params": {"threshold": 0.45}}))
+    (root / "ensemble.json").write_text(json.dumps({
+        "version": 1, "runs": [{"name": "seg", "path": str(seg), "stage": "seg2d", "group": "2d"}], "scores": scores,
+        "params": {"weights": {"seg": [1, 1, 1]}, "groups": {"seg": "2d"}, "thresholds": [0.45] * 3}}))
     report = build_report([seg, gate], root / "reports" / "r", ensemble=root / "ensemble.json", cache_dir=root / "cache")
     return root, masks, logs, report
 

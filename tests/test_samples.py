@@ -5,7 +5,14 @@ import torch
 
 from src.data.augment import build_augment
 from src.data.geometry import Geometry
-from src.data.samples import SliceDataset, StackSpec, intensity_window, normalise, tail_slices, volume_batches
+from src.data.samples import (
+    SliceDataset,
+    StackSpec,
+    intensity_window,
+    normalise,
+    tail_slices,
+    volume_batches,
+)
 from src.data.volumes import VolumeCache, write_case_day
 
 

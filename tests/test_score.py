@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 
 from src import score
-from src.metrics.scoring import score_submission
 from src.core.errors import DataError, run_cli
 from src.core.ids import CLASSES
 from src.data import rle
 from src.data.layout import slice_id
 from src.metrics.competition import dice_rows, hausdorff_naive
+from src.metrics.scoring import score_submission
 
 
 def _rows(masks: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -8,16 +8,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from src.core.errors import DataError
+from src.data.folds import make_folds
+from src.data.preparation import prepare
 from src.data.samples import intensity_window, normalise
 from src.data.synthetic import generate
 from src.data.volume3d import CropDataset, build_augment3d, parse_roi
 from src.data.volumes import CaseDay, VolumeCache
-from src.engine.seg3d_task import Seg3DConfig, Seg3DTask
-from src.data.folds import make_folds
-from src.models.registry import create_model
+from src.engine.config import Seg3DConfig
+from src.engine.seg3d import Seg3DTask
+from src.models.registry import create_model, list_archs_table
 from src.models.seg3d import Cascade3D, SlabNet, slab_apply
-from src.data.preparation import prepare
-from src.train import list_archs_table, main
+from src.train import main
 
 ROI = "32,32,16"  # H,W,D
 
@@ -80,7 +81,7 @@ def test_stage_trains_and_writes_oof_for_short_and_non_square_case_days(work):
 def test_predict_volume_returns_probabilities_at_the_original_shape(work, arch):
     task = Seg3DTask(config(work, arch=arch, sw_overlap=0.7), work / "cache")
     rng = np.random.default_rng(0)
-    vol = CaseDay("case1_day1", (), rng.integers(0, 3000, (13, 37, 45), dtype=np.uint16), None, (1.5, 1.5), {})
+    vol = CaseDay("case1_day1", (), rng.integers(0, 3000, (13, 37, 45), dtype=np.uint16), None)
     model = task.build_model().eval()
     with torch.no_grad():
         probs = task.predict_volume(model, vol, torch.device("cpu"))
@@ -199,5 +200,5 @@ def test_bad_options_are_one_line_errors(work):
         Seg3DTask(config(work, roi="32,32"), work / "cache")
     with pytest.raises(DataError, match="multiples of 4"):
         Seg3DTask(config(work, roi="30,32,16"), work / "cache")
-    with pytest.raises(DataError, match="sw_overlap"):
+    with pytest.raises(DataError, match="--sw-overlap 1.0"):
         Seg3DTask(config(work, sw_overlap=1.0), work / "cache")

@@ -7,15 +7,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_predict import build_trained_runs, one_thread  # noqa: F401  (runs built once per session)
 
 from src.core.errors import DataError
 from src.core.ids import CLASSES
 from src.data import rle
 from src.data.layout import scan_split
-from src.ensemble import load_ensemble, tune
+from src.ensembling.ensemble_file import load_ensemble
+from src.ensembling.submission import (
+    EnsemblePredictor,
+    SubmitOptions,
+    order_rows,
+    read_volume,
+    submit,
+    validate_submission,
+)
+from src.ensembling.tune import TuneOptions, tune
 from src.metrics.scoring import score_submission
-from src.submit import EnsemblePredictor, main, order_rows, read_volume, submit, validate_submission
-from test_predict import build_trained_runs, one_thread  # noqa: F401  (runs built once per session)
+from src.submit import main
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +33,8 @@ def work(tmp_path_factory, one_thread) -> tuple[Path, Path]:
     with class 0 ungated at threshold 0.05 so that the submission has masks whatever one epoch learnt)."""
     root = build_trained_runs(tmp_path_factory.getbasetemp() / "trained_runs")
     out = tmp_path_factory.mktemp("submit") / "ensemble.json"
-    tune([root / "runs" / "unet", root / "runs" / "fpn"], gate=root / "runs" / "cls", out=out,
-         cache_dir=root / "cache", holdout_folds=[], passes=1, log=lambda line: None)
+    tune(TuneOptions([root / "runs" / "unet", root / "runs" / "fpn"], gate=root / "runs" / "cls", out=out,
+         cache_dir=root / "cache", holdout_folds=[], passes=1), log=lambda line: None)
     record = json.loads(out.read_text())
     params = record["params"]
     params["thresholds"][0], params["gate_threshold"][0], params["gate_threshold"][2] = 0.05, 0.0, 0.5
@@ -36,7 +45,7 @@ def work(tmp_path_factory, one_thread) -> tuple[Path, Path]:
 
 def test_submission_covers_the_sample_in_order_and_round_trips(work, tmp_path):
     root, ensemble = work
-    out = submit(ensemble, root / "data", tmp_path / "sub.csv", device="cpu")
+    out = submit(SubmitOptions(ensemble, root / "data", tmp_path / "sub.csv", device="cpu"))
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
     sample = pd.read_csv(root / "data" / "sample_submission.csv", dtype=str, keep_default_na=False)
     assert list(sub.columns) == ["id", "class", "predicted"]
@@ -57,7 +66,7 @@ def test_submission_covers_the_sample_in_order_and_round_trips(work, tmp_path):
 
 def test_validation_catches_broken_submissions(work, tmp_path):
     root, ensemble = work
-    sub = pd.read_csv(submit(ensemble, root / "data", tmp_path / "sub.csv", device="cpu"), dtype=str,
+    sub = pd.read_csv(submit(SubmitOptions(ensemble, root / "data", tmp_path / "sub.csv", device="cpu")), dtype=str,
                       keep_default_na=False)
     index = scan_split(root / "data", "test")
     shapes = {sid: (int(h), int(w)) for sid, h, w in zip(index["id"], index["height"], index["width"])}
@@ -105,7 +114,7 @@ def test_empty_test_split(work, tmp_path, capsys):
     sample = pd.read_csv(with_sample / "sample_submission.csv", dtype=str, keep_default_na=False)
     assert empty[["id", "class"]].equals(sample[["id", "class"]]) and (empty["predicted"] == "").all()
     bare = _without_test(root, tmp_path / "bare", sample=False)
-    assert submit(ensemble, bare, tmp_path / "b.csv", device="cpu") is None and not (tmp_path / "b.csv").exists()
+    assert submit(SubmitOptions(ensemble, bare, tmp_path / "b.csv", device="cpu")) is None and not (tmp_path / "b.csv").exists()
 
 
 def test_train_fallback_predicts_train_case_days_from_moved_runs(work, tmp_path):
@@ -113,7 +122,7 @@ def test_train_fallback_predicts_train_case_days_from_moved_runs(work, tmp_path)
     bare = _without_test(root, tmp_path / "bare", sample=True)
     moved = tmp_path / "kernel_runs"
     shutil.copytree(root / "runs", moved)
-    out = submit(ensemble, bare, tmp_path / "fallback.csv", allow_train_fallback=2, device="cpu", runs_root=moved)
+    out = submit(SubmitOptions(ensemble, bare, tmp_path / "fallback.csv", allow_train_fallback=2, device="cpu", runs_root=moved))
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
     index = scan_split(bare, "train")
     first = index[index["case_day"].isin(list(dict.fromkeys(index["case_day"]))[:2])]

@@ -8,16 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import fit_until_killed
 
 from src.core.errors import DataError
+from src.data.folds import make_folds
+from src.data.preparation import prepare
 from src.data.synthetic import generate
 from src.data.volumes import VolumeCache
 from src.engine.config import Seg2DConfig
-from src.engine.seg_task import Seg2DTask
+from src.engine.seg2d import Seg2DTask
 from src.engine.trainer import Trainer
-from src.data.folds import make_folds
 from src.metrics.competition import score_volumes
-from src.data.preparation import prepare
 from src.train import main
 
 
@@ -72,11 +73,11 @@ def test_resume_ends_with_the_same_weights(work):
     straight = config(work, "straight", augment="strong", workers=1)
     Trainer(Seg2DTask(straight, straight.cache_dir), VolumeCache(work / "cache").case_days()).fit()
     killed = config(work, "killed", augment="strong", workers=1)
-    Trainer(Seg2DTask(killed, killed.cache_dir), VolumeCache(work / "cache").case_days()).fit(stop_after_epoch=1)
+    fit_until_killed(Trainer(Seg2DTask(killed, killed.cache_dir), VolumeCache(work / "cache").case_days()))
     assert not (work / "runs" / "killed" / "fold0" / "done.json").exists()
     assert main(base_args(work, "killed", "--epochs", "2", "--augment", "strong", "--workers", "1", "--resume")) == 0
-    a = torch.load(work / "runs" / "straight" / "fold0" / "last.pt", weights_only=False)["model"]
-    b = torch.load(work / "runs" / "killed" / "fold0" / "last.pt", weights_only=False)["model"]
+    a = torch.load(work / "runs" / "straight" / "fold0" / "last.pt", weights_only=True)["model"]
+    b = torch.load(work / "runs" / "killed" / "fold0" / "last.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     logs = [pd.read_csv(work / "runs" / n / "fold0" / "log.csv") for n in ("straight", "killed")]
     assert np.allclose(logs[0]["val_score"], logs[1]["val_score"]) and len(logs[1]) == 2

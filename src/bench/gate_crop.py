@@ -11,21 +11,23 @@ Prints one row per variant: plain, gate, pixel-rule gate, crop, gate + crop.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from src.core.artifacts import FoldDir, fold_dir, load_prediction
 from src.core.errors import run_cli
+from src.data.folds import make_folds
+from src.data.preparation import prepare
 from src.data.synthetic import generate
 from src.data.volumes import VolumeCache
-from src.engine import cls_task, detector, seg_task
-from src.data.folds import make_folds
+from src.engine.run import train
+from src.engine.stages import get_stage
+from src.ensembling.params import EnsembleParams
+from src.ensembling.postprocess import postprocess
 from src.metrics.competition import score_volumes
-from src.ensembling.postprocess import EnsembleParams, postprocess
-from src.data.preparation import prepare
 
 VARIANTS = {  # name -> EnsembleParams overrides on the plain single-model mean
     "plain": {},
@@ -44,25 +46,25 @@ def prepare_data(work: Path, cases: int, size: int, slices: int, seed: int) -> N
     prepare(work / "data", work / "cache", workers=1)
 
 
-def train_stage(module, name: str, work: Path, **fields) -> Path:
+def train_stage(stage: str, name: str, work: Path, **fields) -> FoldDir:
     """Fold 0 of a stage under work/runs/<name>, reused when already done."""
-    cfg = module.CONFIG(name=name, fold="0", data_dir=str(work / "data"), cache_dir=str(work / "cache"),
-                        folds_csv=str(work / "folds.csv"), out=str(work / "runs"), **fields)
-    fold = work / "runs" / name / "fold0"
-    if not (fold / "done.json").exists():
+    cfg = get_stage(stage).config(name=name, fold="0", data_dir=str(work / "data"), cache_dir=str(work / "cache"),
+                                  folds_csv=str(work / "folds.csv"), out=str(work / "runs"), **fields)
+    fold = fold_dir(work / "runs", name, 0)
+    if not fold.is_done():
         started = time.perf_counter()
-        module.run(cfg, resume=False)
+        train(cfg)
         print(f"{name}: trained in {time.perf_counter() - started:.0f} s")
     return fold
 
 
-def score_variants(work: Path, seg: Path, cls: Path, det: Path, gate_threshold: float) -> pd.DataFrame:
+def score_variants(work: Path, seg: FoldDir, cls: FoldDir, det: FoldDir, gate_threshold: float) -> pd.DataFrame:
     cache = VolumeCache(work / "cache")
-    case_days = json.loads((seg / "config.json").read_text())["val_case_days"]
+    seg_oof, cls_oof, det_oof = seg.oof_files(), cls.oof_files(), det.oof_files()
     data = []
-    for cd in case_days:
-        data.append((cd, np.load(seg / "oof" / f"{cd}.npy").astype(np.float32), np.load(cls / "oof" / f"{cd}.npy"),
-                     json.loads((det / "oof" / f"{cd}.json").read_text())["box"], np.asarray(cache.load(cd).mask) > 0))
+    for cd in seg.read_config().val_case_days:
+        data.append((cd, load_prediction(seg_oof[cd]).astype(np.float32), load_prediction(cls_oof[cd]),
+                     load_prediction(det_oof[cd])["box"], np.asarray(cache.load(cd).mask) > 0))
     rows = []
     for variant, overrides in VARIANTS.items():
         values = {k: ((gate_threshold,) * 3 if v == "cls" else v) for k, v in overrides.items()}
@@ -93,12 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     prepare_data(args.work, args.cases, args.size, args.slices, args.seed)
     common = dict(img_size=args.img_size, device=args.device, workers=0, seed=args.seed)
     shared = dict(common, epochs=args.epochs, samples_per_epoch=args.samples_per_epoch, batch_size=16, lr=2e-3)
-    seg = train_stage(seg_task, "seg", args.work, arch=args.seg_arch, **shared)
-    cls = train_stage(cls_task, "cls", args.work, arch=args.cls_arch, **shared)
-    det = train_stage(detector, "det", args.work, arch=args.det_arch, epochs=args.det_epochs, batch_size=16, **common)
+    seg = train_stage("seg2d", "seg", args.work, arch=args.seg_arch, **shared)
+    cls = train_stage("cls", "cls", args.work, arch=args.cls_arch, **shared)
+    det = train_stage("det", "det", args.work, arch=args.det_arch, epochs=args.det_epochs, batch_size=16, **common)
     table = score_variants(args.work, seg, cls, det, args.gate_threshold)
-    det_done = json.loads((det / "done.json").read_text())
-    cls_done = json.loads((cls / "done.json").read_text())
+    det_done, cls_done = det.read_done(), cls.read_done()
     print(f"classifier mean AP {cls_done['best_score']:.3f}; detector crop recall {det_done['metrics']['val_crop_recall']:.3f}, "
           f"crop area {det_done['metrics']['val_crop_area']:.3f}, fallback {det_done['metrics']['val_fallback']:.2f}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
 import statistics
 import tempfile
@@ -25,11 +24,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from src.core.artifacts import fold_dir
 from src.core.errors import DataError, run_cli
-from src.data.synthetic import generate
-from src.engine.seg3d_task import Seg3DConfig, Seg3DTask
-from src.engine.trainer import Trainer, prepared_cache, select_device
 from src.data.folds import make_folds
+from src.data.synthetic import generate
+from src.engine.config import Seg3DConfig
+from src.engine.run import ensure_cache
+from src.engine.seg3d import Seg3DTask
+from src.engine.trainer import Trainer, load_checkpoint, select_device
 from src.models.registry import count_parameters, get_arch
 
 SYNTHETIC_SIZES = [(120, 104), (88, 88)]  # W, H: about a third of the real sizes
@@ -71,7 +73,7 @@ def train_design(cfg: Seg3DConfig, threads: int) -> dict:
     """Train cfg on its fold: parameters, seconds, peak memory (training and validation), best score."""
     if threads:
         torch.set_num_threads(threads)
-    cache_dir, case_days = prepared_cache(cfg)
+    cache_dir, case_days = ensure_cache(cfg)
     device = select_device(cfg.device)
     task = Seg3DTask(cfg, cache_dir)
     with PeakMemory(device) as memory:
@@ -86,15 +88,15 @@ def infer_design(cfg: Seg3DConfig, threads: int) -> dict:
     """Predict every validation case-day of a trained cfg: peak memory (weights included), median seconds."""
     if threads:
         torch.set_num_threads(threads)
-    cache_dir, _ = prepared_cache(cfg)
+    cache_dir, _ = ensure_cache(cfg)
     device = select_device(cfg.device)
     task = Seg3DTask(cfg, cache_dir)
-    run_dir = Path(cfg.out) / cfg.run_name / f"fold{cfg.fold}"
-    val = json.loads((run_dir / "config.json").read_text())["val_case_days"]
+    fold = fold_dir(cfg.out, cfg.run_name, cfg.fold)
+    val = fold.read_config().val_case_days
     seconds = []
     with PeakMemory(device) as memory, torch.no_grad():
         model = task.build_model()
-        model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)["model"])
+        model.load_state_dict(load_checkpoint(fold.weights)["model"])
         model.to(device).eval()
         for cd in val:
             vol = task.cache.load(cd)
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                            fold=args.fold, roi=args.roi, slab=args.slab, cascade_scale=args.cascade_scale,
                            sw_overlap=args.sw_overlap, epochs=args.epochs, samples_per_volume=args.samples_per_volume,
                            batch_size=args.batch_size, lr=args.lr, device=args.device, workers=args.workers)
-        prepared_cache(base)  # once, before the designs' processes start
+        ensure_cache(base)  # once, before the designs' processes start
         rows = []
         for arch in archs:
             cfg = dataclasses.replace(base, arch=arch)

@@ -19,12 +19,20 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from src.core.atomic import atomic_path, swap_dir, write_json_atomic, write_text_atomic
+from src.core.atomic import (
+    atomic_path,
+    save_npy_atomic,
+    swap_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 from src.core.errors import DataError
 
 FOLD_RE = re.compile(r"^fold(\d+|all)$")
@@ -41,6 +49,28 @@ def _read_json(path: Path, what: str) -> dict:
     if not isinstance(value, dict):
         raise DataError(f"{path}: {what} is not a JSON object")
     return value
+
+
+Prediction = np.ndarray | dict  # probabilities, or a detector's box record
+
+
+def save_prediction(folder: str | Path, case_day: str, prediction: Prediction) -> Path:
+    """`<folder>/<case_day>.npy` (float16 probabilities) or `.json` (a box record), atomically."""
+    if isinstance(prediction, dict):
+        path = Path(folder) / f"{case_day}.json"
+        write_json_atomic(path, prediction)
+    else:
+        path = Path(folder) / f"{case_day}.npy"
+        save_npy_atomic(path, np.asarray(prediction, dtype=np.float16))
+    return path
+
+
+def load_prediction(path: str | Path) -> Prediction:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text()) if path.suffix == ".json" else np.load(path, allow_pickle=False)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: unreadable prediction ({type(exc).__name__}: {exc})") from None
 
 
 def _fold_order(name: str) -> tuple[int, int]:
@@ -81,6 +111,10 @@ class FoldDir:
         self.oof_dir = self.path / "oof"
         self.oof_staging = self.path / "oof.staging"
         self.oof_scores_path = self.path / "oof_scores.csv"
+        self.yolo_dir = self.path / "yolo"  # the detector's ultralytics training folder
+        self.yolo_last = self.yolo_dir / "weights" / "last.pt"
+        self.yolo_results = self.yolo_dir / "results.csv"
+        self.det_dataset = self.path / "dataset"  # the detector's exported YOLO dataset
 
     def __repr__(self) -> str:
         return f"FoldDir({str(self.path)!r})"
@@ -117,8 +151,17 @@ class FoldDir:
         return _read_json(self.done_path, "done marker") if self.done_path.is_file() else None
 
     # out-of-fold predictions and scores
-    def oof_file(self, case_day: str, suffix: str = ".npy", staging: bool = False) -> Path:
-        return (self.oof_staging if staging else self.oof_dir) / f"{case_day}{suffix}"
+    def begin_oof(self) -> None:
+        """An empty oof.staging/ for a validation pass to write into."""
+        shutil.rmtree(self.oof_staging, ignore_errors=True)
+        self.oof_staging.mkdir(parents=True)
+
+    def stage_oof(self, case_day: str, prediction: Prediction) -> Path:
+        """Write one case-day's validation prediction into oof.staging/."""
+        return save_prediction(self.oof_staging, case_day, prediction)
+
+    def discard_oof_staging(self) -> None:
+        shutil.rmtree(self.oof_staging, ignore_errors=True)
 
     def oof_files(self) -> dict[str, Path]:
         if not self.oof_dir.is_dir():
@@ -165,17 +208,20 @@ class RunDir:
     def fold(self, fold: str | int) -> FoldDir:
         return FoldDir(self.path / f"fold{fold}")
 
-    def folds(self) -> dict[str, FoldDir]:
-        """The folds that have weights, keyed "0", "1", ..., "all" (numbered first)."""
+    def folds(self, require_weights: bool = True) -> dict[str, FoldDir]:
+        """The folds that have weights (or, without `require_weights`, a config), keyed "0", "1", ...,
+        "all" (numbered first)."""
         if not self.path.is_dir():
             raise DataError(f"{self.path}: run folder not found")
         found = {}
         for path in self.path.iterdir():
-            if FOLD_RE.match(path.name) and (path / "best.pt").is_file():
+            if FOLD_RE.match(path.name):
                 fold = FoldDir(path)
-                found[fold.fold] = fold
+                if (fold.weights if require_weights else fold.config_path).is_file():
+                    found[fold.fold] = fold
         if not found:
-            raise DataError(f"{self.path}: no fold*/best.pt (train the run first)")
+            what = "fold*/best.pt (train the run first)" if require_weights else "fold*/config.json (not a run folder)"
+            raise DataError(f"{self.path}: no {what}")
         return dict(sorted(found.items(), key=lambda kv: _fold_order(kv[0])))
 
     def predictions(self, split: str) -> PredictionDir:
@@ -197,6 +243,9 @@ class PredictionDir:
 
     def file(self, case_day: str, suffix: str = ".npy") -> Path:
         return self.path / f"{case_day}{suffix}"
+
+    def save(self, case_day: str, prediction: Prediction) -> Path:
+        return save_prediction(self.path, case_day, prediction)
 
     def begin(self) -> None:
         """Mark the folder incomplete (no manifest) before predictions are (re)written."""

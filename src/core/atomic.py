@@ -54,3 +54,40 @@ def swap_dir(staging: str | os.PathLike, final: str | os.PathLike) -> None:
         final.rename(old)
     staging.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary sibling folder; it replaces `target` only if the block succeeds."""
+    from src.core.errors import DataError
+
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise DataError(f"{target}: exists and is not a folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; give it what mkdir would
+        swap_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable(target: str | os.PathLike) -> None:
+    """Fail now, with a one-line error, if `target` cannot be written (before a long computation).
+    Leaves `target` itself untouched."""
+    from src.core.errors import DataError
+
+    target = Path(target)
+    if target.is_dir():
+        raise DataError(f"{target}: is a folder, expected a file path")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=target.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DataError(f"{target}: cannot write here ({exc.strerror or exc})") from None

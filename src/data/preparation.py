@@ -20,9 +20,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from src.core.artifacts import CaseDayFiles
 from src.core.errors import DataError
-from src.data.layout import (CASE_DAY_RE, check_labels_match_images, masks_for_case_day, read_labels,
-                             read_slice, scan_split)
+from src.data.layout import (
+    CASE_DAY_RE,
+    check_labels_match_images,
+    masks_for_case_day,
+    read_labels,
+    read_slice,
+    scan_split,
+)
 from src.data.volumes import default_cache_dir, read_meta, write_case_day
 
 SPLITS = ("train", "test")
@@ -124,8 +131,9 @@ def _cache_case_day(cache_dir: Path, source: _Source) -> str:
     folder = cache_dir / source.split / source.case_day
     fingerprint = _fingerprint(source)  # before reading, so a change while reading shows up next run
     meta = read_meta(cache_dir, source.split, source.case_day)
-    arrays = ["image.npy"] + (["mask.npy"] if source.labels is not None else [])
-    if meta is not None and meta.get("source") == fingerprint and all((folder / a).is_file() for a in arrays):
+    files = CaseDayFiles(folder)
+    arrays = [files.image] + ([files.mask] if source.labels is not None else [])
+    if meta is not None and meta.get("source") == fingerprint and all(a.is_file() for a in arrays):
         return "skipped"
     try:
         image, mask = _read_volume(source)

@@ -19,8 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.transforms import (Compose, RandAffined, RandFlipd, RandScaleIntensityd, RandShiftIntensityd,
-                              SpatialPad)
+from monai.transforms import (
+    Compose,
+    RandAffined,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    SpatialPad,
+)
 from monai.transforms.utils import generate_pos_neg_label_crop_centers
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset

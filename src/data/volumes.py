@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from src.core.artifacts import CaseDayFiles, cached_case_days
 from src.core.atomic import save_npy_atomic, write_json_atomic
 from src.core.errors import DataError
 from src.core.ids import case_day_key
@@ -30,8 +31,6 @@ class CaseDay:
     ids: tuple[str, ...]
     image: np.ndarray  # uint16 (Z, H, W), memory-mapped
     mask: np.ndarray | None  # uint8 (Z, 3, H, W), memory-mapped; None for test
-    spacing: tuple[float, float]  # (sx, sy) in mm
-    meta: dict
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -41,16 +40,16 @@ class CaseDay:
 def write_case_day(cache_dir: str | Path, split: str, case_day: str, image: np.ndarray,
                    mask: np.ndarray | None, meta: dict) -> None:
     """Write one case-day atomically (arrays first, meta.json last)."""
-    folder = Path(cache_dir) / split / case_day
-    folder.mkdir(parents=True, exist_ok=True)
-    save_npy_atomic(folder / "image.npy", np.ascontiguousarray(image, dtype=np.uint16))
+    files = CaseDayFiles.of(cache_dir, split, case_day)
+    files.folder.mkdir(parents=True, exist_ok=True)
+    save_npy_atomic(files.image, np.ascontiguousarray(image, dtype=np.uint16))
     if mask is not None:
-        save_npy_atomic(folder / "mask.npy", np.ascontiguousarray(mask, dtype=np.uint8))
-    write_json_atomic(folder / "meta.json", meta)
+        save_npy_atomic(files.mask, np.ascontiguousarray(mask, dtype=np.uint8))
+    write_json_atomic(files.meta, meta)
 
 
 def read_meta(cache_dir: str | Path, split: str, case_day: str) -> dict | None:
-    path = Path(cache_dir) / split / case_day / "meta.json"
+    path = CaseDayFiles.of(cache_dir, split, case_day).meta
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -62,19 +61,15 @@ class VolumeCache:
 
     def case_days(self, split: str = "train") -> list[str]:
         """Complete case-days of a split, in (case, day) order."""
-        folder = self.root / split
-        if not folder.is_dir():
-            return []
-        names = [p.parent.name for p in folder.glob("*/meta.json")]
-        return sorted(names, key=case_day_key)
+        return sorted(cached_case_days(self.root, split), key=case_day_key)
 
     def load(self, case_day: str, split: str = "train") -> CaseDay:
         folder = self.root / split / case_day
         meta = read_meta(self.root, split, case_day)
         if meta is None:
             raise DataError(f"{folder}: not in the cache (run python -m src.prepare first)")
-        image = np.load(folder / "image.npy", mmap_mode="r")
-        mask_path = folder / "mask.npy"
-        mask = np.load(mask_path, mmap_mode="r") if mask_path.exists() else None
-        return CaseDay(case_day, tuple(meta["ids"]), image, mask, (meta["sx"], meta["sy"]), meta)
+        files = CaseDayFiles(folder)
+        image = np.load(files.image, mmap_mode="r")
+        mask = np.load(files.mask, mmap_mode="r") if files.mask.exists() else None
+        return CaseDay(case_day, tuple(meta["ids"]), image, mask)
 

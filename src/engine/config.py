@@ -1,4 +1,6 @@
-"""Run configs: one frozen dataclass per stage, saved as config.json next to the weights.
+"""Run configs of every trained stage, in one place: one frozen dataclass per stage, validated in
+`__post_init__` (a bad value is a one-line DataError naming its flag), saved as config.json next to
+the weights.
 
 The train CLI builds its flags from the fields (`img_size` -> `--img-size`), so a field added here
 is a flag everywhere, and a saved config can be replayed exactly.
@@ -7,8 +9,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
+
+from src.core.errors import DataError
+from src.data.augment import PRESETS as AUGMENTS
+from src.data.geometry import MODES as GEOMETRIES
+from src.data.samples import ANCHORS
+
+SCHEDULES = ("cosine", "poly")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,22 @@ class TrainConfig:
     # from scratch (0.1 is torch's default).
     bn_momentum: float = 0.0
 
+    def __post_init__(self):
+        _check(self, str(self.fold) == "all" or str(self.fold).isdigit(), "fold", "expected a fold number or 'all'")
+        for name in ("epochs", "batch_size", "accum_steps"):
+            _check(self, getattr(self, name) >= 1, name, "must be at least 1")
+        for name in ("samples_per_epoch", "workers", "patience"):
+            _check(self, getattr(self, name) >= 0, name, "must be >= 0")
+        _check(self, math.isfinite(self.lr) and self.lr > 0, "lr", "must be a positive number")
+        for name in ("weight_decay", "warmup_epochs"):
+            _check(self, math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "must be a number >= 0")
+        _check(self, self.schedule in SCHEDULES, "schedule", f"expected one of {', '.join(SCHEDULES)}")
+        _check(self, self.device in DEVICES or self.device.startswith("cuda:"), "device", f"expected one of {', '.join(DEVICES)}")
+        _check(self, 0 <= self.ema < 1, "ema", "expected a decay in [0, 1)")
+        _check(self, 0 < self.threshold < 1, "threshold", "expected a probability in (0, 1)")
+        _check(self, 0 <= self.bn_momentum <= 1, "bn_momentum", "expected a momentum in [0, 1]")
+        _check(self, bool(self.arch), "arch", "must name an architecture")
+
     @property
     def run_name(self) -> str:
         return self.name or self.arch
@@ -69,6 +96,103 @@ class Seg2DConfig(TrainConfig):
     positive_only: bool = False  # train on annotated slices only
     tail_drop: int = 0  # drop the N slices after the last annotated one from the loss
     aux_weight: float = 0.0  # > 0 adds a per-class presence head on the encoder, with this loss weight
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("channels", "stride", "img_size"):
+            _check(self, getattr(self, name) >= 1, name, "must be at least 1")
+        _check(self, self.anchor in ANCHORS, "anchor", f"expected one of {', '.join(ANCHORS)}")
+        _check(self, self.geometry in GEOMETRIES, "geometry", f"expected one of {', '.join(GEOMETRIES)}")
+        _check(self, self.augment in AUGMENTS, "augment", f"expected one of {', '.join(AUGMENTS)}")
+        _check(self, self.tail_drop >= 0, "tail_drop", "must be >= 0")
+        _check(self, math.isfinite(self.aux_weight) and self.aux_weight >= 0, "aux_weight", "must be a number >= 0")
+
+
+@dataclass(frozen=True)
+class ClsConfig(Seg2DConfig):
+    """The slice classifier: the 2.5D input fields of Seg2DConfig, a cls_* arch, BCE."""
+
+    stage: str = "cls"
+    arch: str = "cls_effb0"
+    loss: str = "bce"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.positive_only or self.aux_weight:
+            raise DataError("config: --positive-only and --aux-weight do not apply to a classifier")
+
+
+@dataclass(frozen=True)
+class Seg3DConfig(TrainConfig):
+    """3D segmentation; rois are H,W,D like the 1st place's 160x160x80 crops."""
+
+    stage: str = "seg3d"
+    arch: str = "segresnet3d"
+    batch_size: int = 2
+    roi: str = "160,160,80"  # training crop H,W,D (patch-wise archs use D = slab)
+    sw_roi: str = ""  # H,W,D of the inference window; default: roi
+    sw_overlap: float = 0.5  # sliding-window overlap (the 1st place used 0.7)
+    sw_batch_size: int = 2
+    samples_per_volume: int = 4  # crops per case-day and epoch
+    pos_ratio: float = 0.67  # share of crops centred on a labelled voxel
+    augment3d: str = "default"  # none | default
+    slab: int = 16  # slices per slab of the patch-wise nets
+    cascade_scale: int = 4  # the cascade's stage-1 downsampling factor (every axis)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self, 0 <= self.sw_overlap < 1, "sw_overlap", "expected 0 <= overlap < 1")
+        _check(self, 0 <= self.pos_ratio <= 1, "pos_ratio", "expected a share in [0, 1]")
+        for name in ("sw_batch_size", "samples_per_volume", "slab", "cascade_scale"):
+            _check(self, getattr(self, name) >= 1, name, "must be at least 1")
+        _check(self, not self.channels_last, "channels_last", "is for 2D nets; 3D nets keep the default layout")
+        _check(self, not self.encoder_weights, "encoder_weights", "the 3D nets have no pretrained encoder")
+
+
+# TrainConfig fields the YOLO trainer has no use for: setting one is an error, not silently ignored.
+DET_UNUSED_FIELDS = ("loss", "ema", "accum_steps", "samples_per_epoch", "channels_last", "encoder_weights",
+                     "threshold", "schedule", "amp", "bn_momentum")
+
+
+@dataclass(frozen=True)
+class DetConfig(TrainConfig):
+    """The crop detector. lr, weight_decay, warmup_epochs, patience (0: off), batch_size, epochs,
+    seed and workers go to ultralytics (AdamW, cosine decay); amp stays off."""
+
+    stage: str = "det"
+    arch: str = "yolo26n"
+    epochs: int = 30
+    batch_size: int = 16
+    weight_decay: float = 5e-4
+    amp: bool = False
+    img_size: int = 256  # YOLO's imgsz (a multiple of 32)
+    stride: int = 2  # channels are slices z-s, z, z+s; 0: the slice itself three times
+    slice_step: int = 1  # export every k-th slice of the case-days
+    predict_step: int = 1  # detect on every k-th slice of a case-day
+    conf: float = 0.25  # detection confidence kept
+    margin: float = 0.1  # crop margin on each side, as a fraction of the box's size ...
+    margin_px: int = 4  # ... plus this many pixels
+    mosaic: float = 1.0  # ultralytics' mosaic augmentation probability
+    keep_dataset: bool = False  # keep the exported YOLO dataset after training
+
+    def __post_init__(self):
+        super().__post_init__()
+        defaults = {f.name: f.default for f in dataclasses.fields(DetConfig)}
+        changed = [name for name in DET_UNUSED_FIELDS if getattr(self, name) != defaults[name]]
+        if changed:
+            raise DataError(f"--{changed[0].replace('_', '-')} does not apply to the det stage")
+        _check(self, self.img_size > 0 and self.img_size % 32 == 0, "img_size", "YOLO needs a positive multiple of 32")
+        for name in ("stride", "margin", "margin_px"):
+            _check(self, getattr(self, name) >= 0, name, "must be >= 0")
+        for name in ("slice_step", "predict_step"):
+            _check(self, getattr(self, name) >= 1, name, "must be at least 1")
+        _check(self, 0 < self.conf < 1, "conf", "expected a confidence in (0, 1)")
+
+
+def _check(config, ok: bool, name: str, what: str) -> None:
+    """A failed check is a one-line error naming the flag and its value."""
+    if not ok:
+        raise DataError(f"--{name.replace('_', '-')} {getattr(config, name)!r}: {what}")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:

@@ -1,20 +1,16 @@
-"""The training loop shared by every trained stage (2.5D, classifier, 3D).
+"""The training loop shared by the stages trained with torch (2.5D, classifier, 3D).
 
 A stage supplies a `Task` (model, dataset, loss, whole-volume prediction and scoring); the loop
 owns everything else: AdamW with warm-up then cosine/poly decay, mixed precision on CUDA, gradient
 accumulation, EMA, channels_last, DDP under torchrun, validation every epoch with the competition
-metric, best checkpoint, early stopping, out-of-fold probabilities, a CSV log, and exact resume.
-
-Run folder `runs/<name>/fold<k>/`: config.json, best.pt (weights of the best epoch, EMA if on),
-last.pt (full state for --resume), log.csv, oof/<case_day>.npy (float16), oof_scores.csv,
-done.json (written last: the run is complete).
+metric, best checkpoint, early stopping, out-of-fold predictions, a CSV log, and exact resume.
+What it writes goes into the fold folder (src.core.artifacts.FoldDir), done marker last. The resume
+state in last.pt is tensors and plain containers only, so it loads with `weights_only=True`.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import random
 import shutil
 import time
@@ -31,11 +27,19 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from src.core.atomic import atomic_path, write_json_atomic, write_text_atomic
+from src.core.artifacts import FoldDir, FoldRecord, Prediction, fold_dir
+from src.core.atomic import atomic_path
 from src.core.errors import DataError
 from src.core.seed import seed_everything
 from src.engine.config import TrainConfig
-from src.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown, sum_over_ranks
+from src.engine.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    shutdown,
+    sum_over_ranks,
+)
 from src.models.weights import load_encoder_weights
 
 
@@ -49,18 +53,26 @@ class Evaluation:
 
 
 class Task(Protocol):
-    """What a stage plugs into the loop."""
+    """What every stage provides: its model, whole-volume prediction and validation.
+    `box` is a crop (y0, y1, x0, x1) of the input, `batch_size` slices (or windows) per forward pass."""
 
     cfg: TrainConfig
 
     def build_model(self) -> nn.Module: ...
 
+    def predict_volume(self, model: nn.Module, vol, device: torch.device, box=None,
+                       batch_size: int | None = None) -> Prediction: ...
+
+    def evaluate(self, model: nn.Module, case_days: list[str], device: torch.device,
+                 save: Callable[[str, Prediction], object]) -> Evaluation: ...  # save(case_day, prediction)
+
+
+class TrainableTask(Task, Protocol):
+    """A task this loop trains: also its training samples and loss (the detector trains in ultralytics)."""
+
     def train_dataset(self, case_days: list[str]) -> Dataset: ...  # with set_epoch(epoch)
 
     def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor: ...
-
-    def evaluate(self, model: nn.Module, case_days: list[str], device: torch.device,
-                 oof_dir: Path) -> Evaluation: ...
 
 
 def select_device(name: str) -> torch.device:
@@ -102,29 +114,9 @@ def split_case_days(cfg: TrainConfig, all_case_days: list[str]) -> tuple[list[st
     return train, val
 
 
-def prepared_cache(cfg: TrainConfig) -> tuple[Path, list[str]]:
-    """The cache of cfg.data_dir and its train case-days; prepared now if empty (single process only)."""
-    from src.data.volumes import VolumeCache, default_cache_dir
-
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data_dir)
-    case_days = VolumeCache(cache_dir).case_days("train")
-    if not case_days:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise DataError(f"{cache_dir}: empty cache; run python -m src.prepare --data-dir {cfg.data_dir} before torchrun")
-        from src.data.preparation import prepare
-
-        prepare(cfg.data_dir, cache_dir)
-        case_days = VolumeCache(cache_dir).case_days("train")
-    if not case_days:
-        raise DataError(f"{cfg.data_dir}: no training case-day found")
-    return cache_dir, case_days
-
-
 def lr_lambda(cfg: TrainConfig, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
     """Linear warm-up for `warmup_epochs`, then cosine or poly(0.9) decay to zero."""
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    if cfg.schedule not in ("cosine", "poly"):
-        raise DataError(f"--schedule {cfg.schedule!r}: expected cosine or poly")
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -136,18 +128,50 @@ def lr_lambda(cfg: TrainConfig, total_steps: int, steps_per_epoch: int) -> Calla
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state as tensors and plain containers (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)}}
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
-def _save_torch_atomic(obj, target: Path) -> None:
+def save_torch_atomic(obj, target: Path) -> None:
     with atomic_path(target, suffix=".pt") as tmp:
         torch.save(obj, tmp)
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint of tensors and plain containers; nothing is unpickled (weights_only=True)."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: checkpoint not found") from None
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on bad files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {first[:200]})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise DataError(f"{path}: checkpoint has no 'model' entry")
+    return ckpt
+
+
+def prepare_fold_dir(fold: FoldDir, cfg, resume: bool) -> None:
+    """--resume needs the saved config to match; a fresh run replaces the old fold folder."""
+    if fold.config_path.exists():
+        previous = fold.read_config().config
+        current = dataclasses.asdict(cfg)
+        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        if resume and changed:
+            raise DataError(f"{fold.config_path}: --resume with a different config (changed: {', '.join(changed)})")
+    if not resume and fold.path.exists():
+        shutil.rmtree(fold.path)
 
 
 def _epoch_order(cfg: TrainConfig, n: int, epoch: int, dist_info: DistInfo) -> list[int]:
@@ -173,7 +197,7 @@ def _epoch_order(cfg: TrainConfig, n: int, epoch: int, dist_info: DistInfo) -> l
 class Trainer:
     """Fits one fold of one run; `fit()` returns the best validation score (NaN for fold 'all')."""
 
-    def __init__(self, task: Task, all_case_days: list[str]):
+    def __init__(self, task: TrainableTask, all_case_days: list[str]):
         self.task, self.cfg = task, task.cfg
         self.device = select_device(self.cfg.device)
         self.dist = init_distributed(self.device)
@@ -185,23 +209,10 @@ class Trainer:
         if self.cfg.batch_size % self.dist.world:
             raise DataError(f"--batch-size {self.cfg.batch_size} is the global batch: it must divide by the {self.dist.world} processes")
         self.batch_per_rank = self.cfg.batch_size // self.dist.world
-        self.run_dir = Path(self.cfg.out) / self.cfg.run_name / f"fold{self.cfg.fold}"
+        self.fold = fold_dir(self.cfg.out, self.cfg.run_name, self.cfg.fold)
         self.use_amp = self.cfg.amp and self.device.type == "cuda"
 
     # ---- setup -------------------------------------------------------------------------
-    def _check_run_dir(self, resume: bool) -> None:
-        saved = self.run_dir / "config.json"
-        if not saved.exists():
-            return
-        previous = json.loads(saved.read_text())["config"]
-        if previous != dataclasses.asdict(self.cfg):
-            changed = sorted(k for k in set(previous) | set(dataclasses.asdict(self.cfg))
-                             if previous.get(k) != dataclasses.asdict(self.cfg).get(k))
-            if resume:
-                raise DataError(f"{saved}: --resume with a different config (changed: {', '.join(changed)})")
-        if not resume and self.dist.is_main:
-            shutil.rmtree(self.run_dir)  # a fresh run replaces the old one
-
     def _build(self):
         model = self.task.build_model()
         if self.cfg.encoder_weights:
@@ -218,11 +229,11 @@ class Trainer:
         return model, ema, optimizer
 
     # ---- the loop ----------------------------------------------------------------------
-    def fit(self, resume: bool = False, stop_after_epoch: int | None = None) -> float:
-        """Train; `stop_after_epoch` ends this process early as a kill would (for resume tests)."""
+    def fit(self, resume: bool = False) -> float:
+        """Train (or continue from last.pt with `resume`); return the best validation score."""
         cfg = self.cfg
         if self.dist.is_main:
-            self._check_run_dir(resume)
+            prepare_fold_dir(self.fold, cfg, resume)
         barrier(self.dist)
         seed_everything(cfg.seed)
         dataset = self.task.train_dataset(self.train_cds)
@@ -231,9 +242,9 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch * cfg.epochs, steps_per_epoch))
         scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0}
-        last = self.run_dir / "last.pt"
+        last = self.fold.last
         if resume and last.exists():
-            ckpt = torch.load(last, map_location=self.device, weights_only=False)
+            ckpt = load_checkpoint(last, self.device)
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
@@ -243,11 +254,9 @@ class Trainer:
             state = ckpt["state"]
             _set_rng_state(ckpt["rng"])
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.run_dir / "config.json", {
-                "config": dataclasses.asdict(cfg), "seed": cfg.seed, "train_case_days": self.train_cds,
-                "val_case_days": self.val_cds, "world_size": self.dist.world,
-                "versions": {"torch": torch.__version__}})
+            self.fold.path.mkdir(parents=True, exist_ok=True)
+            self.fold.write_config(FoldRecord(dataclasses.asdict(cfg), tuple(self.train_cds), tuple(self.val_cds),
+                                              cfg.seed, self.dist.world, {"torch": torch.__version__}))
         if self.dist.world > 1 and self.device.type == "cuda":
             # BatchNorm statistics over the global batch; gloo on CPU has no SyncBatchNorm, so there
             # each process normalises its share of the batch (the one difference from one process).
@@ -266,27 +275,24 @@ class Trainer:
                     improved = evaluation.score > state["best_score"]
                     if improved:
                         state.update(best_score=evaluation.score, best_epoch=epoch, bad_epochs=0)
-                        self._promote_oof(evaluation)
+                        self.fold.promote_oof(evaluation.per_case_day)
                     else:
                         state["bad_epochs"] += 1
                 if improved or not self.val_cds:
-                    _save_torch_atomic({"model": eval_model.state_dict(), "epoch": epoch}, self.run_dir / "best.pt")
+                    save_torch_atomic({"model": eval_model.state_dict(), "epoch": epoch}, self.fold.weights)
                 state["epoch"] = epoch + 1
-                self._append_log(row)
-                _save_torch_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                    "ema": ema.state_dict() if ema is not None else None,
-                                    "state": state, "rng": _rng_state()}, last)
+                self.fold.append_log(row)
+                self._save_last({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                 "ema": ema.state_dict() if ema is not None else None,
+                                 "state": state, "rng": _rng_state()})
             state = broadcast_object(self.dist, state)
-            stop = cfg.patience > 0 and state["bad_epochs"] >= cfg.patience
-            if stop or (stop_after_epoch is not None and epoch + 1 >= stop_after_epoch):
+            if cfg.patience > 0 and state["bad_epochs"] >= cfg.patience:
                 break
-        finished = state["epoch"] >= cfg.epochs or (cfg.patience > 0 and state["bad_epochs"] >= cfg.patience)
-        if finished and self.dist.is_main:
-            write_json_atomic(self.run_dir / "done.json", {
-                "best_score": state["best_score"] if self.val_cds else None,
-                "best_epoch": state["best_epoch"], "epochs_run": state["epoch"]})
-        shutil.rmtree(self.run_dir / "oof.staging", ignore_errors=True)
+        if self.dist.is_main:
+            self.fold.write_done({"best_score": state["best_score"] if self.val_cds else None,
+                                  "best_epoch": state["best_epoch"], "epochs_run": state["epoch"]})
+        self.fold.discard_oof_staging()
         barrier(self.dist)
         shutdown(self.dist)
         return state["best_score"] if self.val_cds else float("nan")
@@ -323,27 +329,11 @@ class Trainer:
         total, count = sum_over_ranks(self.dist, [total, count])
         return {"train_loss": total / max(count, 1), "data_wait_s": wait, "compute_s": busy}
 
+    def _save_last(self, checkpoint: dict) -> None:
+        save_torch_atomic(checkpoint, self.fold.last)
+
     def _validate(self, model: nn.Module) -> Evaluation:
-        staging = self.run_dir / "oof.staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        self.fold.begin_oof()
         model.eval()
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.use_amp):
-            return self.task.evaluate(model, self.val_cds, self.device, staging)
-
-    def _promote_oof(self, evaluation: Evaluation) -> None:
-        """Make the staged OOF probabilities of the new best epoch the run's oof/ (swap by rename)."""
-        final, staging, old = self.run_dir / "oof", self.run_dir / "oof.staging", self.run_dir / "oof.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        staging.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-        with atomic_path(self.run_dir / "oof_scores.csv") as tmp:
-            evaluation.per_case_day.to_csv(tmp, index=False)
-
-    def _append_log(self, row: dict) -> None:
-        path = self.run_dir / "log.csv"
-        log = pd.read_csv(path) if path.exists() else pd.DataFrame()
-        log = pd.concat([log, pd.DataFrame([row])], ignore_index=True)
-        write_text_atomic(path, log.to_csv(index=False))
+            return self.task.evaluate(model, self.val_cds, self.device, self.fold.stage_oof)

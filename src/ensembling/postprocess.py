@@ -9,134 +9,14 @@ run with the most voxels). Every step only removes voxels, and each is off at it
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 import cc3d
 import numpy as np
 from scipy import ndimage
 
 from src.core.errors import DataError
-from src.core.ids import CLASSES
-
-GROUPS = ("2d", "3d")  # blend groups: 3D models vs every other segmenter
-N_CLASSES = len(CLASSES)
-Box = tuple[int, int, int, int]  # (y0, y1, x0, x1)
-
-
-def group_of(stage: str) -> str:
-    """The blend group of a model's training stage."""
-    return "3d" if stage == "seg3d" else "2d"
-
-
-def _per_class(value, kind=float) -> tuple:
-    values = tuple(kind(v) for v in (value if isinstance(value, (list, tuple)) else [value] * N_CLASSES))
-    if len(values) != N_CLASSES:
-        raise ValueError(f"expected {N_CLASSES} per-class values, got {len(values)}")
-    return values
-
-
-@dataclass(frozen=True)
-class EnsembleParams:
-    """Everything apply_ensemble needs; per-class tuples are in CLASSES order."""
-
-    weights: dict[str, tuple[float, ...]]  # model name -> per-class weight inside its group
-    groups: dict[str, str]  # model name -> "2d" | "3d"
-    fusion: tuple[float, ...] = (0.5,) * N_CLASSES  # weight of the 3D group (when both groups are present)
-    thresholds: tuple[float, ...] = (0.5,) * N_CLASSES
-    gate_threshold: tuple[float, ...] = (0.0,) * N_CLASSES  # classifier presence probability; 0 = off
-    gate_pixels: tuple[int, ...] = (0,) * N_CLASSES  # pixel rule: present if more than N pixels ...; 0 = off
-    gate_prob: tuple[float, ...] = (0.5,) * N_CLASSES  # ... exceed this probability
-    min_size: tuple[int, ...] = (0,) * N_CLASSES  # drop 3D components (26-connected) below N voxels
-    z_min_run: tuple[int, ...] = (0,) * N_CLASSES  # drop positive z-runs shorter than k slices; 0 = off
-    z_largest: tuple[bool, ...] = (False,) * N_CLASSES  # keep only the z-run with the most voxels
-    crop: bool = False  # zero everything outside the detector box
-
-    def __post_init__(self):
-        if set(self.weights) != set(self.groups):
-            raise ValueError("weights and groups must name the same models")
-        if not self.weights:
-            raise ValueError("an ensemble needs at least one model")
-        bad = {g for g in self.groups.values() if g not in GROUPS}
-        if bad:
-            raise ValueError(f"unknown blend group(s) {sorted(bad)} (expected {', '.join(GROUPS)})")
-        object.__setattr__(self, "weights", {k: _per_class(v) for k, v in self.weights.items()})
-        for name, kind in (("fusion", float), ("thresholds", float), ("gate_threshold", float), ("gate_pixels", int),
-                           ("gate_prob", float), ("min_size", int), ("z_min_run", int), ("z_largest", bool)):
-            object.__setattr__(self, name, _per_class(getattr(self, name), kind))
-
-    @classmethod
-    def plain_mean(cls, groups: dict[str, str]) -> EnsembleParams:
-        """Equal weights, 3D fusion 0.5, threshold 0.5, no gate and no clean-up."""
-        return cls(weights={name: (1.0,) * N_CLASSES for name in groups}, groups=dict(groups))
-
-    def replace_class(self, field: str, c: int, value) -> EnsembleParams:
-        """A copy with one class's entry of a per-class field changed."""
-        values = list(getattr(self, field))
-        values[c] = value
-        return dataclasses.replace(self, **{field: tuple(values)})
-
-    def replace_weight(self, name: str, c: int, value: float) -> EnsembleParams:
-        weights = dict(self.weights)
-        row = list(weights[name])
-        row[c] = value
-        weights[name] = tuple(row)
-        return dataclasses.replace(self, weights=weights)
-
-    def blend_key(self, c: int) -> tuple:
-        """Hashable: everything class c's blend depends on (the models' class-c weights, groups, fusion)."""
-        return tuple(sorted((name, w[c]) for name, w in self.weights.items())), \
-            tuple(sorted(self.groups.items())), self.fusion[c]
-
-    def class_key(self, c: int) -> tuple:
-        """Hashable: everything class c's masks depend on (its entries of the per-class fields, the
-        models' class-c weights, the groups, the crop), so a cache can skip unchanged classes."""
-        key = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "weights":
-                value = tuple(sorted((name, w[c]) for name, w in value.items()))
-            elif f.name == "groups":
-                value = tuple(sorted(value.items()))
-            elif isinstance(value, tuple):
-                value = value[c]
-            key.append(value)
-        return tuple(key)
-
-    def to_dict(self) -> dict:
-        """JSON-ready: tuples become lists."""
-        def plain(v):
-            if isinstance(v, dict):
-                return {k: plain(x) for k, x in v.items()}
-            return list(v) if isinstance(v, tuple) else v
-
-        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "ensemble.json") -> EnsembleParams:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields)
-        if unknown:
-            raise DataError(f"{source}: unknown ensemble parameter(s) {', '.join(unknown)}")
-        try:
-            return cls(**data)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{source}: bad ensemble parameters ({exc})") from None
-
-
-def effective_weights(params: EnsembleParams, names: list[str]) -> np.ndarray:
-    """(M, 3) blend weights of `names` summing to 1 per class (groups with no weight drop out)."""
-    raw = np.array([params.weights[n] for n in names], dtype=np.float64)
-    out = np.zeros_like(raw)
-    fusion = np.array(params.fusion)
-    for group, share in (("2d", 1.0 - fusion), ("3d", fusion)):
-        rows = np.array([params.groups[n] == group for n in names])
-        total = raw[rows].sum(axis=0)
-        out[rows] = np.divide(raw[rows] * share, total, out=np.zeros_like(raw[rows]), where=total > 0)
-    total = out.sum(axis=0)
-    if (total <= 0).any():
-        raise ValueError(f"no model has weight for class {CLASSES[int(np.argmax(total <= 0))]}")
-    return out / total
+from src.data.geometry import Box
+from src.ensembling.params import N_CLASSES, EnsembleParams, effective_weights
+from src.inference.gating import classifier_gate, pixel_gate
 
 
 def _model_names(probs_by_model: dict[str, np.ndarray], params: EnsembleParams) -> list[str]:
@@ -169,17 +49,6 @@ def blend_class(probs_by_model: dict[str, np.ndarray], params: EnsembleParams, c
 def blend(probs_by_model: dict[str, np.ndarray], params: EnsembleParams) -> np.ndarray:
     """Weighted mean of (Z, 3, H, W) probabilities, class by class (blend_class)."""
     return np.stack([blend_class(probs_by_model, params, c) for c in range(N_CLASSES)], axis=1)
-
-
-def pixel_gate(probs: np.ndarray, pixels, prob) -> np.ndarray:
-    """(Z, 3) bool: class present in a slice when more than pixels[c] of its pixels exceed prob[c]."""
-    counts = np.stack([np.count_nonzero(probs[:, c] > prob[c], axis=(1, 2)) for c in range(probs.shape[1])], axis=1)
-    return counts > np.asarray(pixels)
-
-
-def classifier_gate(gate_probs: np.ndarray, thresholds) -> np.ndarray:
-    """(Z, 3) bool: presence probability at or above the per-class threshold."""
-    return np.asarray(gate_probs) >= np.asarray(thresholds)
 
 
 def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:

@@ -28,8 +28,15 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from src.metrics.competition import CaseDayScore, MetricResult, aggregate, dice_rows, hausdorff_3d
-from src.ensembling.postprocess import N_CLASSES, EnsembleParams, blend_class, postprocess_class
+from src.ensembling.params import N_CLASSES, EnsembleParams
+from src.ensembling.postprocess import blend_class, postprocess_class
+from src.metrics.competition import (
+    CaseDayScore,
+    MetricResult,
+    aggregate,
+    dice_rows,
+    hausdorff_3d,
+)
 
 WEIGHTS = (0.0, 0.5, 1.0, 2.0)  # per model and class, relative inside its group
 FUSION = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)  # share of the 3D group
@@ -54,13 +61,6 @@ class OOFCase:
     truth: np.ndarray  # bool (z, 3, y, x)
     gate: np.ndarray | None = None  # (z, 3) presence probabilities
     box: tuple[int, int, int, int] | None = None  # detector box relative to the region
-
-    def full(self, masks: np.ndarray) -> np.ndarray:
-        """Region masks pasted into an empty full-size volume."""
-        out = np.zeros(self.shape, dtype=bool)
-        z, y, x = self.roi
-        out[z, :, y, x] = masks
-        return out
 
 
 def region_of_interest(probs: Iterable[np.ndarray], truth: np.ndarray, threshold: float = ROI_THRESHOLD
@@ -141,10 +141,6 @@ class Evaluator:
         if len(cache) > self.KEEP:
             cache.popitem(last=False)
         return mask, dice
-
-    def masks(self, case: OOFCase, params: EnsembleParams) -> np.ndarray:
-        """Full-size (Z, 3, H, W) masks of a case under `params` (apply_ensemble on the region)."""
-        return case.full(np.stack([self._class(case, params, c)[0] for c in range(N_CLASSES)], axis=1))
 
     def _case_score(self, case: OOFCase, params: EnsembleParams) -> CaseDayScore:
         """The case-day's score from its region: Dice rows outside it are NaN (both empty), the
@@ -241,7 +237,6 @@ def _weight_candidates(name: str, c: int) -> Callable[[EnsembleParams], list[Ens
 class SearchResult:
     params: EnsembleParams
     result: MetricResult
-    evaluations: int
     passes: int
 
 
@@ -252,7 +247,7 @@ def coordinate_descent(evaluator: Evaluator, space: SearchSpace, cases: list[OOF
     change is kept only if it raises the score by more than `min_gain` (a guard against noise)."""
     best = start or EnsembleParams.plain_mean(space.groups)
     best_result = evaluator.score(best, cases)
-    evaluations, done = 1, 0
+    evaluations, done = 1, 0  # this search's own count, for the log
     for done in range(1, passes + 1):
         improved = False
         for _, candidates in space.coordinates():
@@ -267,7 +262,7 @@ def coordinate_descent(evaluator: Evaluator, space: SearchSpace, cases: list[OOF
             log(f"  pass {done}: score {best_result.score:.4f} after {evaluations} evaluations")
         if not improved:
             break
-    return SearchResult(best, best_result, evaluations, done)
+    return SearchResult(best, best_result, done)
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,11 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
+import edt
 import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import directed_hausdorff
-
-import edt
 
 PROTOCOLS = ("kaggle", "mlebench")
 DICE_WEIGHT = 0.4

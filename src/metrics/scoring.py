@@ -23,7 +23,13 @@ import numpy as np
 import pandas as pd
 
 from src.core.errors import DataError
-from src.data.layout import check_labels_match_images, masks_for_case_day, parse_id, read_labels, scan_split
+from src.data.layout import (
+    check_labels_match_images,
+    masks_for_case_day,
+    parse_id,
+    read_labels,
+    scan_split,
+)
 from src.metrics.competition import MetricResult, check_protocol, score_volumes
 
 SPLITS = ("test", "train")

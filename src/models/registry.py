@@ -64,3 +64,23 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _build_for_count(name: str) -> nn.Module:
+    """Build on the meta device (no memory, no init cost) where the arch allows it."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return create_model(name)
+    except RuntimeError:  # some builders read tensor values while constructing
+        return create_model(name)
+
+
+def list_archs_table(stage: str | None = None) -> str:
+    """Every registered arch (of `stage`) with its parameter count, one line each."""
+    lines = [f"{'arch':<22} {'stage':<6} {'params':>10}  description"]
+    for spec in list_archs(stage=stage):
+        params = count_parameters(_build_for_count(spec.name))
+        lines.append(f"{spec.name:<22} {spec.stage:<6} {params / 1e6:>9.2f}M  {spec.description}")
+    return "\n".join(lines)

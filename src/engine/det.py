@@ -24,10 +24,9 @@ log.csv (ultralytics' per-epoch results), oof/, oof_scores.csv, done.json (last)
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -36,61 +35,36 @@ import torch
 import torch.nn as nn
 import yaml
 
-from src.core.atomic import atomic_path, write_json_atomic, write_text_atomic
+from src.core.artifacts import FoldDir, FoldRecord, fold_dir
+from src.core.atomic import atomic_path, write_text_atomic
 from src.core.errors import DataError
-from src.data.boxes import (Box, body_box, box_area_fraction, box_from_xyxy, box_recall, expand_box, mask_box,
-                            union_boxes, yolo_xywh)
+from src.data.boxes import (
+    Box,
+    body_box,
+    box_area_fraction,
+    box_from_xyxy,
+    box_recall,
+    expand_box,
+    mask_box,
+    union_boxes,
+    yolo_xywh,
+)
 from src.data.samples import StackSpec, intensity_window, normalise
 from src.data.volumes import CaseDay, VolumeCache
-from src.engine.config import TrainConfig
-from src.engine.trainer import Evaluation, prepared_cache, select_device, split_case_days
+from src.engine.config import DetConfig
+from src.engine.stages import StageSpec, register_stage
+from src.engine.trainer import (
+    Evaluation,
+    load_checkpoint,
+    prepare_fold_dir,
+    save_torch_atomic,
+    select_device,
+    split_case_days,
+)
 from src.models.detector import keep_torch_state, ultralytics_offline, yolo_yaml
-from src.models.registry import create_model, get_arch
+from src.models.registry import create_model
 
 DET_CLASSES = ("organs", "body")
-# TrainConfig fields the YOLO trainer has no use for: setting one is an error, not silently ignored.
-UNUSED_FIELDS = ("loss", "ema", "accum_steps", "samples_per_epoch", "channels_last", "encoder_weights", "threshold",
-                 "schedule", "amp", "bn_momentum")
-
-
-@dataclass(frozen=True)
-class DetConfig(TrainConfig):
-    """The crop detector. lr, weight_decay, warmup_epochs, patience (0: off), batch_size, epochs,
-    seed and workers go to ultralytics (AdamW, cosine decay); amp stays off."""
-
-    stage: str = "det"
-    arch: str = "yolo26n"
-    epochs: int = 30
-    batch_size: int = 16
-    weight_decay: float = 5e-4
-    amp: bool = False
-    img_size: int = 256  # YOLO's imgsz (a multiple of 32)
-    stride: int = 2  # channels are slices z-s, z, z+s; 0: the slice itself three times
-    slice_step: int = 1  # export every k-th slice of the case-days
-    predict_step: int = 1  # detect on every k-th slice of a case-day
-    conf: float = 0.25  # detection confidence kept
-    margin: float = 0.1  # crop margin on each side, as a fraction of the box's size ...
-    margin_px: int = 4  # ... plus this many pixels
-    mosaic: float = 1.0  # ultralytics' mosaic augmentation probability
-    keep_dataset: bool = False  # keep the exported YOLO dataset after training
-
-
-def check_config(cfg: DetConfig) -> None:
-    """One-line errors for an arch of another stage, a bad value, or a field the detector does not use."""
-    try:
-        stage = get_arch(cfg.arch).stage
-    except KeyError as exc:
-        raise DataError(f"--arch: {exc.args[0]}") from None
-    if stage != "det":
-        raise DataError(f"--arch {cfg.arch} is a {stage} arch; the det stage needs one of the YOLO archs")
-    defaults = {f.name: f.default for f in dataclasses.fields(DetConfig)}
-    changed = [name for name in UNUSED_FIELDS if getattr(cfg, name) != defaults[name]]
-    if changed:
-        raise DataError(f"--{changed[0].replace('_', '-')} does not apply to the det stage")
-    if cfg.img_size % 32 or cfg.img_size <= 0:
-        raise DataError(f"--img-size {cfg.img_size}: YOLO needs a positive multiple of 32")
-    if cfg.stride < 0 or cfg.slice_step < 1 or cfg.predict_step < 1 or cfg.margin < 0 or cfg.margin_px < 0:
-        raise DataError("config: --stride, --margin and --margin-px must be >= 0, --slice-step and --predict-step >= 1")
 
 
 def yolo_device(device: torch.device) -> str:
@@ -151,7 +125,6 @@ class DetTask:
     """Builds the detector from the registry and turns its detections into case-day crops."""
 
     def __init__(self, cfg: DetConfig, cache_dir: str | Path):
-        check_config(cfg)
         self.cfg = cfg
         self.cache_dir = cache_dir
         self.cache = VolumeCache(cache_dir)
@@ -202,13 +175,14 @@ class DetTask:
         _, height, width = vol.shape
         return case_day_box(self.detect(model, vol, device, batch_size), height, width, self.cfg.margin, self.cfg.margin_px)
 
-    def evaluate(self, model: nn.Module, case_days: list[str], device: torch.device, oof_dir: Path) -> Evaluation:
+    def evaluate(self, model: nn.Module, case_days: list[str], device: torch.device,
+                 save: Callable[[str, dict], object]) -> Evaluation:
         """Crops of the validation case-days as oof/<case_day>.json; score: mean crop recall."""
         rows = []
         for cd in case_days:
             vol = self.cache.load(cd)
             pred = self.predict_volume(model, vol, device)
-            write_json_atomic(oof_dir / f"{cd}.json", pred)
+            save(cd, pred)
             rows.append({"case_day": cd, "source": pred["source"], "class": pred["class"],
                          "crop_recall": box_recall(vol.mask, pred["box"]),
                          "crop_area": box_area_fraction(pred["box"], *vol.shape[1:])})
@@ -222,129 +196,80 @@ class DetTask:
 
 
 # ---- the stage ---------------------------------------------------------------------------------
-def load_detector(fold_dir: Path, cache_dir: str | Path, device: torch.device) -> tuple[DetTask, nn.Module]:
-    """A trained fold: its task (from config.json) and model (from best.pt), on `device`, in eval mode."""
-    try:
-        cfg = DetConfig(**json.loads((fold_dir / "config.json").read_text())["config"])
-        state = torch.load(fold_dir / "best.pt", map_location="cpu", weights_only=True)["model"]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{fold_dir}: not a trained detector fold ({type(exc).__name__}: {exc})") from None
-    task = DetTask(cfg, cache_dir)
-    model = task.build_model()
-    model.load_state_dict(state)
-    return task, model.to(device).eval()
-
-
-def predict_boxes(run_dir: str | Path, cache_dir: str | Path, case_days: list[str], split: str = "test",
-                  folds: str | list[str] | None = None, device: str = "auto") -> dict[str, dict]:
-    """case-day -> crop {"box", "source"}. split "oof": each cached train case-day by the fold that
-    validated it; "test": the cached test case-days, the union of the chosen folds' boxes."""
-    from src.predict import select_folds
-
-    torch_device = select_device(device)
-    loaded = [(info, *load_detector(info.path, cache_dir, torch_device)) for info in select_folds(run_dir, folds, split)]
-    cache = VolumeCache(cache_dir)
-    out = {}
-    for cd in case_days:
-        vol = cache.load(cd, "train" if split == "oof" else "test")
-        chosen = [(t, m) for info, t, m in loaded if split != "oof" or cd in info.val_case_days]
-        if not chosen:
-            raise DataError(f"{run_dir}: no chosen fold validated {cd}")
-        with torch.no_grad():
-            preds = [task.predict_volume(model, vol, torch_device) for task, model in chosen]
-        detected = [p for p in preds if p["source"] == "detected"]
-        out[cd] = {"box": list(union_boxes(p["box"] for p in preds)),
-                   "source": "detected" if detected else "fallback"}
-    return out
-
-
-def _prepare_run_dir(run_dir: Path, cfg: DetConfig, resume: bool) -> None:
-    """Like the trainer: --resume needs the same config; a fresh run replaces the old folder."""
-    saved = run_dir / "config.json"
-    if resume and saved.exists() and json.loads(saved.read_text())["config"] != dataclasses.asdict(cfg):
-        raise DataError(f"{saved}: --resume with a different config")
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def train_yolo(cfg: DetConfig, data_yaml: Path, run_dir: Path, device: torch.device, resume: bool) -> Path:
-    """Train (or resume from yolo/weights/last.pt); return ultralytics' best.pt."""
-    ultralytics = ultralytics_offline()
-    last = run_dir / "yolo" / "weights" / "last.pt"
-    with keep_torch_state():
-        if resume and last.exists():
-            model = ultralytics.YOLO(str(last))
-            model.train(resume=True)
-        else:
-            model = ultralytics.YOLO(yolo_yaml(cfg.arch), task="detect")
-            model.train(data=str(data_yaml), epochs=cfg.epochs, imgsz=cfg.img_size, batch=cfg.batch_size,
-                        device=yolo_device(device), seed=cfg.seed, deterministic=True, workers=cfg.workers,
-                        amp=False, project=str(run_dir.resolve()), name="yolo", exist_ok=True, plots=False,
-                        val=True, pretrained=False, optimizer="AdamW", lr0=cfg.lr, weight_decay=cfg.weight_decay,
-                        warmup_epochs=cfg.warmup_epochs, cos_lr=True, patience=cfg.patience, mosaic=cfg.mosaic,
-                        verbose=False)
-    return Path(model.trainer.best)
-
-
 def save_state_dict(ultralytics_best: Path, target: Path) -> None:
     """Convert ultralytics' checkpoint to the project's best.pt {"model": state_dict}."""
     from ultralytics.nn.tasks import load_checkpoint
 
     model, ckpt = load_checkpoint(ultralytics_best)
-    with atomic_path(target, suffix=".pt") as tmp:
-        torch.save({"model": model.state_dict(), "epoch": ckpt.get("epoch")}, tmp)
+    save_torch_atomic({"model": model.state_dict(), "epoch": ckpt.get("epoch")}, target)
 
 
-def _promote(run_dir: Path, evaluation: Evaluation) -> None:
-    final, staging = run_dir / "oof", run_dir / "oof.staging"
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
-    with atomic_path(run_dir / "oof_scores.csv") as tmp:
-        evaluation.per_case_day.to_csv(tmp, index=False)
-
-
-def run(cfg: DetConfig, resume: bool) -> float:
-    """Train one fold of the crop detector (the `det` stage of src.train); return the crop recall."""
-    check_config(cfg)
-    cache_dir, case_days = prepared_cache(cfg)
-    task = DetTask(cfg, cache_dir)
-    train_cds, val_cds = split_case_days(cfg, case_days)
-    if not train_cds:
-        raise DataError("no case-day left to train on (check --fold, --exclude and the folds file)")
-    device = select_device(cfg.device)
-    run_dir = Path(cfg.out) / cfg.run_name / f"fold{cfg.fold}"
-    if resume and (run_dir / "done.json").exists():
-        score = json.loads((run_dir / "done.json").read_text())["best_score"]
-        return float("nan") if score is None else score
-    _prepare_run_dir(run_dir, cfg, resume)
+def train_yolo(cfg: DetConfig, data_yaml: Path, fold: FoldDir, device: torch.device, resume: bool) -> Path:
+    """Train (or resume from the fold's YOLO last.pt); return ultralytics' best.pt."""
     ultralytics = ultralytics_offline()
-    write_json_atomic(run_dir / "config.json", {
-        "config": dataclasses.asdict(cfg), "seed": cfg.seed, "train_case_days": train_cds, "val_case_days": val_cds,
-        "world_size": 1, "versions": {"torch": torch.__version__, "ultralytics": ultralytics.__version__}})
-    data_yaml = run_dir / "dataset" / "data.yaml"
-    if not data_yaml.exists():
-        data_yaml = export_dataset(task.cache, {"train": train_cds, "val": val_cds}, run_dir / "dataset",
-                                   task.spec, cfg.slice_step)
-    save_state_dict(train_yolo(cfg, data_yaml, run_dir, device, resume), run_dir / "best.pt")
-    log = pd.read_csv(run_dir / "yolo" / "results.csv")
-    write_text_atomic(run_dir / "log.csv", log.to_csv(index=False))
-    score, metrics = float("nan"), {}
-    if val_cds:
-        task, model = load_detector(run_dir, cache_dir, device)  # the path every later prediction takes
-        staging = run_dir / "oof.staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        with torch.no_grad():
-            evaluation = task.evaluate(model, val_cds, device, staging)
-        _promote(run_dir, evaluation)
-        score, metrics = evaluation.score, evaluation.metrics
-        print("det: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    if not cfg.keep_dataset:
-        shutil.rmtree(run_dir / "dataset", ignore_errors=True)
-    write_json_atomic(run_dir / "done.json", {
-        "best_score": None if np.isnan(score) else score, "metrics": {k: (None if np.isnan(v) else v) for k, v in metrics.items()},
-        "epochs_run": len(log)})
-    return score
+    with keep_torch_state():
+        if resume and fold.yolo_last.exists():
+            model = ultralytics.YOLO(str(fold.yolo_last))
+            model.train(resume=True)
+        else:
+            model = ultralytics.YOLO(yolo_yaml(cfg.arch), task="detect")
+            model.train(data=str(data_yaml), epochs=cfg.epochs, imgsz=cfg.img_size, batch=cfg.batch_size,
+                        device=yolo_device(device), seed=cfg.seed, deterministic=True, workers=cfg.workers,
+                        amp=False, project=str(fold.path.resolve()), name=fold.yolo_dir.name, exist_ok=True,
+                        plots=False, val=True, pretrained=False, optimizer="AdamW", lr0=cfg.lr,
+                        weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, cos_lr=True,
+                        patience=cfg.patience, mosaic=cfg.mosaic, verbose=False)
+    return Path(model.trainer.best)
 
 
-CONFIG = DetConfig
+class YoloTrainer:
+    """Fits one fold of the detector with ultralytics' own loop, then validates it like every stage:
+    the project's best.pt, log.csv, OOF crops and done.json in the fold folder."""
+
+    def __init__(self, task: DetTask, all_case_days: list[str]):
+        self.task, self.cfg = task, task.cfg
+        self.train_cds, self.val_cds = split_case_days(self.cfg, all_case_days)
+        if not self.train_cds:
+            raise DataError("no case-day left to train on (check --fold, --exclude and the folds file)")
+        self.device = select_device(self.cfg.device)
+        self.fold = fold_dir(self.cfg.out, self.cfg.run_name, self.cfg.fold)
+
+    def fit(self, resume: bool = False) -> float:
+        """Train; return the mean crop recall on the validation fold (NaN for fold 'all')."""
+        cfg, fold = self.cfg, self.fold
+        if resume and fold.is_done():
+            score = fold.read_done()["best_score"]
+            return float("nan") if score is None else score
+        prepare_fold_dir(fold, cfg, resume)
+        fold.path.mkdir(parents=True, exist_ok=True)
+        ultralytics = ultralytics_offline()
+        fold.write_config(FoldRecord(dataclasses.asdict(cfg), tuple(self.train_cds), tuple(self.val_cds), cfg.seed, 1,
+                                     {"torch": torch.__version__, "ultralytics": ultralytics.__version__}))
+        data_yaml = fold.det_dataset / "data.yaml"
+        if not data_yaml.exists():
+            data_yaml = export_dataset(self.task.cache, {"train": self.train_cds, "val": self.val_cds},
+                                       fold.det_dataset, self.task.spec, cfg.slice_step)
+        save_state_dict(train_yolo(cfg, data_yaml, fold, self.device, resume), fold.weights)
+        log = pd.read_csv(fold.yolo_results)
+        fold.write_log(log)
+        score, metrics = float("nan"), {}
+        if self.val_cds:
+            model = self.task.build_model()  # reloaded from best.pt: the path every later prediction takes
+            model.load_state_dict(load_checkpoint(fold.weights)["model"])
+            model.to(self.device).eval()
+            fold.begin_oof()
+            with torch.no_grad():
+                evaluation = self.task.evaluate(model, self.val_cds, self.device, fold.stage_oof)
+            fold.promote_oof(evaluation.per_case_day)
+            score, metrics = evaluation.score, evaluation.metrics
+            print("det: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if not cfg.keep_dataset:
+            shutil.rmtree(fold.det_dataset, ignore_errors=True)
+        fold.write_done({"best_score": None if np.isnan(score) else score,
+                         "metrics": {k: (None if np.isnan(v) else v) for k, v in metrics.items()},
+                         "epochs_run": len(log)})
+        return score
+
+
+register_stage(StageSpec("det", DetConfig, DetTask, "box", None, YoloTrainer,
+                         "YOLO crop detector: a box record per case-day"))

@@ -1,5 +1,5 @@
-"""Segmentation tasks for the trainer: the shared validation (whole volumes, competition metric,
-OOF probabilities) and the 2.5D task."""
+"""The 2.5D segmentation stage (`seg2d`, the default of src.train): neighbouring slices as channels,
+smp decoders on smp / timm encoders, an optional per-class presence head."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from src.core.atomic import save_npy_atomic
 from src.core.errors import DataError
 from src.data.augment import build_augment
 from src.data.geometry import Geometry
@@ -16,32 +15,10 @@ from src.data.samples import SliceDataset, StackSpec, volume_batches
 from src.data.volumes import CaseDay, VolumeCache
 from src.engine.config import Seg2DConfig
 from src.engine.losses import CombinedLoss
-from src.engine.trainer import Evaluation, Trainer, prepared_cache
-from src.metrics.competition import score_volumes
+from src.engine.segmentation import VolumeSegmentationTask
+from src.engine.stages import StageSpec, register_stage
+from src.engine.trainer import Trainer
 from src.models.registry import create_model
-
-
-class VolumeSegmentationTask:
-    """Validation shared by 2.5D and 3D segmenters: predict (Z, 3, H, W) probabilities per case-day,
-    save them as float16 OOF, threshold and score with the competition metric."""
-
-    cfg: Seg2DConfig
-    cache: VolumeCache
-
-    def predict_volume(self, model: nn.Module, vol: CaseDay, device: torch.device) -> np.ndarray:
-        raise NotImplementedError
-
-    def evaluate(self, model: nn.Module, case_days: list[str], device: torch.device, oof_dir: Path) -> Evaluation:
-        def pairs():
-            for cd in case_days:
-                vol = self.cache.load(cd)
-                probs = self.predict_volume(model, vol, device)
-                save_npy_atomic(oof_dir / f"{cd}.npy", probs.astype(np.float16))
-                yield cd, probs > self.cfg.threshold, np.asarray(vol.mask) > 0
-
-        result = score_volumes(pairs())
-        metrics = {"val_score": result.score, "val_dice": result.dice, "val_hausdorff": result.hausdorff}
-        return Evaluation(result.score, metrics, result.per_case_day)
 
 
 class Seg2DTask(VolumeSegmentationTask):
@@ -95,10 +72,5 @@ class Seg2DTask(VolumeSegmentationTask):
         return out
 
 
-CONFIG = Seg2DConfig
-
-
-def run(cfg: Seg2DConfig, resume: bool) -> float:
-    """Train one fold of a 2.5D segmenter (the `seg2d` stage of src.train)."""
-    cache_dir, case_days = prepared_cache(cfg)
-    return Trainer(Seg2DTask(cfg, cache_dir), case_days).fit(resume=resume)
+register_stage(StageSpec("seg2d", Seg2DConfig, Seg2DTask, "probabilities", "2d", Trainer,
+                         "2.5D segmenter: (Z, 3, H, W) probabilities"))

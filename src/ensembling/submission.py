@@ -1,0 +1,211 @@
+"""The submission: predict the test split with a tuned ensemble and write the competition CSV.
+
+`python -m src.submit --ensemble ensemble.json --data-dir DIR --out submissions/submission.csv`
+
+Every run of ensemble.json (and its classifier gate and detector, if any) predicts each test
+case-day through src.predict (its recorded folds and TTA), src.ensembling.postprocess.apply_ensemble turns the
+probabilities into masks, and each (slice, class) becomes a row `id,class,predicted` (RLE over (H, W)
+in C order). Rows follow sample_submission.csv when it has rows, else slice order with classes in
+the order large_bowel, small_bowel, stomach. The file is validated (every row present once, every
+RLE decodes inside its image) before it is written atomically.
+
+Kaggle's development phase has an empty test/: then the stage says so and writes the sample
+submission with empty predictions (if there is one). `--allow-train-fallback N` instead runs on the
+first N train case-days as a pseudo test split (rows carry their train ids), to try a kernel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.core.atomic import atomic_path, check_writable
+from src.core.errors import DataError
+from src.core.ids import CLASSES
+from src.data import rle
+from src.data.layout import read_slice, scan_split
+from src.data.volumes import CaseDay
+from src.ensembling.ensemble_file import Ensemble, load_ensemble
+from src.ensembling.postprocess import apply_ensemble
+from src.inference.gating import gated, parse_gate_rule
+from src.inference.predict import RunPredictor
+
+COLUMNS = ["id", "class", "predicted"]
+
+
+# ---- volumes straight from the layout ----------------------------------------------------------
+def read_volume(rows: pd.DataFrame) -> CaseDay:
+    """One case-day from its scan_split rows (slice order), images only."""
+    first = rows.iloc[0]
+    height, width = int(first["height"]), int(first["width"])
+    image = np.stack([read_slice(path, height, width) for path in rows["path"]])
+    return CaseDay(first["case_day"], tuple(rows["id"]), image, None)
+
+
+def pseudo_test_index(data_dir: Path, n: int) -> pd.DataFrame:
+    """The slices of the first n train case-days, standing in for an empty test split."""
+    index = scan_split(data_dir, "train")
+    if index.empty:
+        raise DataError(f"{data_dir / 'train'}: no train case-days to fall back on")
+    keep = list(dict.fromkeys(index["case_day"]))[:n]
+    return index[index["case_day"].isin(keep)].reset_index(drop=True)
+
+
+# ---- prediction --------------------------------------------------------------------------------
+class EnsemblePredictor:
+    """Loads every run the ensemble needs once; masks(vol) -> (Z, 3, H, W) bool."""
+
+    def __init__(self, ensemble: Ensemble, device: str = "auto", batch_size: int | None = None,
+                 runs_root: str | Path | None = None):
+        self.ensemble = ensemble
+        self.runs_root = Path(runs_root) if runs_root else None
+        how = {run["path"]: (run.get("folds"), run.get("predict", {}).get("tta", [])) for run in ensemble.runs}
+        how.update({aux["path"]: (aux.get("folds"), aux.get("tta", [])) for aux in (ensemble.gate, ensemble.crop) if aux})
+        self.predictors = {path: RunPredictor(self._path(path), how.get(path, (None, []))[0] or None, "test",
+                                              how.get(path, (None, []))[1], device, batch_size)
+                           for path in ensemble.run_paths()}
+
+    def _path(self, path: str) -> Path:
+        return self.runs_root / Path(path).name if self.runs_root else Path(path)
+
+    def masks(self, vol: CaseDay) -> np.ndarray:
+        memo: dict[tuple, object] = {}  # a run used twice (gate of a member and of the ensemble) predicts once
+
+        def predicted(path: str, box=None):
+            key = (path, None if box is None else tuple(box))
+            if key not in memo:
+                memo[key] = self.predictors[path].predict(vol, box)
+            return memo[key]
+
+        probs = {}
+        for run in self.ensemble.runs:
+            opts = run.get("predict", {})
+            box = predicted(opts["crop"])["box"] if opts.get("crop") else None
+            out = predicted(run["path"], box)
+            if opts.get("gate") or opts.get("gate_rule"):
+                cls_probs = predicted(opts["gate"]) if opts.get("gate") else None
+                rule = parse_gate_rule(opts["gate_rule"]) if opts.get("gate_rule") else None
+                out = gated(out, cls_probs, opts.get("gate_threshold") or 0.5, rule)
+            probs[run["name"]] = out
+        gate = predicted(self.ensemble.gate["path"]) if self.ensemble.gate else None
+        box = predicted(self.ensemble.crop["path"])["box"] if self.ensemble.crop else None
+        return apply_ensemble(probs, gate, self.ensemble.params, box)
+
+
+def encode_rows(vol: CaseDay, masks: np.ndarray) -> list[tuple[str, str, str]]:
+    return [(sid, cls, rle.encode(masks[z, c])) for z, sid in enumerate(vol.ids) for c, cls in enumerate(CLASSES)]
+
+
+# ---- the CSV -----------------------------------------------------------------------------------
+def order_rows(rows: pd.DataFrame, sample: pd.DataFrame | None) -> pd.DataFrame:
+    """Rows in the sample submission's order (it must be covered exactly), else as given."""
+    if sample is None or sample.empty:
+        return rows
+    keyed = rows.set_index(["id", "class"])["predicted"]
+    keys = pd.MultiIndex.from_frame(sample[["id", "class"]])
+    missing = ~keys.isin(keyed.index)
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        raise DataError(f"sample_submission.csv row {i + 2}: no prediction for id {sample['id'].iloc[i]} "
+                        f"class {sample['class'].iloc[i]} (no such test image)")
+    extra = ~keyed.index.isin(keys)
+    if extra.any():
+        sid, cls = keyed.index[int(np.flatnonzero(extra)[0])]
+        raise DataError(f"sample_submission.csv: has no row for predicted id {sid} class {cls}")
+    return pd.DataFrame({"id": sample["id"], "class": sample["class"], "predicted": keyed.loc[keys].to_numpy()})
+
+
+def validate_submission(sub: pd.DataFrame, shapes: dict[str, tuple[int, int]], source: str = "submission") -> None:
+    """DataError unless: columns id,class,predicted; one row per (id in `shapes`, class); every RLE
+    has increasing starts and decodes inside its (H, W) image."""
+    if list(sub.columns) != COLUMNS:
+        raise DataError(f"{source}: columns {list(sub.columns)}, expected {COLUMNS}")
+    dup = sub.duplicated(["id", "class"])
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise DataError(f"{source} row {i + 2}: duplicate row for id {sub['id'].iloc[i]} class {sub['class'].iloc[i]}")
+    bad = ~sub["class"].isin(CLASSES) | ~sub["id"].isin(shapes)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{source} row {i + 2}: unexpected id {sub['id'].iloc[i]} / class {sub['class'].iloc[i]}")
+    if len(sub) != len(shapes) * len(CLASSES):
+        have = set(zip(sub["id"], sub["class"]))
+        sid, cls = next((s, c) for s in shapes for c in CLASSES if (s, c) not in have)
+        raise DataError(f"{source}: missing row for id {sid} class {cls}")
+    for i, (sid, text) in enumerate(zip(sub["id"], sub["predicted"].fillna(""))):
+        if text:
+            try:
+                rle.decode(text, shapes[sid])
+            except ValueError as exc:
+                raise DataError(f"{source} row {i + 2}: id {sid}: {exc}") from None
+
+
+def write_submission(sub: pd.DataFrame, out: Path) -> None:
+    with atomic_path(out, suffix=".csv") as tmp:
+        sub.to_csv(tmp, index=False)
+
+
+def _read_sample(data_dir: Path) -> pd.DataFrame | None:
+    path = data_dir / "sample_submission.csv"
+    if not path.is_file():
+        return None
+    sample = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"id", "class"} <= set(sample.columns):
+        raise DataError(f"{path}: needs columns id and class; has {list(sample.columns)}")
+    return sample
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """What `python -m src.submit` was asked."""
+
+    ensemble: Path
+    data_dir: Path
+    out: Path = Path("submissions/submission.csv")
+    allow_train_fallback: int = 0  # when test/ is empty: predict the first N train case-days instead
+    device: str = "auto"
+    batch_size: int | None = None
+    runs_root: Path | None = None  # find each run as <runs_root>/<run name> (e.g. in a kernel)
+
+    def __post_init__(self):
+        if self.allow_train_fallback < 0:
+            raise DataError(f"--allow-train-fallback {self.allow_train_fallback}: must be >= 0")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise DataError(f"--batch-size {self.batch_size}: must be at least 1")
+
+
+def submit(opts: SubmitOptions) -> Path | None:
+    """Predict the test split of `data_dir` with the ensemble and write the validated CSV to `out`.
+
+    Returns `out`, or None when test/ is empty and there is neither a sample submission nor a fallback.
+    """
+    data_dir, out = Path(opts.data_dir), Path(opts.out)
+    ensemble = load_ensemble(opts.ensemble)
+    check_writable(out)
+    index = scan_split(data_dir, "test")
+    sample = _read_sample(data_dir)
+    if index.empty:
+        if not opts.allow_train_fallback:
+            print(f"submit: {data_dir / 'test'} is empty (Kaggle's development phase)")
+            if sample is None:
+                return None
+            write_submission(pd.DataFrame({"id": sample["id"], "class": sample["class"], "predicted": ""}), out)
+            print(f"submit: wrote the sample submission's {len(sample)} rows, empty, to {out}")
+            return out
+        index, sample = pseudo_test_index(data_dir, opts.allow_train_fallback), None
+        print(f"submit: test/ is empty; predicting {index['case_day'].nunique()} train case-days "
+              "as a pseudo test split")
+    predictor = EnsemblePredictor(ensemble, opts.device, opts.batch_size, opts.runs_root)
+    rows = []
+    for _, group in index.groupby("case_day", sort=False):
+        vol = read_volume(group)
+        rows += encode_rows(vol, predictor.masks(vol))
+    sub = order_rows(pd.DataFrame(rows, columns=COLUMNS), sample)
+    shapes = {sid: (int(h), int(w)) for sid, h, w in zip(index["id"], index["height"], index["width"])}
+    validate_submission(sub, shapes)
+    write_submission(sub, out)
+    print(f"submit: {len(sub)} rows ({(sub['predicted'] != '').sum()} non-empty) for "
+          f"{index['case_day'].nunique()} case-days -> {out}")
+    return out

@@ -1,0 +1,137 @@
+"""Prediction of a whole split with one run: `predict_run(PredictOptions(...))` (the predict stage).
+
+`oof` predicts every case-day with the fold model that did not see it (so a TTA prediction can
+replace the training-time OOF); `test` predicts the cached test split (prepared first) with the
+mean of the chosen fold models, or with the fold-"all" model. Output: one prediction per case-day
+in the run's prediction folder (segmenters (Z, 3, H, W) float16, classifiers (Z, 3), detectors a
+box record) and the manifest, written last, saying what was predicted and how.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from src.core.artifacts import Prediction, PredictionDir, RunDir
+from src.core.errors import DataError
+from src.data.preparation import prepare
+from src.data.volumes import CaseDay, VolumeCache, default_cache_dir
+from src.engine.trainer import select_device
+from src.inference.fold_model import FoldModel
+from src.inference.gating import gated, parse_gate_rule
+from src.inference.runs import TrainedFold, select_folds, split_predictions
+from src.inference.tta import merge, parse_tta, predict_tta
+
+SPLITS = ("oof", "test")
+
+
+class RunPredictor:
+    """The chosen fold models of one run, loaded once: predict(vol) is their mean, with flip TTA."""
+
+    def __init__(self, run_dir: str | Path, folds: str | list[str] | None = None, split: str = "test",
+                 tta=(), device: str = "auto", batch_size: int | None = None, cache_dir: str | Path = "cache"):
+        self.run_dir = Path(run_dir)
+        self.tta = parse_tta(tta)
+        self.batch_size = batch_size
+        self.device = select_device(device)
+        chosen = select_folds(run_dir, folds, split)
+        self.folds = [FoldModel.load(info, self.device, Path(cache_dir)) for info in chosen]
+        self.stage = self.folds[0].info.stage
+
+    @property
+    def fold_names(self) -> list[str]:
+        return [f.info.fold for f in self.folds]
+
+    def predict(self, vol: CaseDay, box=None) -> Prediction:
+        return merge([predict_tta(f, vol, self.tta, box, self.batch_size) for f in self.folds])
+
+    def predict_oof(self, vol: CaseDay, box=None) -> Prediction:
+        """The prediction of the fold model that validated this case-day."""
+        fold = next((f for f in self.folds if vol.case_day in f.info.val_case_days), None)
+        if fold is None:
+            raise DataError(f"{self.run_dir}: no chosen fold validated {vol.case_day}")
+        return predict_tta(fold, vol, self.tta, box, self.batch_size)
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What `python -m src.predict` was asked: the run, the split, and how to predict it."""
+
+    run: Path
+    split: str = "oof"
+    folds: str | None = None  # comma-separated, or "all"; default every numbered fold
+    tta: tuple[str, ...] = ()
+    data_dir: Path | None = None  # default: the run's
+    cache_dir: Path | None = None  # default: that of data_dir, else the run's
+    out: Path | None = None  # default: the run's prediction folder of the split
+    batch_size: int | None = None
+    device: str = "auto"
+    gate: Path | None = None  # classifier run whose presence gates the slices
+    gate_threshold: float = 0.5
+    gate_rule: str | None = None  # PIXELS:PROB
+    crop: Path | None = None  # detector run whose boxes crop the model input
+
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise DataError(f"--split {self.split!r}: expected one of {', '.join(SPLITS)}")
+        object.__setattr__(self, "tta", parse_tta(self.tta))
+        if self.batch_size is not None and self.batch_size < 1:
+            raise DataError(f"--batch-size {self.batch_size}: must be at least 1")
+        if not 0 <= self.gate_threshold < 1:
+            raise DataError(f"--gate-threshold {self.gate_threshold}: expected a probability in [0, 1)")
+        if self.gate_rule:
+            parse_gate_rule(self.gate_rule)
+
+
+def resolve_cache_dir(info: TrainedFold, data_dir: str | Path | None, cache_dir: str | Path | None) -> Path:
+    """--cache-dir, else the cache of --data-dir, else the run's own."""
+    if cache_dir:
+        return Path(cache_dir)
+    if data_dir:
+        return default_cache_dir(data_dir)
+    config = info.record.config
+    return Path(config.get("cache_dir") or default_cache_dir(config.get("data_dir", "data")))
+
+
+def split_case_days(split: str, folds: list[TrainedFold], cache: VolumeCache, data_dir: Path) -> list[str]:
+    """oof: the folds' validation case-days; test: the cached test split (prepared now if needed)."""
+    if split == "oof":
+        wanted = {cd for f in folds for cd in f.val_case_days}
+        cached = cache.case_days("train")
+        missing = sorted(wanted - set(cached))
+        if missing:
+            raise DataError(f"{cache.root / 'train'}: validation case-day {missing[0]} is not cached "
+                            "(run python -m src.prepare)")
+        return [cd for cd in cached if cd in wanted]
+    prepare(data_dir, cache.root, split="test", workers=1)
+    return cache.case_days("test")
+
+
+def predict_run(opts: PredictOptions) -> Path:
+    """Predict a split with a run; write every case-day's prediction, then the manifest."""
+    chosen = select_folds(opts.run, opts.folds, opts.split)
+    cache_dir = resolve_cache_dir(chosen[0], opts.data_dir, opts.cache_dir)
+    data_dir = Path(opts.data_dir or chosen[0].record.config.get("data_dir", "data"))
+    cache = VolumeCache(cache_dir)
+    case_days = split_case_days(opts.split, chosen, cache, data_dir)
+    predictor = RunPredictor(opts.run, [f.fold for f in chosen], opts.split, opts.tta, opts.device,
+                             opts.batch_size, cache_dir)
+    gate_probs = split_predictions(opts.gate, opts.split, case_days) if opts.gate else None
+    boxes = split_predictions(opts.crop, opts.split, case_days) if opts.crop else {}
+    rule = parse_gate_rule(opts.gate_rule) if opts.gate_rule else None
+    out = PredictionDir(opts.out) if opts.out else RunDir(opts.run).predictions(opts.split)
+    out.begin()
+    cache_split = "train" if opts.split == "oof" else "test"
+    for cd in case_days:
+        vol = cache.load(cd, cache_split)
+        box = boxes[cd]["box"] if cd in boxes else None
+        pred = predictor.predict_oof(vol, box) if opts.split == "oof" else predictor.predict(vol, box)
+        if not isinstance(pred, dict) and pred.ndim == 4 and (gate_probs is not None or rule is not None):
+            pred = gated(pred, None if gate_probs is None else gate_probs[cd], opts.gate_threshold, rule)
+        out.save(cd, pred)
+    out.write_manifest({
+        "run": str(opts.run), "split": opts.split, "stage": predictor.stage, "folds": predictor.fold_names,
+        "tta": list(predictor.tta), "gate": str(opts.gate) if opts.gate else None,
+        "gate_threshold": opts.gate_threshold if opts.gate else None, "gate_rule": opts.gate_rule,
+        "crop": str(opts.crop) if opts.crop else None, "case_days": case_days})
+    print(f"predict: {Path(opts.run).name} {opts.split}: {len(case_days)} case-days -> {out.path}")
+    return out.path

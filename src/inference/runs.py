@@ -1,0 +1,89 @@
+"""A trained run as prediction sees it: its folds, which case-day each fold validated, and the
+predictions it has saved (through the artifact layout of src.core.artifacts)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from src.core.artifacts import FoldDir, FoldRecord, Prediction, RunDir, load_prediction
+from src.core.errors import DataError
+
+
+@dataclass(frozen=True)
+class TrainedFold:
+    """One trained fold: its folder and its saved config record."""
+
+    dir: FoldDir
+    record: FoldRecord
+
+    @property
+    def fold(self) -> str:
+        return self.dir.fold
+
+    @property
+    def stage(self) -> str:
+        return self.record.stage
+
+    @property
+    def val_case_days(self) -> tuple[str, ...]:
+        return self.record.val_case_days
+
+
+def run_folds(run_dir: str | Path) -> dict[str, TrainedFold]:
+    """The folds of a run that have weights, keyed "0", "1", ..., "all"; all of one stage."""
+    out = {k: TrainedFold(f, f.read_config()) for k, f in RunDir(run_dir).folds().items()}
+    stages = {info.stage for info in out.values()}
+    if len(stages) > 1:
+        raise DataError(f"{run_dir}: folds of different stages {sorted(stages)}")
+    return out
+
+
+def run_stage(run_dir: str | Path) -> str:
+    return next(iter(run_folds(run_dir).values())).stage
+
+
+def select_folds(run_dir: str | Path, folds: str | list[str] | None, split: str) -> list[TrainedFold]:
+    """Folds to predict with: the given list, "all" (the fold-all model), or by default every numbered fold."""
+    available = run_folds(run_dir)
+    if folds is None or folds == "":
+        names = [f for f in available if f != "all"] or ["all"]
+    else:
+        names = folds.split(",") if isinstance(folds, str) else [str(f) for f in folds]
+    missing = [f for f in names if f not in available]
+    if missing:
+        raise DataError(f"{run_dir}: no trained fold {missing[0]} (has {', '.join(available)})")
+    if split == "oof" and "all" in names:
+        raise DataError(f"{run_dir}: the fold-all model saw every case-day, it has no out-of-fold predictions")
+    return [available[f] for f in names]
+
+
+def case_day_folds(run_dir: str | Path) -> dict[str, int]:
+    """case-day -> the numbered fold that validated it."""
+    return {cd: int(info.fold) for info in run_folds(run_dir).values() if info.fold != "all"
+            for cd in info.val_case_days}
+
+
+def prediction_files(run_dir: str | Path, split: str) -> dict[str, Path]:
+    """case-day -> prediction file: the run's `split` predictions when complete, else for oof the
+    training-time out-of-fold files of its folds."""
+    files = RunDir(run_dir).predictions(split).files()
+    if files or split != "oof":
+        return files
+    out = {}
+    for info in run_folds(run_dir).values():
+        out.update(info.dir.oof_files())
+    return out
+
+
+def prediction_manifest(run_dir: str | Path, split: str) -> dict | None:
+    return RunDir(run_dir).predictions(split).read_manifest()
+
+
+def split_predictions(run_dir: str | Path, split: str, case_days: list[str]) -> dict[str, Prediction]:
+    """Saved predictions of a run (a classifier gate, a detector's boxes) for the given case-days."""
+    files = prediction_files(run_dir, split)
+    missing = [cd for cd in case_days if cd not in files]
+    if missing:
+        raise DataError(f"{run_dir}: no {split} prediction for {missing[0]} "
+                        f"(run python -m src.predict --run {run_dir} --split {split})")
+    return {cd: load_prediction(files[cd]) for cd in case_days}

@@ -1,0 +1,1 @@
+"""Kaggle packaging: the offline inference bundle."""

@@ -1,0 +1,1 @@
+"""Recipes: a recipe file turned into stage commands, run in order with stamps and resume."""

@@ -1,0 +1,294 @@
+"""Recipes as steps: reading a recipe, planning its stage commands, running them with stamps and resume.
+
+A recipe (TOML, under recipes/) names the data, the folds, the models (stage, arch, options,
+folds), the ensemble and the outputs. The pipeline turns it into steps, each a stage command with
+its arguments, and runs them in order. A step is skipped when its outputs exist and its stamp
+(the hash of its command and of its inputs' sizes and times) matches the last completed run, so a
+re-run after an interruption continues where it stopped; an interrupted training step resumes
+from its last.pt.
+
+Steps: synthetic data (when the recipe asks for it and it is missing), folds, cache, one training
+per model and fold; then, with an [ensemble] section: ensemble tuning on OOF (src.ensemble),
+the test submission (src.submit), its score when the test truth is known (the synthetic data's
+<dir>_test_truth.csv, or [submit] truth), the HTML report (src.report). Recipes named by
+`compare` run first on the same data; their headline numbers are printed beside this recipe's.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from src.core.artifacts import fold_dir, read_ensemble
+from src.core.atomic import write_json_atomic, write_text_atomic
+from src.core.errors import DataError
+from src.engine.stages import get_stage
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage command: `python -m <module> <argv>`, with the files it reads and writes."""
+
+    name: str
+    module: str
+    argv: tuple[str, ...]
+    outputs: tuple[str, ...]
+    inputs: tuple[str, ...] = ()
+    resumable: bool = False  # gets --resume when its outputs are incomplete but it was started
+    once: bool = False  # done whenever its outputs exist (e.g. generated data is never regenerated)
+
+    def stamp(self) -> str:
+        """Hash of the command and of the inputs: file contents for files, sizes and times in folders."""
+        digest = hashlib.sha256(json.dumps([self.module, self.argv]).encode())
+        for path in map(Path, self.inputs):
+            if path.is_file():
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+            for f in sorted(path.rglob("*")) if path.is_dir() else []:
+                if f.is_file():
+                    st = f.stat()
+                    digest.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    data_dir: str
+    synthetic: dict | None
+    folds: dict
+    models: tuple[dict, ...]
+    ensemble: dict | None = None  # no [ensemble] section: the recipe stops after training
+    submit: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+    compare: tuple[str, ...] = ()  # recipes run first (on the same data) and printed beside this one
+
+    def model(self, name: str) -> dict:
+        for model in self.models:
+            if model["name"] == name:
+                return model
+        raise DataError(f"recipe {self.name}: no model named {name!r} (models: "
+                        f"{', '.join(m['name'] for m in self.models)})")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a recipe; `recipes/demo` also finds `recipes/demo.toml`."""
+    path = Path(path)
+    if not path.exists() and path.with_suffix(".toml").exists():
+        path = path.with_suffix(".toml")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: recipe not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DataError(f"{path}: not valid TOML ({exc})") from None
+    for key in ("data", "folds", "models"):
+        if key not in raw:
+            raise DataError(f"{path}: recipe has no [{key}] section")
+    for i, model in enumerate(raw["models"]):
+        missing = {"name", "stage", "arch"} - set(model)
+        if missing:
+            raise DataError(f"{path}: model {i + 1} lacks {', '.join(sorted(missing))}")
+    compare = tuple(str(path.parent / c if not Path(c).exists() and (path.parent / c).with_suffix(".toml").exists()
+                        else c) for c in raw.get("compare", []))
+    return Recipe(name=raw.get("name", path.stem), data_dir=raw["data"]["dir"],
+                  synthetic=raw["data"].get("synthetic"), folds=raw["folds"], models=tuple(raw["models"]),
+                  ensemble=raw.get("ensemble"), submit=raw.get("submit", {}), report=raw.get("report", {}),
+                  compare=compare)
+
+
+def _flags(options: dict) -> list[str]:
+    """{"img_size": 128, "amp": False} -> ["--img-size", "128", "--no-amp"]."""
+    out = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (list, tuple)):
+            out += [flag, ",".join(str(v) for v in value)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where a recipe's final artifacts go."""
+
+    ensemble: str
+    submission: str
+    truth: str | None
+    score: str
+    report: str
+
+
+def outputs(recipe: Recipe, runs_dir: str = "runs") -> Outputs:
+    truth = recipe.submit.get("truth")
+    if truth is None and recipe.synthetic and recipe.synthetic.get("test_cases", 0) > 0:
+        truth = f"{recipe.data_dir.rstrip('/')}_test_truth.csv"  # where src.make_synthetic puts it
+    submission = recipe.submit.get("out", f"submissions/{recipe.name}.csv")
+    return Outputs(ensemble=(recipe.ensemble or {}).get("out", f"{runs_dir}/ensemble_{recipe.name}.json"),
+                   submission=submission, truth=truth, score=str(Path(submission).with_suffix(".score.json")),
+                   report=recipe.report.get("out", f"reports/{recipe.name}"))
+
+
+def _done_files(recipe: Recipe, names: list[str], runs_dir: str) -> tuple[str, ...]:
+    return tuple(str(fold_dir(runs_dir, n, f).done_path) for n in names for f in recipe.model(n).get("folds", [0]))
+
+
+def _final_steps(recipe: Recipe, runs_dir: str) -> list[Step]:
+    """Ensemble tuning on OOF, the test submission, its score when the truth is known, the report."""
+    out = outputs(recipe, runs_dir)
+    ens = dict(recipe.ensemble)
+    members = ens.pop("runs", [m["name"] for m in recipe.models if get_stage(m["stage"]).segmenter])
+    helpers = [ens[k] for k in ("gate", "crop") if ens.get(k)]
+    argv = ["tune", "--runs", *(f"{runs_dir}/{n}" for n in members)]
+    for key in ("gate", "crop"):
+        if ens.get(key):
+            argv += [f"--{key}", f"{runs_dir}/{ens.pop(key)}"]
+    ens.pop("out", None)
+    steps = [Step("ensemble", "src.ensemble", (*argv, "--out", out.ensemble, *_flags(ens)), (out.ensemble,),
+                  _done_files(recipe, members + helpers, runs_dir))]
+    submit_opts = {k: v for k, v in recipe.submit.items() if k not in ("out", "truth")}
+    steps.append(Step("submission", "src.submit", ("--ensemble", out.ensemble, "--data-dir", recipe.data_dir,
+                                                   "--out", out.submission, *_flags(submit_opts)),
+                      (out.submission,), (out.ensemble,)))
+    if out.truth:
+        steps.append(Step("score", "src.score", ("--data-dir", recipe.data_dir, "--truth", out.truth, "--pred",
+                                                 out.submission, "--summary", out.score),
+                          (out.score,), (out.submission, out.truth)))
+    if recipe.report.get("enabled", True):  # `enabled = false` under [report] leaves it out
+        runs = [f"{runs_dir}/{m['name']}" for m in recipe.models]
+        steps.append(Step("report", "src.report", ("--runs", *runs, "--ensemble", out.ensemble,
+                                                   "--title", f"recipe {recipe.name}", "--out", out.report),
+                          (f"{out.report}/index.html",), (out.ensemble,)))
+    return steps
+
+
+def plan(recipe: Recipe, runs_dir: str = "runs") -> list[Step]:
+    """The recipe's steps in order."""
+    data = recipe.data_dir
+    folds_csv = recipe.folds.get("out", f"folds/{recipe.name}_folds.csv")
+    steps = []
+    if recipe.synthetic is not None:
+        steps.append(Step("synthetic data", "src.make_synthetic",
+                          ("--out", data, *_flags(recipe.synthetic)), (f"{data}/train.csv",), once=True))
+    fold_opts = {k: v for k, v in recipe.folds.items() if k != "out"}
+    steps.append(Step("folds", "src.make_folds", ("--data-dir", data, "--out", folds_csv, *_flags(fold_opts)),
+                      (folds_csv,), (f"{data}/train.csv",)))
+    steps.append(Step("cache", "src.prepare", ("--data-dir", data, "--split", "all"), (), (f"{data}/train.csv",)))
+    for model in recipe.models:
+        options = {k: v for k, v in model.items() if k not in ("name", "stage", "arch", "folds")}
+        for fold in model.get("folds", [0]):
+            argv = ("--stage", model["stage"], "--arch", model["arch"], "--name", model["name"], "--fold", str(fold),
+                    "--data-dir", data, "--folds-csv", folds_csv, "--out", runs_dir, *_flags(options))
+            steps.append(Step(f"train {model['name']} fold {fold}", "src.train", argv,
+                              (str(fold_dir(runs_dir, model["name"], fold).done_path),), (folds_csv,), resumable=True))
+    if recipe.ensemble is not None:
+        steps += _final_steps(recipe, runs_dir)
+    return steps
+
+
+def results(recipe: Recipe, runs_dir: str = "runs") -> dict:
+    """The recipe's headline numbers from its artifacts: OOF scores from ensemble.json, test score."""
+    out = outputs(recipe, runs_dir)
+    row: dict = {"recipe": recipe.name}
+    if Path(out.ensemble).exists():
+        scores = read_ensemble(out.ensemble).record["scores"]
+        # "final": the parameters the submission uses (the plain mean when the recipe tunes nothing)
+        row["oof plain mean @0.5"] = scores["plain_mean"]["score"]
+        row["oof final (in-sample)"] = scores["tuned_in_sample"]["score"]
+        row["oof final (held-out)"] = scores.get("tuned_held_out", {}).get("score")
+    if Path(out.score).exists():
+        test = json.loads(Path(out.score).read_text())
+        row.update({"test score": test["score"], "test dice": test["dice"], "test hausdorff": test["hausdorff"]})
+    return row
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """Recipes side by side: one column per recipe, one line per number."""
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "recipe"]
+    width = max(map(len, keys), default=8) + 2
+    cols = [max(len(r["recipe"]), 8) + 2 for r in rows]
+    lines = [" " * width + "".join(f"{r['recipe']:>{w}}" for r, w in zip(rows, cols))]
+    for key in keys:
+        cells = [("-" if r.get(key) is None else f"{r[key]:.4f}") for r in rows]
+        lines.append(f"{key:<{width}}" + "".join(f"{c:>{w}}" for c, w in zip(cells, cols)))
+    return "\n".join(lines)
+
+
+def _state_path(recipe: Recipe, runs_dir: str) -> Path:
+    return Path(runs_dir) / f"pipeline_{recipe.name}.json"
+
+
+def run_steps(steps: list[Step], state_path: Path) -> list[tuple[str, str, float]]:
+    """Run the steps that are not up to date; return (step, status, seconds) rows."""
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    rows = []
+    for i, step in enumerate(steps, 1):
+        stamp = step.stamp()
+        outputs_exist = all(Path(p).exists() for p in step.outputs)
+        done = outputs_exist and (step.once or state.get(step.name) == stamp)
+        if done:
+            print(f"[{i}/{len(steps)}] {step.name}: up to date, skipped", flush=True)
+            rows.append((step.name, "skipped", 0.0))
+            continue
+        argv = list(step.argv)
+        started_before = step.resumable and state.get(step.name + ":started") == stamp
+        if started_before:
+            argv.append("--resume")
+        print(f"[{i}/{len(steps)}] {step.name}: python -m {step.module} {' '.join(argv)}", flush=True)
+        state[step.name + ":started"] = stamp
+        write_json_atomic(state_path, state)
+        start = time.perf_counter()
+        code = importlib.import_module(step.module).main(argv)
+        if code:
+            raise DataError(f"step '{step.name}' failed with exit code {code}")
+        state[step.name] = step.stamp()  # inputs may be the step's own outputs (the cache)
+        write_json_atomic(state_path, state)
+        rows.append((step.name, "resumed" if started_before else "ran", time.perf_counter() - start))
+    return rows
+
+
+def run_recipe(recipe: Recipe, runs_dir: str) -> None:
+    steps = plan(recipe, runs_dir)
+    start = time.perf_counter()
+    print(f"== recipe {recipe.name}: {len(steps)} steps", flush=True)
+    rows = run_steps(steps, _state_path(recipe, runs_dir))
+    print(f"\nrecipe {recipe.name}: {len(rows)} steps in {time.perf_counter() - start:.0f} s")
+    for name, status, seconds in rows:
+        print(f"  {name:<40} {status:<8} {seconds:8.1f} s")
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """What `python -m src.pipeline` was asked."""
+
+    recipe: str
+    runs_dir: str = "runs"
+    dry_run: bool = False
+    no_compare: bool = False
+
+
+def run_pipeline(opts: PipelineOptions) -> None:
+    """Run the recipe (after the recipes it compares with, on the same data) and print them side by side."""
+    recipe = load_recipe(opts.recipe)
+    recipes = ([] if opts.no_compare else [load_recipe(c) for c in recipe.compare]) + [recipe]
+    for other in recipes[:-1]:
+        if other.data_dir != recipe.data_dir:
+            raise DataError(f"recipe {other.name} runs on {other.data_dir}, not {recipe.data_dir}: "
+                            "compared recipes must share the data")
+    if opts.dry_run:
+        for r in recipes:
+            steps = plan(r, opts.runs_dir)
+            for i, step in enumerate(steps, 1):
+                print(f"[{r.name} {i}/{len(steps)}] {step.name}: python -m {step.module} {' '.join(step.argv)}")
+        return
+    for r in recipes:
+        run_recipe(r, opts.runs_dir)
+    table = comparison_table([results(r, opts.runs_dir) for r in recipes])
+    write_text_atomic(Path(opts.runs_dir) / f"pipeline_{recipe.name}_results.txt", table + "\n")
+    print("\n" + table)
