@@ -81,3 +81,63 @@ def test_benchmark_bad_flags_are_one_line_errors(work):
     proc = subprocess.run([sys.executable, "-m", "src.benchmark", "models", "--archs", "unet_tiny", "--data-dir",
                            str(work / "nowhere")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --data-dir:") and len(proc.stderr.splitlines()) == 1
+
+
+# ---- pruning -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_run(work):
+    from src.research.evaluation import train
+
+    train(["--stage", "seg2d", "--arch", "unet_classic_tiny", "--fold", "0", *data_args(work), "--folds-csv",
+           str(work / "folds.csv"), "--out", str(work / "runs"), "--name", "classic", "--img-size", "64",
+           "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--workers", "0"])
+    return work / "runs" / "classic"
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_pruning_reaches_the_asked_sparsity_and_leaves_the_run_untouched(work, trained_run):
+    from src.prune import main
+
+    before = _tree_digest(trained_run)
+    out = work / "prune_all"
+    assert main(["--run", str(trained_run), "--amounts", "0.5", "--remove", "--threads", "1", "--out", str(out)]) == 0
+    assert _tree_digest(trained_run) == before
+    table = pd.read_csv(out / "prune.csv")
+    assert list(table["module"]) == ["none", "all"] and table["sparsity"].iloc[0] < 0.01
+    pruned = table.iloc[1]
+    assert abs(pruned["sparsity"] - 0.5) < 0.01 and abs(pruned["model_sparsity"] - 0.5) < 0.01
+    assert pruned["drop_score"] == pytest.approx(table["score"].iloc[0] - pruned["score"])
+    assert pruned["checkpoint_gz_mb"] < table["checkpoint_gz_mb"].iloc[0]  # zeros compress
+    assert (out / "prune_heatmap.png").stat().st_size > 1000
+
+
+def test_pruning_per_module_rows_and_methods(work, trained_run):
+    from src.research.pruning import PruneOptions, run_pruning
+
+    for method in ("global_unstructured", "random_structured"):
+        opts = PruneOptions(run=str(trained_run), method=method, amounts=(0.25, 0.75), per_module=True,
+                            threads=1, out=str(work / f"prune_{method}"))
+        table = run_pruning(opts, log=lambda *_: None)
+        blocks = table[table["module"] != "none"]
+        assert list(dict.fromkeys(blocks["module"])) == ["enc0", "enc1", "enc2", "bottleneck", "dec2", "dec1", "dec0", "head"]
+        for amount in (0.25, 0.75):
+            achieved = blocks.loc[blocks["amount"] == amount, "sparsity"]
+            tolerance = 0.01 if method == "global_unstructured" else 0.2  # whole channels: rounded per layer
+            assert (abs(achieved - amount) < tolerance).all(), (method, achieved.tolist())
+            assert (blocks.loc[blocks["amount"] == amount, "model_sparsity"] < amount).all()  # one block only
+        assert {"drop_score", "drop_dice_stomach", "dice_large_bowel"} <= set(table.columns)
+
+
+def test_pruning_bad_flags(work, trained_run):
+    from src.research.pruning import PruneOptions
+
+    with pytest.raises(DataError, match="--method"):
+        PruneOptions(run=str(trained_run), method="magnitude")
+    with pytest.raises(DataError, match="--amounts"):
+        PruneOptions(run=str(trained_run), amounts=(0.5, 1.5))
+    with pytest.raises(DataError, match="--run"):
+        PruneOptions(run=str(work / "runs" / "missing"))
