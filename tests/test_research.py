@@ -141,3 +141,60 @@ def test_pruning_bad_flags(work, trained_run):
         PruneOptions(run=str(trained_run), amounts=(0.5, 1.5))
     with pytest.raises(DataError, match="--run"):
         PruneOptions(run=str(work / "runs" / "missing"))
+
+
+# ---- ablation ------------------------------------------------------------------------------------------
+def test_ablation_trains_every_cell_once_and_reports_paired_intervals(work):
+    from src.research.ablation import AblationOptions, run_ablation
+
+    base = ("--arch", "unet_classic_tiny", "--img-size", "64", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+            "--workers", "0", "--augment", "none", *data_args(work))
+    opts = AblationOptions(base=base, vary=(("lr", ("1e-2",)),), repeats=2, split="random", out=str(work / "ablation"))
+    lines = []
+    summary = run_ablation(opts, log=lines.append)
+    assert len(lines) == 4 and all("trained in" in line for line in lines)
+    assert list(summary["variant"]) == ["base", "lr=1e-2"] and list(summary["n"]) == [2, 2]
+    for column in ("score_mean", "score_std", "jaccard_mean", "dice_stomach_mean", "precision_small_bowel_std",
+                   "recall_large_bowel_mean", "accuracy_stomach_mean", "d_score", "d_score_lo", "d_score_hi",
+                   "d_jaccard", "beyond_noise"):
+        assert column in summary.columns, column
+    assert summary.loc[1, "d_score_lo"] <= summary.loc[1, "d_score"] <= summary.loc[1, "d_score_hi"]
+    cells = pd.read_csv(work / "ablation" / "cells.csv")
+    base_cells, varied = (cells[cells.variant == v].set_index("repeat") for v in ("base", "lr=1e-2"))
+    assert summary.loc[1, "d_score"] == pytest.approx((varied["score"] - base_cells["score"]).mean())
+    assert ((cells["accuracy_stomach"] > 0.5) & (cells["accuracy_stomach"] <= 1)).all()
+    # the same two splits for both variants, 20 % of the case-days each, and two different splits
+    splits = sorted((work / "ablation" / "splits").glob("*.csv"))
+    folds = [load_folds(p) for p in splits]
+    assert len(folds) == 2 and all((f["fold"] == 0).sum() == round(0.2 * len(f)) for f in folds)
+    assert list(folds[0]["case_day"]) == list(folds[1]["case_day"]) and list(folds[0]["fold"]) != list(folds[1]["fold"])
+    weights = {p: p.stat().st_mtime_ns for p in (work / "ablation" / "runs").rglob("best.pt")}
+    assert len(weights) == 4
+    again = []
+    rerun = run_ablation(opts, log=again.append)
+    assert len(again) == 4 and all("finished earlier" in line for line in again)
+    assert {p: p.stat().st_mtime_ns for p in weights} == weights
+    assert np.allclose(rerun["score_mean"], summary["score_mean"])
+    assert (work / "ablation" / "ablation.png").stat().st_size > 1000
+    assert "| lr=1e-2 | 2 |" in (work / "ablation" / "ablation.md").read_text()
+
+
+def test_grouped_splits_keep_cases_whole_and_bad_flags_are_errors(work):
+    from src.data.volumes import VolumeCache
+    from src.research.ablation import AblationOptions, draw_split, paired_interval, parse_vary
+
+    case_days = VolumeCache(work / "cache").case_days()
+    for seed in range(3):
+        val = draw_split(case_days, "grouped", 0.2, seed)
+        val_cases = {cd.split("_")[0] for cd in val}
+        assert val and all(cd in val for cd in case_days if cd.split("_")[0] in val_cases)
+        assert len(val) < len(case_days)
+    mean, lo, hi = paired_interval(np.array([0.1, 0.2, 0.3]), 0.95)
+    assert mean == pytest.approx(0.2) and hi - mean == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
+    assert parse_vary("loss=bce:1,dice:1;tversky:1") == ("loss", ("bce:1,dice:1", "tversky:1"))
+    with pytest.raises(DataError, match="--base: --fold is set by the ablation"):
+        AblationOptions(base=("--fold", "1"))
+    with pytest.raises(DataError, match="--vary: optimizer is not a flag"):
+        AblationOptions(base=(), vary=(("optimizer", ("sgd",)),))
+    with pytest.raises(DataError, match="--repeats"):
+        AblationOptions(base=(), repeats=1)
