@@ -211,7 +211,8 @@ def heatmap(table: pd.DataFrame, path: Path, title: str) -> None:
         ax.set_xlabel("amount pruned")
         for (i, j), v in np.ndenumerate(grid):
             if not math.isnan(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if abs(v) > 0.6 * limit else "black")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="unpruned - pruned")
     fig.suptitle(title, fontsize=10)
     with atomic_path(path, suffix=".png") as tmp:
