@@ -20,7 +20,7 @@ LAYERS = {
     "engine": 2,
     "inference": 3,
     "ensembling": 4,
-    "reporting": 5, "kaggle": 5, "orchestration": 5,
+    "reporting": 5, "kaggle": 5, "orchestration": 5, "research": 5,
     "bench": 6,
 }
 ENTRY_LAYER = 7  # src/<stage>.py: the commands users run

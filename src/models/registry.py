@@ -24,7 +24,8 @@ class ArchSpec:
 
 _REGISTRY: dict[str, ArchSpec] = {}
 # Modules whose import registers archs; a new model family adds its module here.
-ARCH_MODULES = ("src.models.seg2d", "src.models.seg3d", "src.models.classifier", "src.models.detector")
+ARCH_MODULES = ("src.models.seg2d", "src.models.seg3d", "src.models.classifier", "src.models.detector",
+                "src.models.unet_classic")
 
 
 def register_arch(name: str, stage: str, description: str):

@@ -1,0 +1,378 @@
+"""Ablation over repeated splits: every variant is trained on the same R seeded 80/20 splits and
+compared with the base on each, so differences come with a paired confidence interval.
+
+A variant is the base train arguments with one flag changed (`--vary lr=1e-3,1e-2` gives two); the
+base is a variant too. A split is `random` (case-days drawn at random: two days of a patient may fall
+on both sides, as the original studies' image-level splits did) or `grouped` (whole cases). Split r is
+drawn with seed `seed + r` and written as a folds file (fold 0 = validation, fold 1 = training), and
+every (variant, split) cell is trained by `python -m src.train --fold 0` with training seed
+`base seed + r`. Random splits train on an alias of the cache in which each case-day is its own case
+(`case1_day3` -> `case1003_day3`, files linked, not copied), since a folds file groups by case.
+
+Each cell is scored from its run's OOF probabilities against the cache's truth at threshold 0.5: the
+competition score (and its Dice and Hausdorff terms), and per class the pixel-level Dice, Jaccard,
+precision, recall and accuracy over all validation voxels. The summary has mean and std over the
+splits per variant, and for score and mean Jaccard the variant's paired difference from the base:
+mean of the per-split differences +- t(confidence, R - 1) x sd / sqrt(R); `beyond_noise` says whether
+that interval excludes 0.
+
+Resumable: a scored cell (cells/<run>.json) is never retrained; an unfinished training resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.core.artifacts import CaseDayFiles, fold_dir
+from src.core.atomic import atomic_path, write_json_atomic
+from src.core.errors import DataError
+from src.core.ids import CLASSES, case_day_key
+
+SPLITS = ("random", "grouped")
+OWNED = ("fold", "folds-csv", "out", "name", "seed", "resume", "stage", "list-archs")  # set by the ablation
+SUMMARY_METRICS = ("score", "comp_dice", "hausdorff", "jaccard", "dice")
+
+
+def _flag_names() -> set[str]:
+    from src.engine.config import Seg2DConfig
+
+    return {f.name.replace("_", "-") for f in dataclasses.fields(Seg2DConfig)}
+
+
+def parse_train_args(tokens: tuple[str, ...], what: str = "--base") -> dict[str, str | None]:
+    """`--lr 1e-3 --amp --no-channels-last` -> {"lr": "1e-3", "amp": None, "no-channels-last": None}."""
+    flags = _flag_names()
+    out: dict[str, str | None] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--"):
+            raise DataError(f"{what}: expected a --flag, got {token!r}")
+        name = token[2:]
+        if "=" in name:
+            name, value = name.split("=", 1)
+            i += 1
+        elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+            value, i = tokens[i + 1], i + 2
+        else:
+            value, i = None, i + 1
+        bare = name.removeprefix("no-")
+        if name in OWNED or bare in OWNED:
+            raise DataError(f"{what}: --{name} is set by the ablation itself (per split and cell)")
+        if name not in flags and bare not in flags:
+            raise DataError(f"{what}: --{name} is not a flag of python -m src.train (see its --help)")
+        out[name] = value
+    return out
+
+
+def _to_tokens(args: dict[str, str | None]) -> list[str]:
+    tokens = []
+    for name, value in args.items():
+        tokens += [f"--{name}"] if value is None else [f"--{name}", value]
+    return tokens
+
+
+@dataclass(frozen=True)
+class AblationOptions:
+    base: tuple[str, ...]  # train arguments of the base (data, arch, size, epochs, ...)
+    vary: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (flag, values)
+    repeats: int = 3
+    split: str = "random"
+    val_fraction: float = 0.2
+    seed: int = 0
+    confidence: float = 0.95
+    out: str = "reports/ablation"
+
+    def __post_init__(self):
+        base = parse_train_args(self.base)
+        flags = _flag_names()
+        for name, values in self.vary:
+            bare = name.removeprefix("no-")
+            if name in OWNED or bare in OWNED:
+                raise DataError(f"--vary: {name} is set by the ablation itself")
+            if name not in flags:
+                raise DataError(f"--vary: {name} is not a flag of python -m src.train (see its --help)")
+            if not values:
+                raise DataError(f"--vary: {name} has no values (write {name}=v1,v2)")
+        if self.repeats < 2:
+            raise DataError(f"--repeats: at least 2 splits are needed for a confidence interval, got {self.repeats}")
+        if self.split not in SPLITS:
+            raise DataError(f"--split: expected random or grouped, got {self.split!r}")
+        if not 0 < self.val_fraction < 1:
+            raise DataError(f"--val-fraction: must be in (0, 1), got {self.val_fraction}")
+        if not 0 < self.confidence < 1:
+            raise DataError(f"--confidence: must be in (0, 1), got {self.confidence}")
+        if base.get("stage") not in (None, "seg2d"):
+            raise DataError("--base: only the 2.5D stage (seg2d) can be ablated")
+
+    @property
+    def base_args(self) -> dict[str, str | None]:
+        return parse_train_args(self.base)
+
+    @property
+    def cache(self) -> Path:
+        from src.data.volumes import default_cache_dir
+
+        args = self.base_args
+        return Path(args["cache-dir"]) if args.get("cache-dir") else default_cache_dir(args.get("data-dir") or "data/synthetic")
+
+
+def parse_vary(text: str) -> tuple[str, tuple[str, ...]]:
+    """`lr=1e-3,1e-2` -> ("lr", ("1e-3", "1e-2")); values holding commas are separated by `;` instead."""
+    if "=" not in text:
+        raise DataError(f"--vary: expected name=v1,v2, got {text!r}")
+    name, values = text.split("=", 1)
+    name = name.strip().removeprefix("--").replace("_", "-")
+    sep = ";" if ";" in values else ","
+    return name, tuple(v.strip() for v in values.split(sep) if v.strip())
+
+
+# ---- variants and splits ---------------------------------------------------------------------------
+def variants(opts: AblationOptions) -> dict[str, dict[str, str | None]]:
+    """label -> train arguments: "base", then "flag=value" per varied value (values equal to the base's skipped)."""
+    base = opts.base_args
+    out = {"base": base}
+    for name, values in opts.vary:
+        for value in values:
+            args = dict(base)
+            if value.lower() in ("true", "false"):  # a boolean flag
+                args.pop(name, None)
+                args.pop(f"no-{name}", None)
+                args[name if value.lower() == "true" else f"no-{name}"] = None
+            else:
+                if base.get(name) == value:
+                    continue
+                args[name] = value
+            out[f"{name}={value}"] = args
+    return out
+
+
+def alias(case_day: str) -> str:
+    """The case-day as its own case: case1_day3 -> case1003_day3."""
+    case, day = case_day_key(case_day)
+    return f"case{case * 1000 + day}_day{day}"
+
+
+def draw_split(case_days: list[str], mode: str, val_fraction: float, seed: int) -> list[str]:
+    """The validation case-days of one split (sorted)."""
+    rng = np.random.default_rng(seed)
+    n_val = max(1, round(val_fraction * len(case_days)))
+    if mode == "random":
+        val = list(rng.permutation(case_days)[:n_val])
+    else:
+        by_case: dict[int, list[str]] = {}
+        for cd in case_days:
+            by_case.setdefault(case_day_key(cd)[0], []).append(cd)
+        if len(by_case) < 2:
+            raise DataError("--split grouped: the data has fewer than 2 cases")
+        val = []
+        for case in rng.permutation(sorted(by_case))[:-1]:  # at least one case stays for training
+            if len(val) >= n_val:
+                break
+            val += by_case[int(case)]
+    return sorted(val, key=case_day_key)
+
+
+def _write_split(path: Path, case_days: list[str], val: list[str], aliased: bool) -> None:
+    rows = []
+    for cd in case_days:
+        name = alias(cd) if aliased else cd
+        case, day = case_day_key(name)
+        rows.append((case, day, name, 0 if cd in val else 1))
+    with atomic_path(path, suffix=".csv") as tmp:
+        pd.DataFrame(rows, columns=["case", "day", "case_day", "fold"]).to_csv(tmp, index=False)
+
+
+def _alias_cache(cache: Path, target: Path, case_days: list[str]) -> None:
+    """`target/train/<alias>/` linking the cache's files of every case-day (meta.json last)."""
+    for cd in case_days:
+        src, dst = CaseDayFiles.of(cache, "train", cd), CaseDayFiles.of(target, "train", alias(cd))
+        if dst.meta.exists():
+            continue
+        dst.folder.mkdir(parents=True, exist_ok=True)
+        for a, b in ((src.image, dst.image), (src.mask, dst.mask), (src.meta, dst.meta)):
+            if not b.exists():
+                os.symlink(a.resolve(), b)
+
+
+# ---- cells -------------------------------------------------------------------------------------------
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "_", label)[:60]
+
+
+def _score_cell(fold, cache_dir: Path) -> dict[str, float]:
+    from src.data.volumes import VolumeCache
+    from src.research.evaluation import evaluate
+
+    cache = VolumeCache(cache_dir)
+    files = fold.oof_files()
+    val = list(fold.read_config().val_case_days)
+    missing = [cd for cd in val if cd not in files]
+    if missing or not val:
+        raise DataError(f"{fold.path}: no OOF prediction for {missing[0] if missing else 'any case-day'}")
+    return evaluate((cd, np.load(files[cd]).astype(np.float32), np.asarray(cache.load(cd).mask)) for cd in val)
+
+
+def run_ablation(opts: AblationOptions, log=print) -> pd.DataFrame:
+    """Train and score every cell (skipping scored ones); writes cells.csv, ablation.csv, ablation.md,
+    ablation.png under opts.out and returns the summary."""
+    from src.data.volumes import VolumeCache
+    from src.research.evaluation import train
+
+    out = Path(opts.out)
+    case_days = VolumeCache(opts.cache).case_days()
+    if len(case_days) < 2:
+        raise DataError(f"--base: the cache {opts.cache} holds {len(case_days)} case-day(s); prepare the data first "
+                        f"(python -m src.prepare) or give --cache-dir")
+    aliased = opts.split == "random"
+    cache = out / "cache_aliased" if aliased else opts.cache
+    if aliased:
+        _alias_cache(opts.cache, cache, case_days)
+    splits = []
+    for r in range(opts.repeats):
+        val = draw_split(case_days, opts.split, opts.val_fraction, opts.seed + r)
+        path = out / "splits" / f"{opts.split}_{opts.val_fraction:g}_seed{opts.seed + r}.csv"
+        _write_split(path, case_days, val, aliased)
+        splits.append(path)
+    table = variants(opts)
+    train_seed = int(opts.base_args.get("seed") or 42)
+    cells, total, k = [], len(table) * opts.repeats, 0
+    for label, args in table.items():
+        for r, split_csv in enumerate(splits):
+            k += 1
+            key = json.dumps([_to_tokens(args), opts.split, opts.val_fraction, opts.seed + r], sort_keys=True)
+            name = f"{_slug(label)}-{hashlib.sha1(key.encode()).hexdigest()[:8]}-r{r}"
+            record_path = out / "cells" / f"{name}.json"
+            if record_path.is_file():
+                record = json.loads(record_path.read_text())
+                log(f"[{k}/{total}] {label} split {r}: score {record['score']:.4f} (finished earlier)")
+                cells.append(record)
+                continue
+            fold = fold_dir(out / "runs", name, 0)
+            seconds = 0.0
+            if not fold.is_done():
+                tokens = [*_to_tokens({**args, "cache-dir": str(cache)}), "--stage", "seg2d", "--fold", "0",
+                          "--folds-csv", str(split_csv), "--out", str(out / "runs"), "--name", name,
+                          "--seed", str(train_seed + r)]
+                if fold.last.is_file():
+                    tokens.append("--resume")
+                seconds = train(tokens, out / "logs" / f"{name}.log")
+            record = {"variant": label, "repeat": r, "run": name, "train_s": seconds, **_score_cell(fold, cache)}
+            write_json_atomic(record_path, record)
+            log(f"[{k}/{total}] {label} split {r}: score {record['score']:.4f} (trained in {seconds:.1f} s)")
+            cells.append(record)
+    long = pd.DataFrame(cells)
+    with atomic_path(out / "cells.csv", suffix=".csv") as tmp:
+        long.to_csv(tmp, index=False)
+    summary = summarise(long, list(table), opts.confidence)
+    _write_summary(summary, out)
+    plot(long, list(table), out / "ablation.png")
+    return summary
+
+
+# ---- the summary ---------------------------------------------------------------------------------------
+def per_class_columns() -> list[str]:
+    from src.research.evaluation import CLASS_METRICS
+
+    return [f"{m}_{c}" for m in CLASS_METRICS for c in CLASSES]
+
+
+def paired_interval(diffs: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    """(mean, low, high) of paired differences: mean +- t((1 + confidence) / 2, n - 1) sd / sqrt(n)."""
+    from scipy import stats
+
+    diffs = np.asarray(diffs, float)
+    diffs = diffs[~np.isnan(diffs)]
+    if diffs.size == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(diffs.mean())
+    if diffs.size < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf((1 + confidence) / 2, diffs.size - 1) * diffs.std(ddof=1) / math.sqrt(diffs.size))
+    return mean, mean - half, mean + half
+
+
+def summarise(long: pd.DataFrame, order: list[str], confidence: float = 0.95) -> pd.DataFrame:
+    metrics = [*SUMMARY_METRICS, *per_class_columns()]
+    base = long[long["variant"] == "base"].set_index("repeat")
+    rows = []
+    for label in order:
+        cells = long[long["variant"] == label].set_index("repeat")
+        row: dict = {"variant": label, "n": len(cells)}
+        for m in metrics:
+            row[f"{m}_mean"] = float(cells[m].mean())
+            row[f"{m}_std"] = float(cells[m].std(ddof=1)) if len(cells) > 1 else math.nan
+        for m in ("score", "jaccard"):
+            if label == "base":
+                row[f"d_{m}"] = row[f"d_{m}_lo"] = row[f"d_{m}_hi"] = math.nan
+                continue
+            shared = cells.index.intersection(base.index)
+            row[f"d_{m}"], row[f"d_{m}_lo"], row[f"d_{m}_hi"] = paired_interval(
+                cells.loc[shared, m].to_numpy() - base.loc[shared, m].to_numpy(), confidence)
+        lo, hi = row["d_score_lo"], row["d_score_hi"]
+        row["beyond_noise"] = "" if label == "base" or math.isnan(lo) else ("yes" if lo > 0 or hi < 0 else "no")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pm(mean: float, std: float) -> str:
+    return "" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}" if not math.isnan(std) else f"{mean:.3f}"
+
+
+def _ci(d: float, lo: float, hi: float) -> str:
+    return "" if math.isnan(d) else f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def _write_summary(summary: pd.DataFrame, out: Path) -> None:
+    from src.research.evaluation import write_tables
+
+    md = pd.DataFrame({
+        "variant": summary["variant"], "n": summary["n"],
+        "score": [_pm(m, s) for m, s in zip(summary["score_mean"], summary["score_std"])],
+        "Jaccard": [_pm(m, s) for m, s in zip(summary["jaccard_mean"], summary["jaccard_std"])],
+        **{f"Dice {c}": [_pm(m, s) for m, s in zip(summary[f"dice_{c}_mean"], summary[f"dice_{c}_std"])] for c in CLASSES},
+        "Δ score [CI]": [_ci(*v) for v in zip(summary["d_score"], summary["d_score_lo"], summary["d_score_hi"])],
+        "Δ Jaccard [CI]": [_ci(*v) for v in zip(summary["d_jaccard"], summary["d_jaccard_lo"], summary["d_jaccard_hi"])],
+        "beyond noise": summary["beyond_noise"]})
+    write_tables(summary, out / "ablation.csv", out / "ablation.md", md_table=md)
+
+
+def plot(long: pd.DataFrame, order: list[str], path: Path) -> None:
+    """Mean and std over the splits: the score, then per class Dice, Jaccard, precision, recall, accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from src.research.evaluation import CLASS_METRICS
+
+    fig, axes = plt.subplots(1, 1 + len(CLASS_METRICS), figsize=(3.0 * (1 + len(CLASS_METRICS)), 3.6))
+    x = np.arange(len(order))
+    grouped = long.groupby("variant")
+    means, stds = grouped.mean(numeric_only=True).reindex(order), grouped.std(numeric_only=True).reindex(order)
+    axes[0].bar(x, means["score"], yerr=stds["score"], color="0.5", capsize=3)
+    axes[0].set_title("competition score", fontsize=9)
+    width = 0.8 / len(CLASSES)
+    for ax, metric in zip(axes[1:], CLASS_METRICS):
+        for i, c in enumerate(CLASSES):
+            col = f"{metric}_{c}"
+            ax.bar(x + (i - 1) * width, means[col], width, yerr=stds[col], capsize=2, label=c)
+        ax.set_title(metric, fontsize=9)
+    for ax in axes:
+        ax.set_xticks(x, order, rotation=45, ha="right", fontsize=7)
+        ax.set_ylim(0, 1.05)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"mean ± std over {long['repeat'].nunique()} splits", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,334 @@
+"""Benchmark of segmentation archs: size, MACs, speed, data loading, peak memory and (optionally) score.
+
+Each arch is measured in a fresh Python process (so one arch's memory never counts for the next and
+a crash or an out-of-memory ends only its own row):
+
+- params (millions) and GMACs per image (multiply-accumulates of Conv2d, ConvTranspose2d and Linear
+  layers, counted by forward hooks on one image);
+- data_ms: milliseconds to fetch a training batch from the 2.5D sampler (the `light` augmentation,
+  `--workers` loader processes), median over `repeats` batches after the first;
+- train_ms: one AdamW step (forward, BCE loss, backward, step) on those batches, median over repeats
+  after a warm-up step; infer_ms: no-grad forward time per image at the same batch size;
+- peak_mb: CUDA max_memory_allocated on a GPU; on CPU the growth of the process's peak resident set
+  (VmHWM, reset after start-up) over the resident set before the model was built.
+
+Out of memory: on CUDA a torch.OutOfMemoryError (with `memory_limit_mb`, the process's share of the GPU
+is capped there); on CPU, with `memory_limit_mb`, a watchdog thread ends the process as soon as the
+resident set grows past the limit (and a peak found past it at the end counts too). Either way the
+arch's row says OOM and the benchmark goes on with the next.
+
+With `train_epochs`, each arch that fitted is also trained on `fold` through `python -m src.train`
+and its best epoch's validation score and Dice are reported, with the training time. A trained run
+that is complete (done.json) is reused on a re-run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from src.core.artifacts import cached_case_days, fold_dir
+from src.core.errors import DataError
+
+OOM_EXIT = 75  # exit status of a worker whose watchdog saw the memory limit passed
+RESULT_TAG = "BENCHMARK_RESULT "
+
+
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    archs: tuple[str, ...]
+    img_size: int = 256
+    batch_size: int = 8
+    channels: int = 3
+    device: str = "cpu"  # cpu | cuda
+    repeats: int = 5
+    train_epochs: int = 0
+    fold: str = "0"
+    data_dir: str = "data/synthetic"
+    cache_dir: str = ""  # default: cache/<data folder name>
+    folds_csv: str = "folds/folds.csv"
+    memory_limit_mb: float = 0.0  # 0: none
+    workers: int = 0
+    threads: int = 0  # torch CPU threads per worker; 0: torch's default
+    out: str = "reports/benchmark"
+
+    def __post_init__(self):
+        from src.models.registry import get_arch
+
+        if not self.archs:
+            raise DataError("--archs: name at least one arch")
+        for arch in self.archs:
+            try:
+                get_arch(arch)
+            except KeyError as exc:
+                raise DataError(f"--archs: {exc.args[0]}") from None
+        for flag, value, low in (("--img-size", self.img_size, 8), ("--batch-size", self.batch_size, 1),
+                                 ("--channels", self.channels, 1), ("--repeats", self.repeats, 1),
+                                 ("--train-epochs", self.train_epochs, 0), ("--workers", self.workers, 0),
+                                 ("--threads", self.threads, 0)):
+            if value < low:
+                raise DataError(f"{flag}: must be at least {low}, got {value}")
+        if self.device not in ("cpu", "cuda"):
+            raise DataError(f"--device: expected cpu or cuda, got {self.device!r}")
+        if self.memory_limit_mb < 0:
+            raise DataError(f"--memory-limit: must be >= 0 MB, got {self.memory_limit_mb}")
+        if self.train_epochs and not Path(self.folds_csv).is_file():
+            raise DataError(f"--folds-csv: {self.folds_csv} not found (needed by --train-epochs; run python -m src.make_folds)")
+
+    @property
+    def cache(self) -> Path:
+        from src.data.volumes import default_cache_dir
+
+        return Path(self.cache_dir) if self.cache_dir else default_cache_dir(self.data_dir)
+
+
+# ---- the worker: one arch in a fresh process -------------------------------------------------------
+def count_macs(model, example) -> int:
+    """Multiply-accumulates of one forward pass of `example` (one image) over Conv2d, ConvTranspose2d, Linear."""
+    import torch
+    import torch.nn as nn
+
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total += output.numel() * k
+        elif isinstance(module, nn.ConvTranspose2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+            total += inputs[0].numel() * k
+        elif isinstance(module, nn.Linear):
+            total += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def _memory_watchdog(limit_bytes: int, base: int) -> None:
+    from src.research.evaluation import rss_bytes
+
+    def watch():
+        while True:
+            grown = rss_bytes() - base
+            if grown > limit_bytes:
+                print(RESULT_TAG + json.dumps({"status": "OOM", "peak_mb": grown / 2**20}), flush=True)
+                os._exit(OOM_EXIT)
+            time.sleep(0.005)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _warm_up_torch() -> None:
+    """One training step of a throwaway net using every layer kind, on CPU."""
+    import torch
+    import torch.nn as nn
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.InstanceNorm2d(4, affine=True), nn.ReLU(),
+                        nn.MaxPool2d(2), nn.ConvTranspose2d(4, 4, 2, stride=2), nn.Conv2d(4, 4, 3, padding=2, dilation=2),
+                        nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Upsample(scale_factor=2, mode="bilinear"))
+    optimizer = torch.optim.AdamW(net.parameters())
+    for _ in range(2):
+        nn.functional.binary_cross_entropy_with_logits(net(torch.randn(2, 3, 32, 32)), torch.rand(2, 4, 64, 64)).backward()
+        optimizer.step()
+    with torch.no_grad():
+        net.eval()(torch.randn(2, 3, 32, 32))
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(spec: dict) -> dict:
+    """Measure one arch (spec: the fields of BenchmarkOptions with `arch` and `cache`) in this process."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from src.data.augment import build_augment
+    from src.data.geometry import Geometry
+    from src.data.samples import SliceDataset, StackSpec
+    from src.data.volumes import VolumeCache
+    from src.models.registry import count_parameters, create_model, get_arch
+    from src.research.evaluation import peak_rss_bytes, rss_bytes
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    device = torch.device(spec["device"])
+    limit = int(spec["memory_limit_mb"] * 2**20)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        if limit:
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), device)
+    cache = VolumeCache(spec["cache"])
+    case_days = cache.case_days()
+    if not case_days:
+        raise DataError(f"{spec['cache']}: empty cache (run python -m src.prepare --data-dir {spec['data_dir']})")
+    dataset = SliceDataset(spec["cache"], case_days, StackSpec(spec["channels"]), Geometry(spec["img_size"]),
+                           build_augment("light"))
+    loader = iter(DataLoader(dataset, batch_size=spec["batch_size"], shuffle=True, num_workers=spec["workers"],
+                             drop_last=len(dataset) >= spec["batch_size"]))
+    batches, data_times = [next(loader)], []
+    for _ in range(spec["repeats"]):
+        start = time.perf_counter()
+        try:
+            batch = next(loader)
+        except StopIteration:  # a small dataset: start another pass
+            loader = iter(DataLoader(dataset, batch_size=spec["batch_size"], shuffle=True, num_workers=0))
+            batch = next(loader)
+        data_times.append(time.perf_counter() - start)
+        batches.append(batch)
+    get_arch(spec["arch"])  # imports every model family (~150 MB of libraries) before the baseline
+    _warm_up_torch()  # lazily loaded kernels and libraries are torch's memory, not the arch's
+    base = rss_bytes()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
+    except OSError:
+        pass
+    if limit and not cuda:
+        _memory_watchdog(limit, base)
+    row: dict = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "data_ms": 1e3 * statistics.median(data_times)}
+    try:
+        model = create_model(spec["arch"], in_channels=spec["channels"], classes=3).to(device)
+        row["params_m"] = count_parameters(model) / 1e6
+        images = [b["image"].to(device) for b in batches]
+        masks = [b["mask"].to(device) for b in batches]
+        row["gmacs"] = count_macs(model.eval(), images[0][:1]) / 1e9
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        step_times = []
+        for i, (image, mask) in enumerate(zip(images, masks)):
+            _sync(device)
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            out = model(image)
+            loss = loss_fn(out[0] if isinstance(out, (tuple, list)) else out, mask)
+            loss.backward()
+            optimizer.step()
+            _sync(device)
+            if i:  # the first step is the warm-up
+                step_times.append(time.perf_counter() - start)
+        model.eval()
+        infer_times = []
+        with torch.no_grad():
+            for i, image in enumerate(images):
+                _sync(device)
+                start = time.perf_counter()
+                model(image)
+                _sync(device)
+                if i:
+                    infer_times.append((time.perf_counter() - start) / image.shape[0])
+        row.update(status="ok", train_ms=1e3 * statistics.median(step_times), infer_ms=1e3 * statistics.median(infer_times))
+        peak = torch.cuda.max_memory_allocated(device) if cuda else peak_rss_bytes() - base
+        row["peak_mb"] = peak / 2**20
+        if limit and not cuda and peak > limit:
+            row["status"] = "OOM"
+    except torch.OutOfMemoryError:
+        row.update(status="OOM", peak_mb=(torch.cuda.max_memory_allocated(device) if cuda else peak_rss_bytes() - base) / 2**20)
+    except RuntimeError as exc:
+        if "out of memory" not in str(exc).lower():
+            raise
+        row.update(status="OOM", peak_mb=(peak_rss_bytes() - base) / 2**20)
+    return row
+
+
+def worker_main() -> None:
+    """Entry of a worker process: argv[1] is the JSON spec; the result is printed as one tagged line."""
+    spec = json.loads(sys.argv[1])
+    try:
+        row = measure(spec)
+    except DataError as exc:
+        row = {"status": f"error: {exc}"}
+    print(RESULT_TAG + json.dumps(row), flush=True)
+
+
+def _run_worker(spec: dict) -> dict:
+    code = "from src.research.benchmark import worker_main; worker_main()"
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True)
+    tagged = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
+    if tagged:
+        return json.loads(tagged[-1][len(RESULT_TAG):])
+    if proc.returncode in (-9, 137):  # the kernel's OOM killer
+        return {"status": "OOM"}
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or [f"exit code {proc.returncode}"]
+    if "out of memory" in lines[-1].lower():
+        return {"status": "OOM"}
+    return {"status": f"error: {lines[-1][:200]}"}
+
+
+# ---- the driver ----------------------------------------------------------------------------------------
+COLUMNS = ["arch", "status", "device", "params_m", "gmacs", "train_ms", "infer_ms", "data_ms", "peak_mb"]
+TRAIN_COLUMNS = ["train_s", "val_score", "val_dice"]
+
+
+def _train_and_score(opts: BenchmarkOptions, arch: str, runs: Path, log) -> dict:
+    from src.research.evaluation import train
+
+    name = f"bench_{arch}_{opts.img_size}px_b{opts.batch_size}_c{opts.channels}_e{opts.train_epochs}"
+    fold = fold_dir(runs, name, opts.fold)
+    seconds = math.nan
+    if not fold.is_done():
+        args = ["--stage", "seg2d", "--arch", arch, "--fold", opts.fold, "--data-dir", opts.data_dir,
+                "--cache-dir", str(opts.cache), "--folds-csv", opts.folds_csv, "--out", str(runs), "--name", name,
+                "--img-size", str(opts.img_size), "--batch-size", str(opts.batch_size), "--channels", str(opts.channels),
+                "--epochs", str(opts.train_epochs), "--device", opts.device, "--workers", str(opts.workers)]
+        if fold.last.is_file():
+            args.append("--resume")
+        try:
+            seconds = train(args, runs / f"{name}.log")
+        except DataError as exc:
+            if "out of memory" in str(exc).lower():
+                return {"status": "OOM (training)"}
+            raise
+    else:
+        log(f"  {arch}: trained run {fold.path} is complete, reused")
+    history = fold.read_log()
+    if history is None or history.empty or "val_score" not in history:
+        return {"train_s": seconds}
+    best = history.loc[history["val_score"].idxmax()]
+    return {"train_s": seconds, "val_score": float(best["val_score"]), "val_dice": float(best["val_dice"])}
+
+
+def run_benchmark(opts: BenchmarkOptions, log=print) -> pd.DataFrame:
+    """Measure every arch of `opts`; writes <out>/benchmark.csv and benchmark.md and returns the table."""
+    from src.research.evaluation import write_tables
+
+    if not cached_case_days(opts.cache, "train"):
+        raise DataError(f"--data-dir: {opts.cache} holds no prepared case-day (run python -m src.prepare "
+                        f"--data-dir {opts.data_dir}, or give --cache-dir)")
+    out = Path(opts.out)
+    rows = []
+    for i, arch in enumerate(opts.archs, 1):
+        spec = {**asdict(opts), "arch": arch, "cache": str(opts.cache)}
+        start = time.perf_counter()
+        row = {"arch": arch, **_run_worker(spec)}
+        log(f"[{i}/{len(opts.archs)}] {arch}: {row['status']} ({time.perf_counter() - start:.1f} s)")
+        if opts.train_epochs and row["status"] == "ok":
+            row.update(_train_and_score(opts, arch, out / "runs", log))
+        rows.append(row)
+    columns = COLUMNS + (TRAIN_COLUMNS if opts.train_epochs else [])
+    table = pd.DataFrame(rows).reindex(columns=columns)
+    write_tables(table, out / "benchmark.csv", out / "benchmark.md", digits=3)
+    return table
