@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep a change only if it raises the OOF score by more than this (default 0)")
     t.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="threads scoring case-days in parallel (default: CPU count, at most 8)")
+    t.add_argument("--allow-incomplete", action="store_true",
+                   help="tune on folds without their done marker (killed or unfinished runs), with a warning")
     return parser.parse_args(argv)
 
 
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     folds = _fold_list(args.holdout_folds)
     tune(TuneOptions(tuple(args.runs), args.gate, args.crop, args.out, None if folds is None else tuple(folds),
-                     args.cache_dir, args.passes, args.min_gain, args.workers))
+                     args.cache_dir, args.passes, args.min_gain, args.workers, args.allow_incomplete))
     return 0
 
 

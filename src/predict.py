@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gate-rule", default=None,
                         help="PIXELS:PROB, keep a slice-class with more than PIXELS above PROB")
     parser.add_argument("--crop", type=Path, default=None, help="detector run whose boxes crop the model input")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="use folds without their done marker (killed or unfinished runs), with a warning")
     return parser.parse_args(argv)
 
 
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     predict_run(PredictOptions(args.run, args.split, args.folds, args.tta, args.data_dir, args.cache_dir, args.out,
                                args.batch_size, args.device, args.gate, args.gate_threshold, args.gate_rule,
-                               args.crop))
+                               args.crop, args.allow_incomplete))
     return 0
 
 

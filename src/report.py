@@ -19,12 +19,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=None, help="dataset whose default cache to use")
     parser.add_argument("--title", default=None, help="page title (default: names the runs)")
     parser.add_argument("--out", type=Path, required=True, help="report folder, e.g. reports/NAME")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="report folds without their done marker (unfinished runs), with a warning")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report = build_report(args.runs, args.out, args.ensemble, args.cache_dir, args.data_dir, args.title)
+    report = build_report(args.runs, args.out, args.ensemble, args.cache_dir, args.data_dir, args.title,
+                          args.allow_incomplete)
     print(f"wrote {report.index} ({len(report.figures)} figures)")
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from src.core.atomic import atomic_path, write_json_atomic
+from src.core.atomic import atomic_path, check_writable, write_json_atomic
 from src.core.errors import run_cli
 from src.metrics.competition import PROTOCOLS
 from src.metrics.scoring import SPLITS, score_with_split, summary_record
@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--summary", type=Path, metavar="OUT.json", help="also write the JSON object here")
     args = parser.parse_args(argv)
+    for out in (args.per_case_day, args.summary):
+        if out:
+            check_writable(out)
     result, split = score_with_split(args.data_dir, args.truth, args.pred, args.protocol, args.split)
     if args.per_case_day:
         with atomic_path(args.per_case_day, suffix=".csv") as tmp:

@@ -31,13 +31,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: each run's)")
     parser.add_argument("--runs-root", type=Path, default=None,
                         help="find each run as <runs-root>/<run name> instead of its recorded path (e.g. in a kernel)")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="predict with folds without their done marker (killed or unfinished runs), with a warning")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     submit(SubmitOptions(args.ensemble, args.data_dir, args.out, args.allow_train_fallback, args.device,
-                         args.batch_size, args.runs_root))
+                         args.batch_size, args.runs_root, args.allow_incomplete))
     return 0
 
 

@@ -40,8 +40,8 @@ def test_run_cli_turns_data_errors_into_one_line_exit_2(capsys):
 
 
 @pytest.mark.parametrize("module", ["make_synthetic", "make_folds", "prepare", "train", "score", "pipeline",
-                                    "predict", "ensemble", "submit", "report", "kernel", "cls_report",
-                                    "bench.metric", "bench.loader", "bench.seg3d", "bench.gate_crop"])
+                                    "predict", "ensemble", "submit", "report", "kernel", "cls_report", "benchmark", "ablate", "prune",
+                                    "bench.metric", "bench.loader", "bench.seg3d", "bench.gate_crop", "bench.ensemble"])
 def test_every_stage_has_help(module):
     proc = subprocess.run([sys.executable, "-m", f"src.{module}", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage: " in proc.stdout

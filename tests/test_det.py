@@ -2,6 +2,7 @@
 off, fallbacks, test-time boxes, and the segmenter predicting inside a box."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,7 +138,8 @@ def test_det_run_writes_every_artifact(work, det_run):
     scores = pd.read_csv(fold / "oof_scores.csv").set_index("case_day")
     assert np.isnan(scores.loc[EMPTY, "crop_recall"]) and scores["crop_area"].between(0, 1).all()
     done = json.loads((fold / "done.json").read_text())
-    assert done["epochs_run"] == 1 and done["best_score"] == pytest.approx(scores["crop_recall"].mean())
+    assert done["epochs_run"] == 1 and done["best_score"] == pytest.approx(scores["detected_recall"].mean())
+    assert (scores["detected_recall"].fillna(0) <= scores["crop_recall"].fillna(0)).all()
     assert len(pd.read_csv(fold / "log.csv")) == 1
     threads = torch.get_num_threads()
     predictor = RunPredictor(fold.parent, split="oof", device="cpu", cache_dir=work / "cache")
@@ -159,6 +161,7 @@ def test_a_detector_finding_nothing_falls_back_to_the_whole_image(work, det_run,
     crop = json.loads((tmp_path / f"{EMPTY}.json").read_text())
     assert crop["box"] == [0, height, 0, width] and crop["source"] == "fallback" and crop["detections"] == []
     assert evaluation.metrics["val_fallback"] == 1.0 and evaluation.metrics["val_crop_recall"] == 1.0
+    assert evaluation.score == 0.0 and evaluation.metrics["val_detected_recall"] == 0.0  # found nothing: scores 0
     assert evaluation.metrics["val_crop_area"] == 1.0
 
 
@@ -243,3 +246,24 @@ def load_fold_model(fold: Path, cache: Path):
     """(task, model) of a trained fold folder, loaded the way prediction loads it."""
     loaded = FoldModel.load(run_folds(fold.parent)[fold.name.removeprefix("fold")], torch.device("cpu"), cache)
     return loaded.task, loaded.model
+
+
+def test_resume_after_a_kill_in_the_oof_step_retrains_offline(work, det_run):
+    """Killed after YOLO finished but before the done marker: the resume retrains from the run's own
+    data with the network unreachable (unshare -n), never ultralytics' resume or its default dataset."""
+    source = det_run.fold
+    killed = work / "runs" / "killed" / "fold0"
+    shutil.copytree(source, killed)
+    (killed / "done.json").unlink()
+    shutil.rmtree(killed / "oof")
+    record = json.loads((killed / "config.json").read_text())
+    record["config"]["name"] = "killed"
+    (killed / "config.json").write_text(json.dumps(record))
+    env = {**os.environ, "YOLO_CONFIG_DIR": str(work / "yolo_config")}
+    prefix = ["unshare", "-n"] if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"]).returncode == 0 else []
+    proc = subprocess.run([*prefix, sys.executable, "-c", OFFLINE_GUARD, *det_args(work, "killed", "--fold", "0", "--resume"),
+                           "--", str(killed.parent), str(work / "cache")], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0 and "NETWORK_TRIED []" in proc.stdout, (proc.stdout + proc.stderr)[-3000:]
+    assert "coco8" not in proc.stdout + proc.stderr
+    assert (killed / "done.json").is_file() and sorted(p.name for p in (killed / "oof").iterdir())

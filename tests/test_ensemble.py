@@ -2,6 +2,7 @@
 (OOF files written directly, truth in a real cache) with the real metric."""
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -181,7 +182,7 @@ def test_evaluator_class_caches_follow_a_search_exactly():
 
 # ---- tuning on fake runs -----------------------------------------------------------------------
 def _fake_run(root: Path, name: str, stage: str, folds: dict[str, int], preds: dict[str, np.ndarray]) -> Path:
-    """A run folder as the trainer leaves it: fold*/config.json, best.pt, oof/<case_day>.npy."""
+    """A run folder as the trainer leaves it: fold*/config.json, best.pt, oof/<case_day>.npy, done.json."""
     for fold in sorted(set(folds.values())):
         val = [cd for cd, f in folds.items() if f == fold]
         folder = root / name / f"fold{fold}"
@@ -189,6 +190,7 @@ def _fake_run(root: Path, name: str, stage: str, folds: dict[str, int], preds: d
         (folder / "config.json").write_text(json.dumps({"config": {"stage": stage, "fold": str(fold)},
                                                         "val_case_days": val}))
         (folder / "best.pt").write_bytes(b"")
+        (folder / "done.json").write_text(json.dumps({"best_score": 0.5}))
         for cd in val:
             if isinstance(preds[cd], dict):  # a detector's box
                 (folder / "oof" / f"{cd}.json").write_text(json.dumps(preds[cd]))
@@ -289,3 +291,16 @@ def _full_masks(evaluator, case, params):
     z, y, x = case.roi
     out[z, :, y, x] = np.stack([evaluator._class(case, params, c)[0] for c in range(3)], axis=1)
     return out
+
+
+def test_a_half_trained_member_is_refused_unless_allowed(fake, tmp_path, capsys):
+    root, runs, _ = fake
+    half = tmp_path / "half"
+    shutil.copytree(runs["sharp"], half)
+    (half / "fold1" / "done.json").unlink()
+    with pytest.raises(DataError, match="half/fold1: incomplete fold"):
+        tune(TuneOptions([half], out=tmp_path / "e.json", cache_dir=root / "cache", holdout_folds=(), passes=0),
+             log=lambda line: None)
+    record = tune(TuneOptions([half], out=tmp_path / "e.json", cache_dir=root / "cache", holdout_folds=(), passes=0,
+                              allow_incomplete=True), log=lambda line: None)
+    assert record["runs"][0]["name"] == "half" and "incomplete fold used" in capsys.readouterr().err

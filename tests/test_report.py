@@ -93,7 +93,8 @@ def work(tmp_path_factory):
     (root / "ensemble.json").write_text(json.dumps({
         "version": 1, "runs": [{"name": "seg", "path": str(seg), "stage": "seg2d", "group": "2d"}], "scores": scores,
         "params": {"weights": {"seg": [1, 1, 1]}, "groups": {"seg": "2d"}, "thresholds": [0.45] * 3}}))
-    report = build_report([seg, gate], root / "reports" / "r", ensemble=root / "ensemble.json", cache_dir=root / "cache")
+    report = build_report([seg, gate], root / "reports" / "r", ensemble=root / "ensemble.json", cache_dir=root / "cache",
+                          allow_incomplete=True)
     return root, masks, logs, report
 
 
@@ -158,8 +159,10 @@ def test_rebuild_replaces_and_failure_keeps_the_old_report(work, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(root / "runs" / "seg", broken)
     save_npy_atomic(broken / "fold1" / "oof" / "case3_day1.npy", np.zeros((2, 3, 4, 4), np.float16))
+    with pytest.raises(DataError, match=r"fold1: incomplete fold .* --allow-incomplete"):
+        build_report([broken], out, cache_dir=root / "cache")  # fold 1 has no done marker
     with pytest.raises(DataError, match=r"case3_day1\.npy: OOF shape"):
-        build_report([broken], out, cache_dir=root / "cache")
+        build_report([broken], out, cache_dir=root / "cache", allow_incomplete=True)
     assert sorted(p.name for p in out.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "out"]
     with pytest.raises(DataError, match="not a run folder"):

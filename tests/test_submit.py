@@ -114,7 +114,9 @@ def test_empty_test_split(work, tmp_path, capsys):
     sample = pd.read_csv(with_sample / "sample_submission.csv", dtype=str, keep_default_na=False)
     assert empty[["id", "class"]].equals(sample[["id", "class"]]) and (empty["predicted"] == "").all()
     bare = _without_test(root, tmp_path / "bare", sample=False)
-    assert submit(SubmitOptions(ensemble, bare, tmp_path / "b.csv", device="cpu")) is None and not (tmp_path / "b.csv").exists()
+    with pytest.raises(DataError, match="no test images and no sample_submission.csv"):
+        submit(SubmitOptions(ensemble, bare, tmp_path / "b.csv", device="cpu"))
+    assert not (tmp_path / "b.csv").exists()
 
 
 def test_train_fallback_predicts_train_case_days_from_moved_runs(work, tmp_path):

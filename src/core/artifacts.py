@@ -112,7 +112,6 @@ class FoldDir:
         self.oof_staging = self.path / "oof.staging"
         self.oof_scores_path = self.path / "oof_scores.csv"
         self.yolo_dir = self.path / "yolo"  # the detector's ultralytics training folder
-        self.yolo_last = self.yolo_dir / "weights" / "last.pt"
         self.yolo_results = self.yolo_dir / "results.csv"
         self.det_dataset = self.path / "dataset"  # the detector's exported YOLO dataset
 
@@ -235,25 +234,30 @@ def fold_dir(runs_root: str | Path, name: str, fold: str | int) -> FoldDir:
 
 # ---- predictions -------------------------------------------------------------------------------
 class PredictionDir:
-    """Predictions of one split: `<case_day>.npy` (probabilities) or `.json` (boxes), predict.json last."""
+    """Predictions of one split: `<case_day>.npy` (probabilities) or `.json` (boxes), predict.json last.
+    They are written into a staging sibling that replaces the folder only when complete, so a failed
+    prediction leaves the previous one as it was."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.manifest_path = self.path / "predict.json"
+        self.staging = self.path.with_name(self.path.name + ".staging")
 
     def file(self, case_day: str, suffix: str = ".npy") -> Path:
         return self.path / f"{case_day}{suffix}"
 
-    def save(self, case_day: str, prediction: Prediction) -> Path:
-        return save_prediction(self.path, case_day, prediction)
-
     def begin(self) -> None:
-        """Mark the folder incomplete (no manifest) before predictions are (re)written."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.manifest_path.unlink(missing_ok=True)
+        """An empty staging folder for a new prediction."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.mkdir(parents=True)
 
-    def write_manifest(self, manifest: dict) -> None:
-        write_json_atomic(self.manifest_path, manifest)
+    def save(self, case_day: str, prediction: Prediction) -> Path:
+        return save_prediction(self.staging, case_day, prediction)
+
+    def commit(self, manifest: dict) -> None:
+        """Write the manifest last and make the staged predictions the folder."""
+        write_json_atomic(self.staging / self.manifest_path.name, manifest)
+        swap_dir(self.staging, self.path)
 
     def read_manifest(self) -> dict | None:
         return _read_json(self.manifest_path, "prediction manifest") if self.manifest_path.is_file() else None

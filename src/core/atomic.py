@@ -12,11 +12,31 @@ from typing import Iterator
 import numpy as np
 
 
+def ensure_folder(folder: str | os.PathLike) -> Path:
+    """Create `folder` (and its parents); a one-line error when a file stands where a folder must be."""
+    from src.core.errors import DataError
+
+    folder = Path(folder)
+    for path in (folder, *folder.parents):
+        if path.exists() and not path.is_dir():
+            raise DataError(f"{folder}: {path} is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _check_file_target(target: Path) -> None:
+    from src.core.errors import DataError
+
+    if target.is_dir():
+        raise DataError(f"{target}: is a folder, expected a file path")
+    ensure_folder(target.parent)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _check_file_target(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp)
@@ -64,7 +84,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise DataError(f"{target}: exists and is not a folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
@@ -82,10 +102,8 @@ def check_writable(target: str | os.PathLike) -> None:
     from src.core.errors import DataError
 
     target = Path(target)
-    if target.is_dir():
-        raise DataError(f"{target}: is a folder, expected a file path")
+    _check_file_target(target)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=target.parent)
         os.close(fd)
         os.unlink(probe)

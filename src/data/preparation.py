@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from src.core.artifacts import CaseDayFiles
+from src.core.atomic import ensure_folder
 from src.core.errors import DataError
 from src.data.layout import (
     CASE_DAY_RE,
@@ -30,10 +31,15 @@ from src.data.layout import (
     read_slice,
     scan_split,
 )
-from src.data.volumes import default_cache_dir, read_meta, write_case_day
+from src.data.volumes import (
+    default_cache_dir,
+    read_meta,
+    verify_case_day,
+    write_case_day,
+)
 
 SPLITS = ("train", "test")
-CACHE_VERSION = 1  # bump when the cached arrays or meta change meaning: every case-day is rewritten
+CACHE_VERSION = 2  # bump when the cached arrays or meta change meaning: every case-day is rewritten
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,7 @@ def prepare(data_dir: str | Path, cache_dir: str | Path | None = None, split: st
         raise DataError(f"unknown split {split!r} (expected train, test or all)")
     if workers < 1:
         raise DataError(f"--workers must be at least 1, got {workers}")
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir)
+    cache_dir = ensure_folder(Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir))
     counts: Counter[str] = Counter()
     for name in SPLITS if split == "all" else (split,):
         counts += _prepare_split(data_dir, cache_dir, name, workers)
@@ -130,10 +136,14 @@ def _cache_case_day(cache_dir: Path, source: _Source) -> str:
     """Write one case-day unless its cached fingerprint matches; returns "written" or "skipped"."""
     folder = cache_dir / source.split / source.case_day
     fingerprint = _fingerprint(source)  # before reading, so a change while reading shows up next run
-    meta = read_meta(cache_dir, source.split, source.case_day)
+    try:
+        meta = read_meta(cache_dir, source.split, source.case_day)
+    except DataError:  # a corrupt entry is rewritten
+        meta = None
     files = CaseDayFiles(folder)
     arrays = [files.image] + ([files.mask] if source.labels is not None else [])
-    if meta is not None and meta.get("source") == fingerprint and all(a.is_file() for a in arrays):
+    if (meta is not None and meta.get("source") == fingerprint and all(a.is_file() for a in arrays)
+            and verify_case_day(cache_dir, source.split, source.case_day, meta)):
         return "skipped"
     try:
         image, mask = _read_volume(source)

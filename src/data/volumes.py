@@ -7,6 +7,7 @@ the case-day complete.
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,20 +38,71 @@ class CaseDay:
         return self.image.shape
 
 
+def array_fingerprint(array: np.ndarray) -> dict:
+    """Shape, dtype and CRC-32 of an array's bytes: recorded when cached, checked before it is trusted."""
+    data = np.ascontiguousarray(array)
+    return {"shape": list(data.shape), "dtype": str(data.dtype), "crc32": zlib.crc32(memoryview(data).cast("B"))}
+
+
 def write_case_day(cache_dir: str | Path, split: str, case_day: str, image: np.ndarray,
                    mask: np.ndarray | None, meta: dict) -> None:
-    """Write one case-day atomically (arrays first, meta.json last)."""
+    """Write one case-day atomically (arrays first, meta.json last, with the arrays' fingerprints)."""
     files = CaseDayFiles.of(cache_dir, split, case_day)
     files.folder.mkdir(parents=True, exist_ok=True)
-    save_npy_atomic(files.image, np.ascontiguousarray(image, dtype=np.uint16))
+    image = np.ascontiguousarray(image, dtype=np.uint16)
+    save_npy_atomic(files.image, image)
+    arrays = {"image": array_fingerprint(image)}
     if mask is not None:
-        save_npy_atomic(files.mask, np.ascontiguousarray(mask, dtype=np.uint8))
-    write_json_atomic(files.meta, meta)
+        mask = np.ascontiguousarray(mask, dtype=np.uint8)
+        save_npy_atomic(files.mask, mask)
+        arrays["mask"] = array_fingerprint(mask)
+    write_json_atomic(files.meta, {**meta, "arrays": arrays})
 
 
 def read_meta(cache_dir: str | Path, split: str, case_day: str) -> dict | None:
+    """A cached case-day's meta.json; None when absent. A corrupt one is a one-line error."""
     path = CaseDayFiles.of(cache_dir, split, case_day).meta
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: corrupt cache entry ({type(exc).__name__}); run python -m src.prepare to rewrite it") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("ids"), list):
+        raise DataError(f"{path}: corrupt cache entry (no ids); run python -m src.prepare to rewrite it")
+    return meta
+
+
+def verify_case_day(cache_dir: str | Path, split: str, case_day: str, meta: dict) -> bool:
+    """Whether the cached arrays are exactly the ones whose fingerprints meta.json recorded."""
+    files = CaseDayFiles.of(cache_dir, split, case_day)
+    recorded = meta.get("arrays")
+    if not isinstance(recorded, dict) or "image" not in recorded:
+        return False
+    for name, path in (("image", files.image), ("mask", files.mask)):
+        if name not in recorded:
+            continue
+        try:
+            found = array_fingerprint(np.load(path, mmap_mode="r"))
+        except (OSError, ValueError):
+            return False
+        if found != recorded[name]:
+            return False
+    return True
+
+
+def _load_array(path: Path, dtype: str, shape: tuple[int | None, ...]) -> np.ndarray:
+    """A cached array, memory-mapped; a one-line error unless it has `dtype` and `shape` (None: any size)."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable cache array ({type(exc).__name__}); run python -m src.prepare") from None
+    fits = array.ndim == len(shape) and all(s is None or s == n for s, n in zip(shape, array.shape))
+    if array.dtype != np.dtype(dtype) or not fits:
+        wanted = "x".join("?" if s is None else str(s) for s in shape)
+        raise DataError(f"{path}: cached array is {array.dtype} {array.shape}, expected {dtype} {wanted}; "
+                        "run python -m src.prepare")
+    return array
 
 
 class VolumeCache:
@@ -69,7 +121,7 @@ class VolumeCache:
         if meta is None:
             raise DataError(f"{folder}: not in the cache (run python -m src.prepare first)")
         files = CaseDayFiles(folder)
-        image = np.load(files.image, mmap_mode="r")
-        mask = np.load(files.mask, mmap_mode="r") if files.mask.exists() else None
+        image = _load_array(files.image, "uint16", (len(meta["ids"]), None, None))
+        mask = _load_array(files.mask, "uint8", (image.shape[0], 3, *image.shape[1:])) if files.mask.exists() else None
         return CaseDay(case_day, tuple(meta["ids"]), image, mask)
 

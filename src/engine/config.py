@@ -59,6 +59,7 @@ class TrainConfig:
     bn_momentum: float = 0.0
 
     def __post_init__(self):
+        _check_types(self)
         _check(self, str(self.fold) == "all" or str(self.fold).isdigit(), "fold", "expected a fold number or 'all'")
         for name in ("epochs", "batch_size", "accum_steps"):
             _check(self, getattr(self, name) >= 1, name, "must be at least 1")
@@ -187,6 +188,17 @@ class DetConfig(TrainConfig):
         for name in ("slice_step", "predict_step"):
             _check(self, getattr(self, name) >= 1, name, "must be at least 1")
         _check(self, 0 < self.conf < 1, "conf", "expected a confidence in (0, 1)")
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _check_types(config) -> None:
+    """Every field holds its declared type (a saved config.json or a recipe can hold anything)."""
+    for field in dataclasses.fields(config):
+        value, kinds = getattr(config, field.name), _TYPES[str(field.type)]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise DataError(f"--{field.name.replace('_', '-')} {value!r}: expected {field.type}")
 
 
 def _check(config, ok: bool, name: str, what: str) -> None:

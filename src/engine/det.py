@@ -37,6 +37,7 @@ import yaml
 
 from src.core.artifacts import FoldDir, FoldRecord, fold_dir
 from src.core.atomic import atomic_path, write_text_atomic
+from src.core.checkpoint import load_checkpoint, save_checkpoint
 from src.core.errors import DataError
 from src.data.boxes import (
     Box,
@@ -55,9 +56,7 @@ from src.engine.config import DetConfig
 from src.engine.stages import StageSpec, register_stage
 from src.engine.trainer import (
     Evaluation,
-    load_checkpoint,
     prepare_fold_dir,
-    save_torch_atomic,
     select_device,
     split_case_days,
 )
@@ -177,7 +176,9 @@ class DetTask:
 
     def evaluate(self, model: nn.Module, case_days: list[str], device: torch.device,
                  save: Callable[[str, dict], object]) -> Evaluation:
-        """Crops of the validation case-days as oof/<case_day>.json; score: mean crop recall."""
+        """Crops of the validation case-days as OOF box records. Score: the mean over case-days with
+        organs of the detected recall, the crop recall of a detected box and 0 for the whole-image
+        fallback (which covers everything but found nothing): a detector that detects nothing scores 0."""
         rows = []
         for cd in case_days:
             vol = self.cache.load(cd)
@@ -188,8 +189,12 @@ class DetTask:
                          "crop_area": box_area_fraction(pred["box"], *vol.shape[1:])})
         table = pd.DataFrame(rows)
         recall = table["crop_recall"]
-        score = float(recall.mean()) if recall.notna().any() else float("nan")
-        metrics = {"val_score": score, "val_crop_recall": score, "val_crop_recall_min": float(recall.min()),
+        table["detected_recall"] = recall.where(table["source"] == "detected", 0.0).where(recall.notna())
+        detected = table["detected_recall"]
+        score = float(detected.mean()) if detected.notna().any() else float("nan")
+        metrics = {"val_score": score, "val_detected_recall": score,
+                   "val_crop_recall": float(recall.mean()) if recall.notna().any() else float("nan"),
+                   "val_crop_recall_min": float(recall.min()),
                    "val_crop_area": float(table["crop_area"].mean()),
                    "val_fallback": float((table["source"] == "fallback").mean())}
         return Evaluation(score, metrics, table)
@@ -201,24 +206,23 @@ def save_state_dict(ultralytics_best: Path, target: Path) -> None:
     from ultralytics.nn.tasks import load_checkpoint
 
     model, ckpt = load_checkpoint(ultralytics_best)
-    save_torch_atomic({"model": model.state_dict(), "epoch": ckpt.get("epoch")}, target)
+    save_checkpoint({"model": model.state_dict(), "epoch": ckpt.get("epoch")}, target)
 
 
-def train_yolo(cfg: DetConfig, data_yaml: Path, fold: FoldDir, device: torch.device, resume: bool) -> Path:
-    """Train (or resume from the fold's YOLO last.pt); return ultralytics' best.pt."""
+def train_yolo(cfg: DetConfig, data_yaml: Path, fold: FoldDir, device: torch.device) -> Path:
+    """Train YOLO from its yaml on the fold's own exported dataset, in an empty training folder; return
+    ultralytics' best.pt (written by this process). Never ultralytics' resume: it unpickles the old
+    last.pt and, when it judges a checkpoint not resumable, falls back to its default dataset (a download)."""
     ultralytics = ultralytics_offline()
+    shutil.rmtree(fold.yolo_dir, ignore_errors=True)
     with keep_torch_state():
-        if resume and fold.yolo_last.exists():
-            model = ultralytics.YOLO(str(fold.yolo_last))
-            model.train(resume=True)
-        else:
-            model = ultralytics.YOLO(yolo_yaml(cfg.arch), task="detect")
-            model.train(data=str(data_yaml), epochs=cfg.epochs, imgsz=cfg.img_size, batch=cfg.batch_size,
-                        device=yolo_device(device), seed=cfg.seed, deterministic=True, workers=cfg.workers,
-                        amp=False, project=str(fold.path.resolve()), name=fold.yolo_dir.name, exist_ok=True,
-                        plots=False, val=True, pretrained=False, optimizer="AdamW", lr0=cfg.lr,
-                        weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, cos_lr=True,
-                        patience=cfg.patience, mosaic=cfg.mosaic, verbose=False)
+        model = ultralytics.YOLO(yolo_yaml(cfg.arch), task="detect")
+        model.train(data=str(data_yaml), epochs=cfg.epochs, imgsz=cfg.img_size, batch=cfg.batch_size,
+                    device=yolo_device(device), seed=cfg.seed, deterministic=True, workers=cfg.workers,
+                    amp=False, project=str(fold.path.resolve()), name=fold.yolo_dir.name, exist_ok=True,
+                    plots=False, val=True, pretrained=False, optimizer="AdamW", lr0=cfg.lr,
+                    weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, cos_lr=True,
+                    patience=cfg.patience, mosaic=cfg.mosaic, verbose=False)
     return Path(model.trainer.best)
 
 
@@ -235,7 +239,8 @@ class YoloTrainer:
         self.fold = fold_dir(self.cfg.out, self.cfg.run_name, self.cfg.fold)
 
     def fit(self, resume: bool = False) -> float:
-        """Train; return the mean crop recall on the validation fold (NaN for fold 'all')."""
+        """Train; return the detected recall on the validation fold (NaN for fold 'all'). A resumed
+        unfinished fold is retrained from its own data (YOLO's state is not resumed: see train_yolo)."""
         cfg, fold = self.cfg, self.fold
         if resume and fold.is_done():
             score = fold.read_done()["best_score"]
@@ -245,11 +250,10 @@ class YoloTrainer:
         ultralytics = ultralytics_offline()
         fold.write_config(FoldRecord(dataclasses.asdict(cfg), tuple(self.train_cds), tuple(self.val_cds), cfg.seed, 1,
                                      {"torch": torch.__version__, "ultralytics": ultralytics.__version__}))
-        data_yaml = fold.det_dataset / "data.yaml"
-        if not data_yaml.exists():
-            data_yaml = export_dataset(self.task.cache, {"train": self.train_cds, "val": self.val_cds},
-                                       fold.det_dataset, self.task.spec, cfg.slice_step)
-        save_state_dict(train_yolo(cfg, data_yaml, fold, self.device, resume), fold.weights)
+        shutil.rmtree(fold.det_dataset, ignore_errors=True)  # always the run's own data, exported now
+        data_yaml = export_dataset(self.task.cache, {"train": self.train_cds, "val": self.val_cds},
+                                   fold.det_dataset, self.task.spec, cfg.slice_step)
+        save_state_dict(train_yolo(cfg, data_yaml, fold, self.device), fold.weights)
         log = pd.read_csv(fold.yolo_results)
         fold.write_log(log)
         score, metrics = float("nan"), {}

@@ -15,7 +15,6 @@ import random
 import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
@@ -28,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from src.core.artifacts import FoldDir, FoldRecord, Prediction, fold_dir
-from src.core.atomic import atomic_path
+from src.core.checkpoint import load_checkpoint, save_checkpoint
 from src.core.errors import DataError
 from src.core.seed import seed_everything
 from src.engine.config import TrainConfig
@@ -141,25 +140,6 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-
-
-def save_torch_atomic(obj, target: Path) -> None:
-    with atomic_path(target, suffix=".pt") as tmp:
-        torch.save(obj, tmp)
-
-
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """A checkpoint of tensors and plain containers; nothing is unpickled (weights_only=True)."""
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise DataError(f"{path}: checkpoint not found") from None
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on bad files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {first[:200]})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise DataError(f"{path}: checkpoint has no 'model' entry")
-    return ckpt
 
 
 def prepare_fold_dir(fold: FoldDir, cfg, resume: bool) -> None:
@@ -279,7 +259,7 @@ class Trainer:
                     else:
                         state["bad_epochs"] += 1
                 if improved or not self.val_cds:
-                    save_torch_atomic({"model": eval_model.state_dict(), "epoch": epoch}, self.fold.weights)
+                    save_checkpoint({"model": eval_model.state_dict(), "epoch": epoch}, self.fold.weights)
                 state["epoch"] = epoch + 1
                 self.fold.append_log(row)
                 self._save_last({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -289,6 +269,9 @@ class Trainer:
             state = broadcast_object(self.dist, state)
             if cfg.patience > 0 and state["bad_epochs"] >= cfg.patience:
                 break
+        if self.val_cds and not math.isfinite(state["best_score"]):
+            raise DataError(f"{self.fold.path}: no epoch gave a finite validation score (best {state['best_score']}); "
+                            "the fold is not marked done")
         if self.dist.is_main:
             self.fold.write_done({"best_score": state["best_score"] if self.val_cds else None,
                                   "best_epoch": state["best_epoch"], "epochs_run": state["epoch"]})
@@ -313,6 +296,9 @@ class Trainer:
             wait += started - tick
             with torch.autocast(self.device.type, enabled=self.use_amp):
                 loss = self.task.loss(net, batch, self.device)
+            if not torch.isfinite(loss.detach()):
+                raise DataError(f"{self.fold.path}: training loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                                "(lower --lr or check the data); the last complete epoch stays resumable")
             scaler.scale(loss / cfg.accum_steps).backward()
             if (step + 1) % cfg.accum_steps == 0 or step + 1 == len(loader):
                 scaler.step(optimizer)
@@ -330,7 +316,7 @@ class Trainer:
         return {"train_loss": total / max(count, 1), "data_wait_s": wait, "compute_s": busy}
 
     def _save_last(self, checkpoint: dict) -> None:
-        save_torch_atomic(checkpoint, self.fold.last)
+        save_checkpoint(checkpoint, self.fold.last)
 
     def _validate(self, model: nn.Module) -> Evaluation:
         self.fold.begin_oof()

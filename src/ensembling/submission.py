@@ -58,13 +58,14 @@ class EnsemblePredictor:
     """Loads every run the ensemble needs once; masks(vol) -> (Z, 3, H, W) bool."""
 
     def __init__(self, ensemble: Ensemble, device: str = "auto", batch_size: int | None = None,
-                 runs_root: str | Path | None = None):
+                 runs_root: str | Path | None = None, allow_incomplete: bool = False):
         self.ensemble = ensemble
         self.runs_root = Path(runs_root) if runs_root else None
         how = {run["path"]: (run.get("folds"), run.get("predict", {}).get("tta", [])) for run in ensemble.runs}
         how.update({aux["path"]: (aux.get("folds"), aux.get("tta", [])) for aux in (ensemble.gate, ensemble.crop) if aux})
         self.predictors = {path: RunPredictor(self._path(path), how.get(path, (None, []))[0] or None, "test",
-                                              how.get(path, (None, []))[1], device, batch_size)
+                                              how.get(path, (None, []))[1], device, batch_size,
+                                              allow_incomplete=allow_incomplete)
                            for path in ensemble.run_paths()}
 
     def _path(self, path: str) -> Path:
@@ -168,6 +169,7 @@ class SubmitOptions:
     device: str = "auto"
     batch_size: int | None = None
     runs_root: Path | None = None  # find each run as <runs_root>/<run name> (e.g. in a kernel)
+    allow_incomplete: bool = False  # predict with folds without their done marker (with a warning)
 
     def __post_init__(self):
         if self.allow_train_fallback < 0:
@@ -176,10 +178,11 @@ class SubmitOptions:
             raise DataError(f"--batch-size {self.batch_size}: must be at least 1")
 
 
-def submit(opts: SubmitOptions) -> Path | None:
+def submit(opts: SubmitOptions) -> Path:
     """Predict the test split of `data_dir` with the ensemble and write the validated CSV to `out`.
 
-    Returns `out`, or None when test/ is empty and there is neither a sample submission nor a fallback.
+    Returns `out`. An empty test/ (Kaggle's development phase) writes the sample submission with empty
+    predictions; with no sample submission either, it is an error (or --allow-train-fallback).
     """
     data_dir, out = Path(opts.data_dir), Path(opts.out)
     ensemble = load_ensemble(opts.ensemble)
@@ -188,16 +191,17 @@ def submit(opts: SubmitOptions) -> Path | None:
     sample = _read_sample(data_dir)
     if index.empty:
         if not opts.allow_train_fallback:
-            print(f"submit: {data_dir / 'test'} is empty (Kaggle's development phase)")
             if sample is None:
-                return None
+                raise DataError(f"{data_dir / 'test'}: no test images and no sample_submission.csv beside it: "
+                                "nothing to submit (--allow-train-fallback N predicts N train case-days instead)")
+            print(f"submit: {data_dir / 'test'} is empty (Kaggle's development phase)")
             write_submission(pd.DataFrame({"id": sample["id"], "class": sample["class"], "predicted": ""}), out)
             print(f"submit: wrote the sample submission's {len(sample)} rows, empty, to {out}")
             return out
         index, sample = pseudo_test_index(data_dir, opts.allow_train_fallback), None
         print(f"submit: test/ is empty; predicting {index['case_day'].nunique()} train case-days "
               "as a pseudo test split")
-    predictor = EnsemblePredictor(ensemble, opts.device, opts.batch_size, opts.runs_root)
+    predictor = EnsemblePredictor(ensemble, opts.device, opts.batch_size, opts.runs_root, opts.allow_incomplete)
     rows = []
     for _, group in index.groupby("case_day", sort=False):
         vol = read_volume(group)

@@ -41,11 +41,11 @@ from src.inference.runs import (
 )
 
 
-def describe_run(run_dir: str | Path) -> dict:
+def describe_run(run_dir: str | Path, allow_incomplete: bool = False) -> dict:
     """A run as ensemble.json records it: path, name, stage, blend group, numbered folds, and the
     predict options its OOF was made with (TTA, input crop, gate), which test time repeats."""
     run_dir = Path(run_dir)
-    folds = run_folds(run_dir)
+    folds = run_folds(run_dir, allow_incomplete)
     stage = get_stage(next(iter(folds.values())).stage)
     if not stage.segmenter:
         raise DataError(f"{run_dir}: a {stage.name} run predicts {stage.output}, not probabilities "
@@ -70,6 +70,7 @@ class TuneOptions:
     passes: int = 2
     min_gain: float = 0.0
     workers: int = 1
+    allow_incomplete: bool = False  # tune on folds without their done marker (with a warning)
 
     def __post_init__(self):
         object.__setattr__(self, "runs", tuple(Path(r) for r in self.runs))
@@ -84,11 +85,11 @@ class TuneOptions:
             raise DataError(f"--workers {self.workers}: must be at least 1")
 
 
-def _folds(runs: list[dict]) -> dict[str, int]:
+def _folds(runs: list[dict], allow_incomplete: bool = False) -> dict[str, int]:
     """case-day -> fold, identical in every run (else the OOF predictions are not out-of-fold together)."""
-    first = case_day_folds(runs[0]["path"])
+    first = case_day_folds(runs[0]["path"], allow_incomplete)
     for run in runs[1:]:
-        other = case_day_folds(run["path"])
+        other = case_day_folds(run["path"], allow_incomplete)
         clash = sorted(cd for cd in set(first) & set(other) if first[cd] != other[cd])
         if clash:
             raise DataError(f"{run['path']}: {clash[0]} is in fold {other[clash[0]]} but in fold {first[clash[0]]} "
@@ -100,17 +101,19 @@ def _check_probs(array: np.ndarray, shape: tuple, source: Path) -> np.ndarray:
     if array.shape != shape:
         hint = " (a classifier? pass it with --gate)" if array.ndim == 2 else ""
         raise DataError(f"{source}: probabilities of shape {array.shape}, expected {shape}{hint}")
+    if not np.isfinite(array).all():
+        raise DataError(f"{source}: holds NaN or inf probabilities")
     return array
 
 
 def load_cases(runs: list[dict], cache_dir: Path, gate: str | None = None, crop: str | None = None,
-               log: Callable[[str], None] = print) -> list[OOFCase]:
+               log: Callable[[str], None] = print, allow_incomplete: bool = False) -> list[OOFCase]:
     """Every case-day with an OOF prediction in all runs (and gate/crop), cut to its region."""
     if len({r["name"] for r in runs}) != len(runs):
         raise DataError(f"run names must be distinct: {[r['name'] for r in runs]}")
-    files = {r["name"]: prediction_files(r["path"], "oof") for r in runs}
-    extra = {k: prediction_files(v, "oof") for k, v in (("gate", gate), ("crop", crop)) if v}
-    folds = _folds(runs)
+    files = {r["name"]: prediction_files(r["path"], "oof", allow_incomplete) for r in runs}
+    extra = {k: prediction_files(v, "oof", allow_incomplete) for k, v in (("gate", gate), ("crop", crop)) if v}
+    folds = _folds(runs, allow_incomplete)
     common = set(folds).intersection(*map(set, files.values()), *map(set, extra.values()))
     cache = VolumeCache(cache_dir)
     ordered = [cd for cd in cache.case_days("train") if cd in common]
@@ -138,11 +141,11 @@ def single_model(params: EnsembleParams, name: str) -> EnsembleParams:
     return EnsembleParams(weights=weights, groups=params.groups)
 
 
-def _auxiliary(path: str | None, output: str, flag: str) -> dict | None:
+def _auxiliary(path: str | None, output: str, flag: str, allow_incomplete: bool = False) -> dict | None:
     """A gate or crop run as the ensemble file records it; its stage must predict `output`."""
     if not path:
         return None
-    folds = run_folds(path)
+    folds = run_folds(path, allow_incomplete)
     stage = get_stage(next(iter(folds.values())).stage)
     if stage.output != output:
         raise DataError(f"{flag} {path}: a {stage.name} run predicts {stage.output}, {flag} needs {output}")
@@ -154,13 +157,13 @@ def _auxiliary(path: str | None, output: str, flag: str) -> dict | None:
 def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
     """Tune the ensemble of the runs on their OOF predictions, write the ensemble file, return its record."""
     check_writable(opts.out)  # fail now, not after the search
-    members = [describe_run(r) for r in opts.runs]
-    gate = _auxiliary(opts.gate, "presence", "--gate")
-    crop = _auxiliary(opts.crop, "box", "--crop")
+    members = [describe_run(r, opts.allow_incomplete) for r in opts.runs]
+    gate = _auxiliary(opts.gate, "presence", "--gate", opts.allow_incomplete)
+    crop = _auxiliary(opts.crop, "box", "--crop", opts.allow_incomplete)
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else resolve_cache_dir(
-        next(iter(run_folds(opts.runs[0]).values())), None, None)
+        next(iter(run_folds(opts.runs[0], opts.allow_incomplete).values())), None, None)
     cases = load_cases(members, cache_dir, str(opts.gate) if opts.gate else None,
-                       str(opts.crop) if opts.crop else None, log)
+                       str(opts.crop) if opts.crop else None, log, opts.allow_incomplete)
     groups = {m["name"]: m["group"] for m in members}
     evaluator = Evaluator(cases, opts.workers)
     space = SearchSpace.for_cases(cases, groups)

@@ -6,14 +6,16 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from src.core.artifacts import Prediction
+from src.core.checkpoint import load_checkpoint
 from src.core.errors import DataError
 from src.data.volumes import CaseDay
 from src.engine.stages import check_arch, get_stage
-from src.engine.trainer import Task, load_checkpoint
+from src.engine.trainer import Task
 from src.inference.runs import TrainedFold
 
 
@@ -61,4 +63,8 @@ class FoldModel:
     def predict(self, vol: CaseDay, box=None, batch_size: int | None = None) -> Prediction:
         amp = self.device.type == "cuda" and getattr(self.task.cfg, "amp", True)
         with torch.no_grad(), torch.autocast(self.device.type, enabled=amp):
-            return self.task.predict_volume(self.model, vol, self.device, box=box, batch_size=batch_size)
+            out = self.task.predict_volume(self.model, vol, self.device, box=box, batch_size=batch_size)
+        if isinstance(out, np.ndarray) and not np.isfinite(out).all():
+            raise DataError(f"{self.info.dir.weights}: the model predicts non-finite values for {vol.case_day} "
+                            "(NaN or inf weights?)")
+        return out

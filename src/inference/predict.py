@@ -8,6 +8,7 @@ box record) and the manifest, written last, saying what was predicted and how.
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +29,13 @@ class RunPredictor:
     """The chosen fold models of one run, loaded once: predict(vol) is their mean, with flip TTA."""
 
     def __init__(self, run_dir: str | Path, folds: str | list[str] | None = None, split: str = "test",
-                 tta=(), device: str = "auto", batch_size: int | None = None, cache_dir: str | Path = "cache"):
+                 tta=(), device: str = "auto", batch_size: int | None = None, cache_dir: str | Path = "cache",
+                 allow_incomplete: bool = False):
         self.run_dir = Path(run_dir)
         self.tta = parse_tta(tta)
         self.batch_size = batch_size
         self.device = select_device(device)
-        chosen = select_folds(run_dir, folds, split)
+        chosen = select_folds(run_dir, folds, split, allow_incomplete)
         self.folds = [FoldModel.load(info, self.device, Path(cache_dir)) for info in chosen]
         self.stage = self.folds[0].info.stage
 
@@ -69,6 +71,7 @@ class PredictOptions:
     gate_threshold: float = 0.5
     gate_rule: str | None = None  # PIXELS:PROB
     crop: Path | None = None  # detector run whose boxes crop the model input
+    allow_incomplete: bool = False  # use folds without their done marker (with a warning)
 
     def __post_init__(self):
         if self.split not in SPLITS:
@@ -108,30 +111,33 @@ def split_case_days(split: str, folds: list[TrainedFold], cache: VolumeCache, da
 
 def predict_run(opts: PredictOptions) -> Path:
     """Predict a split with a run; write every case-day's prediction, then the manifest."""
-    chosen = select_folds(opts.run, opts.folds, opts.split)
+    chosen = select_folds(opts.run, opts.folds, opts.split, opts.allow_incomplete)
     cache_dir = resolve_cache_dir(chosen[0], opts.data_dir, opts.cache_dir)
     data_dir = Path(opts.data_dir or chosen[0].record.config.get("data_dir", "data"))
     cache = VolumeCache(cache_dir)
     case_days = split_case_days(opts.split, chosen, cache, data_dir)
     predictor = RunPredictor(opts.run, [f.fold for f in chosen], opts.split, opts.tta, opts.device,
-                             opts.batch_size, cache_dir)
-    gate_probs = split_predictions(opts.gate, opts.split, case_days) if opts.gate else None
-    boxes = split_predictions(opts.crop, opts.split, case_days) if opts.crop else {}
+                             opts.batch_size, cache_dir, opts.allow_incomplete)
+    gate_probs = split_predictions(opts.gate, opts.split, case_days, opts.allow_incomplete) if opts.gate else None
+    boxes = split_predictions(opts.crop, opts.split, case_days, opts.allow_incomplete) if opts.crop else {}
     rule = parse_gate_rule(opts.gate_rule) if opts.gate_rule else None
     out = PredictionDir(opts.out) if opts.out else RunDir(opts.run).predictions(opts.split)
     out.begin()
     cache_split = "train" if opts.split == "oof" else "test"
-    for cd in case_days:
-        vol = cache.load(cd, cache_split)
-        box = boxes[cd]["box"] if cd in boxes else None
-        pred = predictor.predict_oof(vol, box) if opts.split == "oof" else predictor.predict(vol, box)
-        if not isinstance(pred, dict) and pred.ndim == 4 and (gate_probs is not None or rule is not None):
-            pred = gated(pred, None if gate_probs is None else gate_probs[cd], opts.gate_threshold, rule)
-        out.save(cd, pred)
-    out.write_manifest({
-        "run": str(opts.run), "split": opts.split, "stage": predictor.stage, "folds": predictor.fold_names,
-        "tta": list(predictor.tta), "gate": str(opts.gate) if opts.gate else None,
-        "gate_threshold": opts.gate_threshold if opts.gate else None, "gate_rule": opts.gate_rule,
-        "crop": str(opts.crop) if opts.crop else None, "case_days": case_days})
+    try:
+        for cd in case_days:
+            vol = cache.load(cd, cache_split)
+            box = boxes[cd]["box"] if cd in boxes else None
+            pred = predictor.predict_oof(vol, box) if opts.split == "oof" else predictor.predict(vol, box)
+            if not isinstance(pred, dict) and pred.ndim == 4 and (gate_probs is not None or rule is not None):
+                pred = gated(pred, None if gate_probs is None else gate_probs[cd], opts.gate_threshold, rule)
+            out.save(cd, pred)
+        out.commit({
+            "run": str(opts.run), "split": opts.split, "stage": predictor.stage, "folds": predictor.fold_names,
+            "tta": list(predictor.tta), "gate": str(opts.gate) if opts.gate else None,
+            "gate_threshold": opts.gate_threshold if opts.gate else None, "gate_rule": opts.gate_rule,
+            "crop": str(opts.crop) if opts.crop else None, "case_days": case_days})
+    finally:  # a failed prediction leaves the previous one as it was
+        shutil.rmtree(out.staging, ignore_errors=True)
     print(f"predict: {Path(opts.run).name} {opts.split}: {len(case_days)} case-days -> {out.path}")
     return out.path

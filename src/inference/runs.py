@@ -2,6 +2,7 @@
 predictions it has saved (through the artifact layout of src.core.artifacts)."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +30,23 @@ class TrainedFold:
         return self.record.val_case_days
 
 
-def run_folds(run_dir: str | Path) -> dict[str, TrainedFold]:
-    """The folds of a run that have weights, keyed "0", "1", ..., "all"; all of one stage."""
-    out = {k: TrainedFold(f, f.read_config()) for k, f in RunDir(run_dir).folds().items()}
+def check_complete(fold: FoldDir, allow_incomplete: bool = False) -> None:
+    """A fold without its done marker (killed, or still training) is refused, unless allowed."""
+    if fold.is_done():
+        return
+    if not allow_incomplete:
+        raise DataError(f"{fold.path}: incomplete fold (no done marker: training was interrupted or is still "
+                        "running); finish it with --resume, or pass --allow-incomplete to use it anyway")
+    print(f"warning: {fold.path}: incomplete fold used (--allow-incomplete)", file=sys.stderr)
+
+
+def run_folds(run_dir: str | Path, allow_incomplete: bool = False) -> dict[str, TrainedFold]:
+    """The folds of a run that have weights, keyed "0", "1", ..., "all"; all of one stage, all
+    complete (or `allow_incomplete`)."""
+    folds = RunDir(run_dir).folds()
+    for fold in folds.values():
+        check_complete(fold, allow_incomplete)
+    out = {k: TrainedFold(f, f.read_config()) for k, f in folds.items()}
     stages = {info.stage for info in out.values()}
     if len(stages) > 1:
         raise DataError(f"{run_dir}: folds of different stages {sorted(stages)}")
@@ -42,9 +57,10 @@ def run_stage(run_dir: str | Path) -> str:
     return next(iter(run_folds(run_dir).values())).stage
 
 
-def select_folds(run_dir: str | Path, folds: str | list[str] | None, split: str) -> list[TrainedFold]:
+def select_folds(run_dir: str | Path, folds: str | list[str] | None, split: str,
+                 allow_incomplete: bool = False) -> list[TrainedFold]:
     """Folds to predict with: the given list, "all" (the fold-all model), or by default every numbered fold."""
-    available = run_folds(run_dir)
+    available = run_folds(run_dir, allow_incomplete)
     if folds is None or folds == "":
         names = [f for f in available if f != "all"] or ["all"]
     else:
@@ -57,20 +73,20 @@ def select_folds(run_dir: str | Path, folds: str | list[str] | None, split: str)
     return [available[f] for f in names]
 
 
-def case_day_folds(run_dir: str | Path) -> dict[str, int]:
+def case_day_folds(run_dir: str | Path, allow_incomplete: bool = False) -> dict[str, int]:
     """case-day -> the numbered fold that validated it."""
-    return {cd: int(info.fold) for info in run_folds(run_dir).values() if info.fold != "all"
+    return {cd: int(info.fold) for info in run_folds(run_dir, allow_incomplete).values() if info.fold != "all"
             for cd in info.val_case_days}
 
 
-def prediction_files(run_dir: str | Path, split: str) -> dict[str, Path]:
+def prediction_files(run_dir: str | Path, split: str, allow_incomplete: bool = False) -> dict[str, Path]:
     """case-day -> prediction file: the run's `split` predictions when complete, else for oof the
     training-time out-of-fold files of its folds."""
     files = RunDir(run_dir).predictions(split).files()
     if files or split != "oof":
         return files
     out = {}
-    for info in run_folds(run_dir).values():
+    for info in run_folds(run_dir, allow_incomplete).values():
         out.update(info.dir.oof_files())
     return out
 
@@ -79,9 +95,10 @@ def prediction_manifest(run_dir: str | Path, split: str) -> dict | None:
     return RunDir(run_dir).predictions(split).read_manifest()
 
 
-def split_predictions(run_dir: str | Path, split: str, case_days: list[str]) -> dict[str, Prediction]:
+def split_predictions(run_dir: str | Path, split: str, case_days: list[str],
+                      allow_incomplete: bool = False) -> dict[str, Prediction]:
     """Saved predictions of a run (a classifier gate, a detector's boxes) for the given case-days."""
-    files = prediction_files(run_dir, split)
+    files = prediction_files(run_dir, split, allow_incomplete)
     missing = [cd for cd in case_days if cd not in files]
     if missing:
         raise DataError(f"{run_dir}: no {split} prediction for {missing[0]} "

@@ -27,6 +27,7 @@ from src.core.artifacts import fold_dir, read_ensemble
 from src.core.atomic import write_json_atomic, write_text_atomic
 from src.core.errors import DataError
 from src.engine.stages import get_stage
+from src.orchestration.schema import validate_recipe
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Step:
     inputs: tuple[str, ...] = ()
     resumable: bool = False  # gets --resume when its outputs are incomplete but it was started
     once: bool = False  # done whenever its outputs exist (e.g. generated data is never regenerated)
+    always: bool = False  # runs every time: the stage itself skips what is up to date (the cache)
 
     def stamp(self) -> str:
         """Hash of the command and of the inputs: file contents for files, sizes and times in folders."""
@@ -85,13 +87,9 @@ def load_recipe(path: str | Path) -> Recipe:
         raise DataError(f"{path}: recipe not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise DataError(f"{path}: not valid TOML ({exc})") from None
-    for key in ("data", "folds", "models"):
-        if key not in raw:
-            raise DataError(f"{path}: recipe has no [{key}] section")
-    for i, model in enumerate(raw["models"]):
-        missing = {"name", "stage", "arch"} - set(model)
-        if missing:
-            raise DataError(f"{path}: model {i + 1} lacks {', '.join(sorted(missing))}")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the recipe ({exc})") from None
+    validate_recipe(path, raw)
     compare = tuple(str(path.parent / c if not Path(c).exists() and (path.parent / c).with_suffix(".toml").exists()
                         else c) for c in raw.get("compare", []))
     return Recipe(name=raw.get("name", path.stem), data_dir=raw["data"]["dir"],
@@ -179,7 +177,8 @@ def plan(recipe: Recipe, runs_dir: str = "runs") -> list[Step]:
     fold_opts = {k: v for k, v in recipe.folds.items() if k != "out"}
     steps.append(Step("folds", "src.make_folds", ("--data-dir", data, "--out", folds_csv, *_flags(fold_opts)),
                       (folds_csv,), (f"{data}/train.csv",)))
-    steps.append(Step("cache", "src.prepare", ("--data-dir", data, "--split", "all"), (), (f"{data}/train.csv",)))
+    steps.append(Step("cache", "src.prepare", ("--data-dir", data, "--split", "all"), (), (f"{data}/train.csv",),
+                      always=True))
     for model in recipe.models:
         options = {k: v for k, v in model.items() if k not in ("name", "stage", "arch", "folds")}
         for fold in model.get("folds", [0]):
@@ -231,7 +230,7 @@ def run_steps(steps: list[Step], state_path: Path) -> list[tuple[str, str, float
     for i, step in enumerate(steps, 1):
         stamp = step.stamp()
         outputs_exist = all(Path(p).exists() for p in step.outputs)
-        done = outputs_exist and (step.once or state.get(step.name) == stamp)
+        done = not step.always and outputs_exist and (step.once or state.get(step.name) == stamp)
         if done:
             print(f"[{i}/{len(steps)}] {step.name}: up to date, skipped", flush=True)
             rows.append((step.name, "skipped", 0.0))

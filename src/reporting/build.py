@@ -31,6 +31,7 @@ from src.core.ids import CLASSES
 from src.data.samples import intensity_window, normalise
 from src.data.volumes import VolumeCache, default_cache_dir
 from src.ensembling.ensemble_file import load_ensemble
+from src.inference.runs import check_complete
 from src.metrics.competition import (
     DICE_WEIGHT,
     HAUSDORFF_WEIGHT,
@@ -126,10 +127,13 @@ def load_fold(fold: FoldDir) -> Fold:
     return Fold(fold.fold, fold, fold.read_config().config, pd.DataFrame() if log is None else log, fold.read_done())
 
 
-def load_run(path: str | Path) -> Run:
-    """A run folder runs/<name> with configured folds inside (finished or not)."""
+def load_run(path: str | Path, allow_incomplete: bool = False) -> Run:
+    """A run folder runs/<name> with configured folds inside; unfinished ones only if allowed."""
     run = RunDir(path)
-    return Run(run.name, run.path, tuple(load_fold(f) for f in run.folds(require_weights=False).values()))
+    folds = run.folds(require_weights=False)
+    for fold in folds.values():
+        check_complete(fold, allow_incomplete)
+    return Run(run.name, run.path, tuple(load_fold(f) for f in folds.values()))
 
 
 def resolve_cache(run: Run, cache_dir: str | Path | None, data_dir: str | Path | None) -> VolumeCache:
@@ -409,10 +413,10 @@ class Report:
 
 def build_report(runs: list[str | Path], out: str | Path, ensemble: str | Path | None = None,
                  cache_dir: str | Path | None = None, data_dir: str | Path | None = None,
-                 title: str | None = None) -> Report:
+                 title: str | None = None, allow_incomplete: bool = False) -> Report:
     """Write `out`/index.html and its PNG figures (atomically); return what was computed."""
     out = Path(out)
-    loaded = [load_run(r) for r in runs]
+    loaded = [load_run(r, allow_incomplete) for r in runs]
     record = load_ensemble(ensemble).record if ensemble is not None else None
     title = title or f"Run report: {', '.join(r.name for r in loaded)}"
     with atomic_dir(out) as folder:

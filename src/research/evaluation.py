@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from src.core.artifacts import FoldDir
 from src.core.atomic import atomic_path, write_text_atomic
+from src.core.checkpoint import load_checkpoint
 from src.core.errors import DataError
 from src.core.ids import CLASSES
 from src.data.geometry import Geometry
@@ -87,7 +88,7 @@ def load_fold_model(fold: FoldDir) -> tuple[nn.Module, dict]:
     if cfg.get("stage", "seg2d") != "seg2d":
         raise DataError(f"{fold.config_path}: stage {cfg.get('stage')!r}; only 2.5D (seg2d) runs can be studied")
     model = create_model(cfg["arch"], in_channels=cfg["channels"], classes=3, aux_head=cfg.get("aux_weight", 0) > 0)
-    state = torch.load(fold.weights, map_location="cpu", weights_only=True)["model"]
+    state = load_checkpoint(fold.weights)["model"]
     state = {k.removeprefix("module."): v for k, v in state.items() if k != "n_averaged"}  # EMA weights
     model.load_state_dict(state)
     return model.eval(), cfg

@@ -1,0 +1,149 @@
+"""Scale benchmark of the ensemble tuner: `python -m src.bench.ensemble --case-days 8,16 --models 2,4`.
+
+Fabricates, per size, a truth cache and M out-of-fold runs in the project's own formats (the cache
+of src.data.volumes, fold folders of src.core.artifacts with float16 OOF volumes), with realistic
+probabilities: each model sees the truth blurred, with smooth noise, a little shift and a few
+false-positive blobs; one model in three is a 3D model (its own blend group, so the fusion weight
+is searched too). Then it runs `src.ensemble tune` on them in a fresh process (its own peak RSS)
+and prints, per size: the OOF volume held on disk, wall time, evaluations, seconds per evaluation
+and the peak RSS growth, so the growth with case-days and models is visible. The search defaults
+to one pass without the held-out estimate (`--passes`, `--holdout`) so that sizes stay comparable.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from src.bench.metric import _smooth_noise, organ_masks
+from src.core.artifacts import FoldRecord, fold_dir
+from src.core.errors import DataError, run_cli
+from src.data.volumes import write_case_day
+from src.ensembling.tune import TuneOptions, tune
+
+
+def _proc_kb(key: str) -> int:
+    return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
+
+
+def fake_probabilities(rng: np.random.Generator, truth: np.ndarray) -> np.ndarray:
+    """A model-like float16 (Z, 3, H, W) prediction of a uint8 truth: blurred, noisy, shifted, with blobs."""
+    out = np.empty(truth.shape, dtype=np.float16)
+    for c in range(truth.shape[1]):
+        t = np.roll(truth[:, c].astype(np.float32), tuple(int(s) for s in rng.integers(-2, 3, 3)), axis=(0, 1, 2))
+        p = ndimage.gaussian_filter(t, sigma=(1.0, 2.0, 2.0))
+        p += 0.25 * _smooth_noise(rng, t.shape, cells=6) - 0.1
+        for _ in range(int(rng.integers(1, 4))):  # false-positive blobs
+            z, y, x = (int(rng.integers(0, n)) for n in t.shape)
+            p[max(z - 2, 0):z + 2, max(y - 6, 0):y + 6, max(x - 6, 0):x + 6] += 0.6
+        out[:, c] = np.clip(p, 0, 1)
+    return out
+
+
+def fabricate(root: Path, case_days: int, models: int, shape: tuple[int, int, int], folds: int, seed: int) -> list[Path]:
+    """A truth cache under root/cache and `models` OOF runs under root/runs; returns the run folders."""
+    rng = np.random.default_rng(seed)
+    names = [f"case{i // 2 + 1}_day{i % 2}" for i in range(case_days)]
+    fold_of = {cd: (i // 2) % folds for i, cd in enumerate(names)}
+    z, h, w = shape
+    runs = [root / "runs" / f"m{k}" for k in range(models)]
+    for cd in names:
+        truth = organ_masks(rng, shape)
+        ids = [f"{cd}_slice_{s:04d}" for s in range(1, z + 1)]
+        write_case_day(root / "cache", "train", cd, np.zeros(shape, np.uint16), truth,
+                       {"case_day": cd, "ids": ids, "height": h, "width": w})
+        for run in runs:
+            fold = fold_dir(run.parent, run.name, fold_of[cd])
+            fold.oof_dir.mkdir(parents=True, exist_ok=True)
+            np.save(fold.oof_dir / f"{cd}.npy", fake_probabilities(rng, truth))
+    for k, run in enumerate(runs):
+        stage = "seg3d" if k % 3 == 2 else "seg2d"
+        for f in range(folds):
+            fold = fold_dir(run.parent, run.name, f)
+            fold.write_config(FoldRecord({"stage": stage, "arch": "x", "fold": str(f)},
+                                         val_case_days=tuple(cd for cd in names if fold_of[cd] == f)))
+            fold.weights.write_bytes(b"")
+            fold.write_done({"best_score": None})
+    return runs
+
+
+def _tune_once(root: str, runs: list[str], passes: int, holdout: bool, workers: int) -> dict:
+    """Run the tuner in this (fresh) process: wall time, evaluations, peak RSS growth."""
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _proc_kb("VmRSS")
+    start = time.perf_counter()
+    record = tune(TuneOptions(tuple(map(Path, runs)), out=Path(root) / "ensemble.json", cache_dir=Path(root) / "cache",
+                              holdout_folds=None if holdout else (), passes=passes, workers=workers),
+                  log=lambda line: None)
+    seconds = time.perf_counter() - start
+    return {"wall_s": seconds, "evaluations": record["search"]["evaluations"],
+            "peak_rss_gb": (_proc_kb("VmHWM") - base) / 2**20, "score": record["scores"]["tuned_in_sample"]["score"]}
+
+
+def bench(case_days: int, models: int, shape: tuple[int, int, int], folds: int, passes: int, holdout: bool,
+          workers: int, seed: int, work: Path) -> dict:
+    root = Path(tempfile.mkdtemp(prefix=f"ens_{case_days}x{models}_", dir=work))
+    try:
+        runs = fabricate(root, case_days, models, shape, folds, seed)
+        disk = sum(p.stat().st_size for p in (root / "runs").rglob("*.npy")) / 2**30
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+            result = pool.submit(_tune_once, str(root), [str(r) for r in runs], passes, holdout, workers).result()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {"case_days": case_days, "models": models, "oof_gb": round(disk, 2), "wall_s": round(result["wall_s"], 1),
+            "evaluations": result["evaluations"], "s_per_eval": round(result["wall_s"] / result["evaluations"], 3),
+            "peak_rss_gb": round(result["peak_rss_gb"], 2), "score": round(result["score"], 4)}
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise DataError(f"{flag} {text!r}: expected comma-separated integers") from None
+    if any(v < 1 for v in values):
+        raise DataError(f"{flag} {text!r}: every value must be at least 1")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.bench.ensemble", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case-days", default="8,16,32", help="comma-separated OOF case-day counts")
+    parser.add_argument("--models", default="2,4", help="comma-separated model counts")
+    parser.add_argument("--shape", default="144,266,266", help="Z,H,W of every case-day (the real train set's)")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--passes", type=int, default=1, help="coordinate-descent passes (tune's default is 2)")
+    parser.add_argument("--holdout", action="store_true", help="also the held-out estimate over every fold")
+    parser.add_argument("--workers", type=int, default=2, help="tuner threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()), help="scratch folder")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here (CSV)")
+    args = parser.parse_args(argv)
+    shape = tuple(_ints(args.shape, "--shape"))
+    if len(shape) != 3:
+        raise DataError(f"--shape {args.shape!r}: expected Z,H,W")
+    rows = []
+    for models in _ints(args.models, "--models"):
+        for case_days in _ints(args.case_days, "--case-days"):
+            rows.append(bench(case_days, models, shape, args.folds, args.passes, args.holdout, args.workers,
+                              args.seed, args.work))
+            print(f"  {case_days} case-days x {models} models: {rows[-1]['wall_s']} s, "
+                  f"{rows[-1]['peak_rss_gb']} GB", flush=True)
+    table = pd.DataFrame(rows)
+    if args.out:
+        table.to_csv(args.out, index=False)
+    print(table.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

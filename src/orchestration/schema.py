@@ -1,0 +1,95 @@
+"""The recipe schema: every section and key a recipe may hold, with its type, checked before any
+step runs. An unknown section or key, a wrong type or a missing required key is one line naming the
+recipe file, the section and the key, with the valid names."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from src.core.errors import DataError
+from src.engine.stages import get_stage, stage_names
+
+ANY_FOLDS = (list,)
+# section -> key -> accepted types; a key in REQUIRED must be present.
+SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
+    "data": {"dir": (str,), "synthetic": (dict,)},
+    "folds": {"n_folds": (int,), "seed": (int,), "out": (str,), "exclude": (str, list)},
+    "ensemble": {"runs": (list,), "gate": (str,), "crop": (str,), "out": (str,), "passes": (int,),
+                 "holdout_folds": (str, list), "min_gain": (int, float), "workers": (int,), "cache_dir": (str,),
+                 "allow_incomplete": (bool,)},
+    "submit": {"out": (str,), "truth": (str,), "device": (str,), "batch_size": (int,),
+               "allow_train_fallback": (int,), "runs_root": (str,), "allow_incomplete": (bool,)},
+    "report": {"out": (str,), "enabled": (bool,)},
+}
+SYNTHETIC = {"cases": (int,), "seed": (int,), "test_cases": (int,), "truth_out": (str,), "sizes": (str,),
+             "slices": (str,), "ambiguous_tail": (int,), "bad_case_day": (str, list), "workers": (int,)}
+TOP = {"name": (str,), "compare": (list,), "models": (list,), **{s: (dict,) for s in SECTIONS}}
+REQUIRED = {"": ("data", "folds", "models"), "data": ("dir",)}
+MODEL_KEYS = {"name": (str,), "stage": (str,), "arch": (str,), "folds": (list,)}
+# config fields the pipeline sets itself for every training step
+SET_BY_PIPELINE = {"stage", "arch", "name", "fold", "data_dir", "folds_csv", "out"}
+_PY_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _type_name(kinds: tuple[type, ...]) -> str:
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _check_table(path: Path, where: str, table: dict, schema: dict[str, tuple[type, ...]],
+                 required: tuple[str, ...] = ()) -> None:
+    for key in required:
+        if key not in table:
+            raise DataError(f"{path}: {where} lacks the required key {key!r}")
+    for key, value in table.items():
+        if key not in schema:
+            raise DataError(f"{path}: {where} unknown key {key!r} (valid: {', '.join(sorted(schema))})")
+        kinds = schema[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise DataError(f"{path}: {where} {key} = {value!r}: expected {_type_name(kinds)}")
+
+
+def model_schema(stage: str) -> dict[str, tuple[type, ...]]:
+    """The keys a [[models]] entry of `stage` may hold: name, stage, arch, folds and its config's fields."""
+    fields = {f.name: _PY_TYPES[str(f.type)] for f in dataclasses.fields(get_stage(stage).config)
+              if f.name not in SET_BY_PIPELINE}
+    return {**MODEL_KEYS, **fields}
+
+
+def validate_recipe(path: Path, raw: dict) -> None:
+    """DataError on the first thing in `raw` that the schema does not allow."""
+    _check_table(path, "recipe:", raw, TOP, REQUIRED[""])
+    for section, schema in SECTIONS.items():
+        if section in raw:
+            _check_table(path, f"[{section}]", raw[section], schema, REQUIRED.get(section, ()))
+    if "synthetic" in raw["data"]:
+        _check_table(path, "[data.synthetic]", raw["data"]["synthetic"], SYNTHETIC)
+    if not raw["models"]:
+        raise DataError(f"{path}: [[models]] is empty: name at least one model")
+    names = []
+    for i, model in enumerate(raw["models"], 1):
+        where = f"[[models]] {i}"
+        if not isinstance(model, dict):
+            raise DataError(f"{path}: {where} is not a table")
+        _check_table(path, where, {k: v for k, v in model.items() if k in MODEL_KEYS}, MODEL_KEYS,
+                     ("name", "stage", "arch"))
+        if model["stage"] not in stage_names():
+            raise DataError(f"{path}: {where} stage {model['stage']!r}: valid stages are {', '.join(stage_names())}")
+        _check_table(path, f"{where} ({model['name']})", model, model_schema(model["stage"]))
+        folds = model.get("folds", [0])
+        if not folds or not all((isinstance(f, int) and not isinstance(f, bool) and f >= 0) or f == "all" for f in folds):
+            raise DataError(f"{path}: {where} ({model['name']}) folds = {folds!r}: expected a list of fold numbers or 'all'")
+        try:  # the values themselves, as the stage's config checks them
+            get_stage(model["stage"]).config(**{k: v for k, v in model.items() if k not in ("name", "folds")})
+        except DataError as exc:
+            raise DataError(f"{path}: {where} ({model['name']}): {exc}") from None
+        names.append(model["name"])
+    duplicate = sorted({n for n in names if names.count(n) > 1})
+    if duplicate:
+        raise DataError(f"{path}: [[models]] name {duplicate[0]!r} is used twice")
+    for key in ("gate", "crop"):
+        if raw.get("ensemble", {}).get(key) and raw["ensemble"][key] not in names:
+            raise DataError(f"{path}: [ensemble] {key} = {raw['ensemble'][key]!r} names no model "
+                            f"(models: {', '.join(names)})")
+    for run in raw.get("ensemble", {}).get("runs", []):
+        if run not in names:
+            raise DataError(f"{path}: [ensemble] runs: {run!r} names no model (models: {', '.join(names)})")
