@@ -99,6 +99,20 @@ def kaggle_image(tmp_path_factory) -> Path:
     return venv / "bin" / "python"
 
 
+def relocated(ensemble_json: Path, dest: Path) -> Path:
+    """A copy of the ensemble whose runs are copies under dest/runs (for a test to delete or break)."""
+    record = json.loads(ensemble_json.read_text())
+    shutil.copytree(ensemble_json.parent / "runs", dest / "runs")
+    moved = lambda path: str(dest / "runs" / Path(path).name)  # noqa: E731
+    for run in record["runs"]:
+        run["path"] = moved(run["path"])
+        if run.get("predict", {}).get("crop"):
+            run["predict"]["crop"] = moved(run["predict"]["crop"])
+    record["gate"]["path"], record["crop"]["path"] = moved(record["gate"]["path"]), moved(record["crop"]["path"])
+    (dest / "ensemble.json").write_text(json.dumps(record))
+    return dest / "ensemble.json"
+
+
 def _imports(python: Path, module: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(python), "-c", f"import {module}; print({module}.__file__)"], capture_output=True,
                           text=True, env={**os.environ, **NO_NETWORK}, cwd=python.parent)
@@ -107,6 +121,7 @@ def _imports(python: Path, module: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_default_build_runs_offline_in_a_kaggle_image_and_matches_submit(ensemble, kaggle_image, tmp_path, capsys):
     data, ensemble_json = ensemble
+    ensemble_json = relocated(ensemble_json, tmp_path / "moved")
     expected = submit(SubmitOptions(ensemble_json, data, tmp_path / "expected.csv", device="cpu"))
     assert main(["build", "--ensemble", str(ensemble_json), "--out", str(tmp_path / "bundle")]) == 0  # the default
     assert "kernel bundle:" in capsys.readouterr().out
@@ -163,15 +178,7 @@ def test_manifest_lists_every_fold_and_inference_refuses_a_corrupt_weight(ensemb
 
 
 def test_an_incomplete_fold_is_refused_unless_allowed(ensemble, tmp_path):
-    _, ensemble_json = ensemble
-    record = json.loads(ensemble_json.read_text())
-    shutil.copytree(ensemble_json.parent / "runs", tmp_path / "runs")
-    for run in record["runs"]:
-        run["path"] = str(tmp_path / "runs" / run["name"])
-        if run.get("predict", {}).get("crop"):
-            run["predict"]["crop"] = str(tmp_path / "runs" / "det")
-    record["gate"]["path"], record["crop"]["path"] = str(tmp_path / "runs" / "cls"), str(tmp_path / "runs" / "det")
-    (tmp_path / "ensemble.json").write_text(json.dumps(record))
+    relocated(ensemble[1], tmp_path)
     fold = RunDir(tmp_path / "runs" / "fpn").fold(1)
     fold.done_path.unlink()
     with pytest.raises(DataError, match=f"{fold.path}: incomplete fold"):
@@ -208,3 +215,25 @@ def test_bad_ensemble_is_a_one_line_error(tmp_path):
         main(["build", "--ensemble", str(tmp_path / "ensemble.json"), "--out", str(tmp_path / "b"),
               "--wheels", "nosuchpackage"])
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))
+
+
+def test_kernel_bench_times_every_run_and_projects_the_hidden_test(ensemble, tmp_path, capsys):
+    from src.bench.kernel import main as bench_main
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text('name = "tiny"\n[data]\ndir = "data"\n[folds]\nn_folds = 2\n'
+                      '[[models]]\nname = "seg"\nstage = "seg2d"\narch = "unet_tiny"\nfolds = [0, 1]\nimg_size = 32\n'
+                      '[[models]]\nname = "gate"\nstage = "cls"\narch = "cls_tiny"\nfolds = [0]\nimg_size = 32\n'
+                      '[ensemble]\ngate = "gate"\n')
+    small = ["--slices", "2", "--height", "32", "--width", "32", "--case-day-slices", "4"]
+    assert bench_main(["--fabricate", str(recipe), "--out", str(tmp_path / "fab"), *small]) == 0
+    out = capsys.readouterr().out
+    assert "fabricated seg (unet_tiny): 2 folds" in out and "gate " in out.split("run ")[1]
+    assert "projected on a T4 (ASSUMPTION" in out and "limit 9 h" in out and "150 case-days" in out
+    assert (tmp_path / "fab" / "runs" / "seg" / "fold1").is_dir()
+    bundle = build(tmp_path / "fab" / "ensemble.json", tmp_path / "bundle", wheels=())  # fabricated runs are complete
+    assert sorted(r["name"] for r in read_manifest(bundle)["runs"]) == ["gate", "seg"]
+    _, ensemble_json = ensemble
+    assert bench_main(["--ensemble", str(ensemble_json), *small]) == 0
+    table = capsys.readouterr().out
+    assert all(f"\n{name} " in table for name in ("unet", "fpn", "cls", "det"))
