@@ -1,15 +1,19 @@
 """Offline Kaggle kernel bundle: `python -m src.kernel build --ensemble ensemble.json --out kernels/build/NAME`.
 
 The bundle is a folder to upload as a Kaggle dataset: the code, every run the ensemble needs (each
-fold's config and weights), the ensemble file, the wheels Kaggle's image lacks and inference.py,
-which installs them with --no-index and runs src.submit (see src.kaggle.bundle).
+complete fold's config and weights), the ensemble file, the wheels Kaggle's image lacks (pinned in
+kernel-requirements.txt), manifest.json (every file's sha256, the package versions, the size) and
+inference.py, which verifies the checksums, installs the wheels with --no-index and runs src.submit
+(see src.kaggle.bundle). `python -m src.kernel pins` prints the closure kernel-requirements.txt
+must pin, computed from the installed packages (src.kaggle.image).
 """
 from __future__ import annotations
 
 import argparse
 
 from src.core.errors import run_cli
-from src.kaggle.bundle import KAGGLE_MISSING, build
+from src.kaggle.bundle import build, read_manifest
+from src.kaggle.image import format_pins, kernel_closure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,12 +23,23 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="build the offline bundle")
     b.add_argument("--ensemble", required=True, help="ensemble.json from python -m src.ensemble tune")
     b.add_argument("--out", required=True, help="bundle folder, e.g. kernels/build/NAME")
-    b.add_argument("--wheels", default=",".join(KAGGLE_MISSING),
-                   help="comma-separated packages to bundle as wheels ('' for none); default: what Kaggle lacks")
+    b.add_argument("--wheels", default=None,
+                   help="comma-separated packages to bundle as wheels ('' for none); "
+                        "default: every package kernel-requirements.txt pins")
+    b.add_argument("--allow-incomplete", action="store_true",
+                   help="bundle folds without their done marker (interrupted trainings), with a warning")
     b.add_argument("--title", default="GI tract segmentation inference")
+    sub.add_parser("pins", help="print what kernel-requirements.txt must pin (from the installed packages)")
     args = parser.parse_args(argv)
-    out = build(args.ensemble, args.out, tuple(w for w in args.wheels.split(",") if w), args.title)
-    print(f"kernel bundle: {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
+    if args.command == "pins":
+        print(format_pins(kernel_closure()), end="")
+        return 0
+    wheels = None if args.wheels is None else tuple(w.strip() for w in args.wheels.split(",") if w.strip())
+    out = build(args.ensemble, args.out, wheels, args.title, args.allow_incomplete)
+    manifest = read_manifest(out)
+    print(f"kernel bundle: {out} ({manifest['bytes'] / 1e6:.1f} MB: weights {manifest['weights_bytes'] / 1e6:.1f}, "
+          f"wheels {manifest['wheels_bytes'] / 1e6:.1f}; {sum(len(r['folds']) for r in manifest['runs'])} folds "
+          f"of {len(manifest['runs'])} runs, {len(manifest['packages'])} packages)")
     return 0
 
 

@@ -136,3 +136,20 @@ def test_bad_requests_are_one_line_errors(trained):
         main(_args(trained, "nothing"))
     with pytest.raises(DataError, match="no test prediction"):
         main(_args(trained, "fpn", "--split", "test", "--gate", str(trained / "runs" / "unet")))
+
+
+def test_batched_tta_equals_one_flip_after_the_other(trained):
+    """TTA flips stacked into shared forward passes (the CUDA default) give the sequential result."""
+    cache = VolumeCache(trained / "cache")
+    vol = cache.load(cache.case_days("train")[0])
+    fold = RunPredictor(trained / "runs" / "unet", "0", "oof", (), "cpu").folds[0]
+    box = [4, 60, 6, 66]
+    for tta in (("hflip",), ("hflip", "vflip")):
+        for b in (None, box):
+            sequential = predict_tta(fold, vol, tta, b, batch_size=3)
+            batched = predict_tta(fold, vol, tta, b, batch_size=3, batched=True)
+            np.testing.assert_allclose(batched, sequential, atol=1e-5)
+    predictor = RunPredictor(trained / "runs" / "cls", "0", "oof", ("hflip",), "cpu", batch_tta=True)
+    np.testing.assert_allclose(predictor.predict(vol), RunPredictor(trained / "runs" / "cls", "0", "oof", ("hflip",),
+                                                                    "cpu").predict(vol), atol=1e-6)
+    assert not fold.autocast and not fold.offload and RunPredictor(trained / "runs" / "unet", "0").batch_tta is False

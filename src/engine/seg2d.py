@@ -71,6 +71,30 @@ class Seg2DTask(VolumeSegmentationTask):
             out[zs] = self.geometry.from_model(torch.sigmoid(logits.float()), height, width, box).cpu().numpy()
         return out
 
+    def predict_volumes(self, model: nn.Module, vols: list[CaseDay], device: torch.device, boxes: list,
+                        batch_size: int | None = None) -> list[np.ndarray]:
+        """predict_volume of several volumes of one depth (a case-day and its flips), their slice
+        batches stacked into one forward pass each (batch_size slices of every volume). A subclass
+        with its own predict_volume (the classifier) predicts them one after the other."""
+        if type(self).predict_volume is not Seg2DTask.predict_volume:
+            return [self.predict_volume(model, v, device, box=b, batch_size=batch_size) for v, b in zip(vols, boxes)]
+        size = batch_size or self.cfg.batch_size
+        outs = [np.zeros((v.shape[0], 3, *v.shape[1:]), dtype=np.float32) for v in vols]
+        streams = [volume_batches(v, self.spec, self.geometry, size, b) for v, b in zip(vols, boxes)]
+        for parts in zip(*streams):
+            batch = torch.cat([b for _, b in parts]).to(device)
+            if self.cfg.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            logits = model(batch)
+            if isinstance(logits, (tuple, list)):
+                logits = logits[0]
+            probs, start = torch.sigmoid(logits.float()), 0
+            for out, vol, box, (zs, part) in zip(outs, vols, boxes, parts):
+                _, height, width = vol.shape
+                out[zs] = self.geometry.from_model(probs[start:start + len(part)], height, width, box).cpu().numpy()
+                start += len(part)
+        return outs
+
 
 register_stage(StageSpec("seg2d", Seg2DConfig, Seg2DTask, "probabilities", "2d", Trainer,
                          "2.5D segmenter: (Z, 3, H, W) probabilities"))

@@ -26,17 +26,25 @@ SPLITS = ("oof", "test")
 
 
 class RunPredictor:
-    """The chosen fold models of one run, loaded once: predict(vol) is their mean, with flip TTA."""
+    """The chosen fold models of one run, loaded once: predict(vol) is their mean, with flip TTA.
+
+    On CUDA, by default: fp16 autocast (`amp` None: each fold's config), the TTA flips batched into
+    shared forward passes (`batch_tta`), and each fold's weights on the GPU only while it predicts
+    (`offload`). On the CPU nothing of that changes a prediction: fp32, one flip after the other."""
 
     def __init__(self, run_dir: str | Path, folds: str | list[str] | None = None, split: str = "test",
                  tta=(), device: str = "auto", batch_size: int | None = None, cache_dir: str | Path = "cache",
+                 amp: bool | None = None, batch_tta: bool | None = None, offload: bool | None = None,
                  allow_incomplete: bool = False):
         self.run_dir = Path(run_dir)
         self.tta = parse_tta(tta)
         self.batch_size = batch_size
         self.device = select_device(device)
+        cuda = self.device.type == "cuda"
+        self.batch_tta = cuda if batch_tta is None else batch_tta
         chosen = select_folds(run_dir, folds, split, allow_incomplete)
-        self.folds = [FoldModel.load(info, self.device, Path(cache_dir)) for info in chosen]
+        self.folds = [FoldModel.load(info, self.device, Path(cache_dir), amp, cuda if offload is None else offload)
+                      for info in chosen]
         self.stage = self.folds[0].info.stage
 
     @property
@@ -44,14 +52,14 @@ class RunPredictor:
         return [f.info.fold for f in self.folds]
 
     def predict(self, vol: CaseDay, box=None) -> Prediction:
-        return merge([predict_tta(f, vol, self.tta, box, self.batch_size) for f in self.folds])
+        return merge([predict_tta(f, vol, self.tta, box, self.batch_size, self.batch_tta) for f in self.folds])
 
     def predict_oof(self, vol: CaseDay, box=None) -> Prediction:
         """The prediction of the fold model that validated this case-day."""
         fold = next((f for f in self.folds if vol.case_day in f.info.val_case_days), None)
         if fold is None:
             raise DataError(f"{self.run_dir}: no chosen fold validated {vol.case_day}")
-        return predict_tta(fold, vol, self.tta, box, self.batch_size)
+        return predict_tta(fold, vol, self.tta, box, self.batch_size, self.batch_tta)
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,7 @@ def predict_run(opts: PredictOptions) -> Path:
     cache = VolumeCache(cache_dir)
     case_days = split_case_days(opts.split, chosen, cache, data_dir)
     predictor = RunPredictor(opts.run, [f.fold for f in chosen], opts.split, opts.tta, opts.device,
-                             opts.batch_size, cache_dir, opts.allow_incomplete)
+                             opts.batch_size, cache_dir, allow_incomplete=opts.allow_incomplete)
     gate_probs = split_predictions(opts.gate, opts.split, case_days, opts.allow_incomplete) if opts.gate else None
     boxes = split_predictions(opts.crop, opts.split, case_days, opts.allow_incomplete) if opts.crop else {}
     rule = parse_gate_rule(opts.gate_rule) if opts.gate_rule else None

@@ -48,9 +48,18 @@ def merge(outputs: list[Prediction]) -> Prediction:
     return total / len(outputs)
 
 
-def predict_tta(fold, vol: CaseDay, tta: tuple[str, ...] = (), box=None, batch_size: int | None = None) -> Prediction:
-    """The plain prediction of a FoldModel averaged with one per flip in `tta`."""
+def predict_tta(fold, vol: CaseDay, tta: tuple[str, ...] = (), box=None, batch_size: int | None = None,
+                batched: bool = False) -> Prediction:
+    """The plain prediction of a FoldModel averaged with one per flip in `tta`. `batched`: the volume
+    and its flips go through the model together (FoldModel.predict_many: one forward pass per slice
+    batch for the 2.5D segmenter), else one volume after the other."""
     _, height, width = vol.shape
+    if batched and tta:
+        axes = [FLIPS[name] for name in tta]
+        vols = [vol, *(flip_volume(vol, axis) for axis in axes)]
+        boxes = [box, *(None if box is None else flip_box(box, axis, height, width) for axis in axes)]
+        outputs = fold.predict_many(vols, boxes, batch_size)
+        return merge([outputs[0], *(unflip(o, axis, height, width) for o, axis in zip(outputs[1:], axes))])
     outputs = [fold.predict(vol, box, batch_size)]
     for name in tta:
         axis = FLIPS[name]

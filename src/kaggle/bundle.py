@@ -1,41 +1,78 @@
 """The offline Kaggle kernel bundle, built by `python -m src.kernel build`.
 
 The bundle is a folder to upload as a Kaggle dataset:
-  code/           the project's source (src/ without the benchmarks, and requirements.txt)
+  code/           the project's source (src/ without the benchmarks, requirements.txt, kernel-requirements.txt)
   runs/<name>/    every run the ensemble needs (src.ensembling.ensemble_file.Ensemble.run_paths:
                   its members, the gate and crop runs they were predicted with, its own gate and
-                  crop): each fold's config, weights and done marker, nothing else
+                  crop): each complete fold's FoldDir.bundle_files() (config, weights, done marker)
   ensemble.json   the tuned ensemble
-  wheels/         wheels of the dependencies Kaggle's image lacks (pip download), installed with
-                  --no-index so the kernel runs with the internet off
-  inference.py    the kernel's script: installs the wheels, then runs src.submit on the test set
+  wheels/         the wheels pinned in kernel-requirements.txt (what Kaggle's image lacks, see
+                  src.kaggle.image), installed with --no-index so the kernel runs with the internet off
+  inference.py    the kernel's script: verifies the manifest's checksums, installs the wheels, runs src.submit
+  manifest.json   every run, fold and file with its sha256 and size, the package versions, the bundle size
   kernel-metadata.json, README.txt
+A fold without its done marker is refused (an interrupted training), unless allow_incomplete.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
+
+from packaging.utils import canonicalize_name
 
 from src.core.artifacts import RunDir
 from src.core.atomic import atomic_dir, write_json_atomic
 from src.core.errors import DataError
 from src.ensembling.ensemble_file import load_ensemble
+from src.kaggle.image import KAGGLE_IMAGE, KERNEL_REQUIREMENTS, ROOT, kernel_pins
 
-# Pinned in requirements.txt but absent from Kaggle's Python image (it ships torch, torchvision,
-# timm, albumentations, opencv, numba, pandas, scikit-learn, scipy, matplotlib).
-KAGGLE_MISSING = ("segmentation-models-pytorch", "monai", "ultralytics", "ultralytics-thop", "edt",
-                  "connected-components-3d")
-ROOT = Path(__file__).resolve().parent.parent.parent
+# the bundle's own layout (not a training artifact)
+CODE_DIR, RUNS_DIR, WHEELS_DIR = "code", "runs", "wheels"
+ENSEMBLE_FILE, MANIFEST_FILE, INFERENCE_FILE = "ensemble.json", "manifest.json", "inference.py"
+METADATA_FILE, README_FILE = "kernel-metadata.json", "README.txt"
+MANIFEST_VERSION = 1
+COMPETITION = "uw-madison-gi-tract-image-segmentation"
 
-INFERENCE_SCRIPT = '''"""Kaggle inference with the internet off: install the bundled wheels, then write submission.csv."""
+INFERENCE_SCRIPT = '''"""Kaggle inference with the internet off: verify the bundle, install its wheels, write submission.csv."""
 import argparse
+import hashlib
+import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 BUNDLE = Path(__file__).resolve().parent
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def verify(bundle: Path) -> dict:
+    """Every file of manifest.json present with its sha256; the manifest, else a one-line error."""
+    try:
+        manifest = json.loads((bundle / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"{bundle / 'manifest.json'}: unreadable bundle manifest ({exc})")
+    for rel, entry in manifest["files"].items():
+        path = bundle / rel
+        if not path.is_file():
+            fail(f"{path}: listed in manifest.json but missing from the bundle")
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != entry["sha256"]:
+            fail(f"{path}: sha256 does not match manifest.json (corrupt or changed upload)")
+    return manifest
 
 
 def main() -> None:
@@ -44,15 +81,23 @@ def main() -> None:
     parser.add_argument("--data-dir", default="/kaggle/input/uw-madison-gi-tract-image-segmentation")
     parser.add_argument("--out", default="/kaggle/working/submission.csv")
     parser.add_argument("--allow-train-fallback", default="0", help="while test/ is empty: predict N train case-days")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cuda or cpu")
     args = parser.parse_args()
-    wheels = sorted((args.bundle / "wheels").glob("*.whl"))
+    manifest = verify(args.bundle)
+    print(f"bundle: {len(manifest['files'])} files verified ({manifest['bytes'] / 1e6:.1f} MB)", flush=True)
+    wheels = [str(args.bundle / p["wheel"]) for p in manifest["packages"]]
     if wheels:
-        # --ignore-installed: the bundle's pinned versions run, whatever the image already has
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet",
-                               "--ignore-installed", *map(str, wheels)])
+        # no index: only the bundled wheels and what the image has; pip resolves each wheel's
+        # dependencies against them, so a missing one or a version clash fails here, by name
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-index", "--quiet",
+                               "--find-links", str(args.bundle / "wheels"), *wheels])
+    # /kaggle/input is read-only: ultralytics' settings and Python's bytecode go elsewhere
+    env = {"YOLO_CONFIG_DIR": str(Path(tempfile.gettempdir()) / "yolo_config"), **os.environ,
+           "PYTHONDONTWRITEBYTECODE": "1"}
     subprocess.check_call([sys.executable, "-m", "src.submit", "--ensemble", str(args.bundle / "ensemble.json"),
                            "--runs-root", str(args.bundle / "runs"), "--data-dir", args.data_dir, "--out", args.out,
-                           "--allow-train-fallback", args.allow_train_fallback], cwd=args.bundle / "code")
+                           "--allow-train-fallback", args.allow_train_fallback, "--device", args.device],
+                          cwd=args.bundle / "code", env=env)
 
 
 if __name__ == "__main__":
@@ -60,11 +105,20 @@ if __name__ == "__main__":
 '''
 
 README_TEXT = """Offline inference bundle for the UW-Madison GI Tract Image Segmentation competition.
-1. Upload this folder as a private Kaggle dataset.
+1. Upload this folder as a private Kaggle dataset (kaggle datasets create -p THIS_FOLDER --dir-mode zip).
 2. Create a script kernel whose code is inference.py (or run `python /kaggle/input/<dataset>/inference.py`),
    add the competition and the dataset as inputs, turn the internet off, pick a GPU.
-3. It installs wheels/ with --no-index and writes /kaggle/working/submission.csv.
+3. It checks every file against manifest.json, installs wheels/ with --no-index and writes
+   /kaggle/working/submission.csv.
 """
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _code_ignored(folder: str, names: list[str]) -> list[str]:
@@ -73,22 +127,14 @@ def _code_ignored(folder: str, names: list[str]) -> list[str]:
     return skipped + (["bench"] if Path(folder) == ROOT / "src" else [])
 
 
-def _pins(requirements: Path) -> dict[str, str]:
-    pins = {}
-    for line in requirements.read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if "==" in line:
-            name, version = line.split("==")
-            pins[name.strip().lower()] = version.strip()
-    return pins
-
-
-def download_wheels(names: tuple[str, ...], dest: Path) -> list[Path]:
-    """`pip download` the pinned versions of `names` (binary wheels only, no dependencies) into `dest`."""
-    pins = _pins(ROOT / "requirements.txt")
+def download_wheels(names: tuple[str, ...] | None, dest: Path) -> dict[str, Path]:
+    """`pip download` the versions kernel-requirements.txt pins (binary wheels only, no dependencies:
+    the file pins the closure) into `dest`; `names` None means every pinned package. name -> wheel."""
+    pins = kernel_pins()
+    names = tuple(pins) if names is None else names
     missing = [n for n in names if n not in pins]
     if missing:
-        raise DataError(f"{ROOT / 'requirements.txt'}: no pinned version for {', '.join(missing)}")
+        raise DataError(f"{KERNEL_REQUIREMENTS}: no pinned version for {', '.join(missing)}")
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d", str(dest),
            *[f"{n}=={pins[n]}" for n in names]]
@@ -96,38 +142,100 @@ def download_wheels(names: tuple[str, ...], dest: Path) -> list[Path]:
     if proc.returncode:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise DataError(f"pip download of {', '.join(names)} failed: {last}")
-    return sorted(dest.glob("*.whl"))
+    wheels = {}
+    for wheel in sorted(dest.glob("*.whl")):
+        wheels[canonicalize_name(wheel.name.split("-")[0])] = wheel
+    lost = [n for n in names if n not in wheels]
+    if lost:
+        raise DataError(f"pip download gave no wheel for {', '.join(lost)}")
+    return {n: wheels[n] for n in names}
 
 
-def _copy_run(run: Path, dest: Path) -> None:
-    """Each trained fold's config, weights and done marker (no OOF, no optimizer state)."""
+def _copy_run(run: Path, dest: Path, allow_incomplete: bool, warn: Callable[[str], None]) -> list[dict]:
+    """Each trained fold's bundle files (no OOF, no optimizer state); a fold without its done marker
+    is an interrupted training: refused, or with allow_incomplete copied with a warning."""
+    folds = []
     for fold in RunDir(run).folds().values():
+        if not fold.is_done():
+            if not allow_incomplete:
+                raise DataError(f"{fold.path}: incomplete fold (no done marker; finish its training, "
+                                "or pass --allow-incomplete)")
+            warn(f"warning: {fold.path}: incomplete fold (no done marker), bundled anyway")
         target = dest / fold.path.name
         target.mkdir(parents=True)
+        files = []
         for path in fold.bundle_files():
             if path.is_file():
                 shutil.copy2(path, target / path.name)
+                files.append(path.name)
+        record = fold.read_config()
+        folds.append({"fold": fold.fold, "done": fold.is_done(), "stage": record.stage,
+                      "arch": record.config.get("arch"), "files": files})
+    return folds
 
 
-def build(ensemble_json: str | Path, out: str | Path, wheels: tuple[str, ...] = KAGGLE_MISSING,
-          title: str = "GI tract segmentation inference") -> Path:
-    """Write the bundle to `out` (built beside it, then renamed into place)."""
+def write_manifest(staging: Path, runs: dict[str, list[dict]], packages: dict[str, Path]) -> dict:
+    """manifest.json: every run and fold with its files' sha256 and size, the bundled packages and
+    the versions the image must provide, the bundle size (all but the manifest itself)."""
+    files = {}
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        rel = path.relative_to(staging).as_posix()
+        if rel != MANIFEST_FILE:
+            files[rel] = {"sha256": sha256(path), "bytes": path.stat().st_size}
+    pins = kernel_pins()
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "ensemble": ENSEMBLE_FILE,
+        "runs": [{"name": name, "folds": [{**fold, "files": {
+            f: files[f"{RUNS_DIR}/{name}/fold{fold['fold']}/{f}"] for f in fold["files"]}} for fold in folds]}
+            for name, folds in runs.items()],
+        "packages": [{"name": n, "version": pins[n], "wheel": f"{WHEELS_DIR}/{w.name}",
+                      **files[f"{WHEELS_DIR}/{w.name}"]} for n, w in packages.items()],
+        "image": list(KAGGLE_IMAGE),
+        "files": files,
+        "bytes": sum(f["bytes"] for f in files.values()),
+        "weights_bytes": sum(f["bytes"] for rel, f in files.items() if rel.startswith(f"{RUNS_DIR}/")),
+        "wheels_bytes": sum(f["bytes"] for rel, f in files.items() if rel.startswith(f"{WHEELS_DIR}/")),
+    }
+    write_json_atomic(staging / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def build(ensemble_json: str | Path, out: str | Path, wheels: tuple[str, ...] | None = None,
+          title: str = "GI tract segmentation inference", allow_incomplete: bool = False,
+          warn: Callable[[str], None] = print) -> Path:
+    """Write the bundle to `out` (built beside it, then renamed into place). `wheels`: the packages
+    to bundle, default (None) every one kernel-requirements.txt pins; () for none."""
     ensemble_json, out = Path(ensemble_json), Path(out)
+    unpinned = [n for n in wheels or () if n not in kernel_pins()]
+    if unpinned:  # before any work
+        raise DataError(f"{KERNEL_REQUIREMENTS}: no pinned version for {', '.join(unpinned)}")
     ensemble = load_ensemble(ensemble_json)
     with atomic_dir(out) as staging:
-        shutil.copytree(ROOT / "src", staging / "code" / "src", ignore=_code_ignored)
-        shutil.copy2(ROOT / "requirements.txt", staging / "code" / "requirements.txt")
+        shutil.copytree(ROOT / "src", staging / CODE_DIR / "src", ignore=_code_ignored)
+        for name in ("requirements.txt", KERNEL_REQUIREMENTS.name):
+            shutil.copy2(ROOT / name, staging / CODE_DIR / name)
+        runs = {}
         for run in map(Path, ensemble.run_paths()):
-            _copy_run(run, staging / "runs" / run.name)
-        shutil.copy2(ensemble_json, staging / "ensemble.json")
-        if wheels:
-            download_wheels(wheels, staging / "wheels")
-        (staging / "inference.py").write_text(INFERENCE_SCRIPT)
-        (staging / "README.txt").write_text(README_TEXT)
+            if run.name in runs:
+                raise DataError(f"{run}: two runs of the ensemble are named {run.name}; the bundle keys runs by name")
+            runs[run.name] = _copy_run(run, staging / RUNS_DIR / run.name, allow_incomplete, warn)
+        shutil.copy2(ensemble_json, staging / ENSEMBLE_FILE)
+        packages = download_wheels(wheels, staging / WHEELS_DIR) if wheels is None or wheels else {}
+        (staging / INFERENCE_FILE).write_text(INFERENCE_SCRIPT)
+        (staging / README_FILE).write_text(README_TEXT)
         slug = out.name.lower().replace("_", "-")
-        write_json_atomic(staging / "kernel-metadata.json", {
-            "id": f"USERNAME/{slug}", "title": title, "code_file": "inference.py", "language": "python",
+        write_json_atomic(staging / METADATA_FILE, {
+            "id": f"USERNAME/{slug}", "title": title, "code_file": INFERENCE_FILE, "language": "python",
             "kernel_type": "script", "is_private": True, "enable_gpu": True, "enable_internet": False,
-            "dataset_sources": [f"USERNAME/{slug}-bundle"],
-            "competition_sources": ["uw-madison-gi-tract-image-segmentation"]})
+            "dataset_sources": [f"USERNAME/{slug}-bundle"], "competition_sources": [COMPETITION]})
+        write_manifest(staging, runs, packages)
     return out
+
+
+def read_manifest(bundle: str | Path) -> dict:
+    path = Path(bundle) / MANIFEST_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable bundle manifest ({exc})") from None
