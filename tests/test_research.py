@@ -199,7 +199,8 @@ def test_grouped_splits_keep_cases_whole_and_bad_flags_are_errors(work):
     assert parse_vary("loss=bce:1,dice:1;tversky:1") == ("loss", ("bce:1,dice:1", "tversky:1"))
     with pytest.raises(DataError, match="--base: --fold is set by the ablation"):
         AblationOptions(base=("--fold", "1"))
-    with pytest.raises(DataError, match="--vary: optimizer is not a flag"):
-        AblationOptions(base=(), vary=(("optimizer", ("sgd",)),))
+    with pytest.raises(DataError, match="--vary: momentum is not a flag"):
+        AblationOptions(base=(), vary=(("momentum", ("0.9",)),))
+    assert AblationOptions(base=(), vary=(("optimizer", ("sgd",)),)).vary  # the optimizer is a train flag
     with pytest.raises(DataError, match="--repeats"):
         AblationOptions(base=(), repeats=1)

@@ -156,3 +156,30 @@ def test_ddp_two_cpu_processes_match_one_process(work):
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
     log_ddp, log_single = (pd.read_csv(work / "runs" / n / "fold0" / "log.csv") for n in ("ddp", "single"))
     assert abs(log_ddp["val_score"].max() - log_single["val_score"].max()) < 0.1
+
+
+def test_optimizer_is_chosen_by_name_and_checked():
+    from src.engine.trainer import make_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    kinds = {name: type(make_optimizer(Seg2DConfig(optimizer=name, lr=0.1), params)).__name__
+             for name in ("adamw", "adam", "sgd")}
+    assert kinds == {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}
+    with pytest.raises(DataError, match="--optimizer 'lion': expected one of adamw, adam, sgd"):
+        Seg2DConfig(optimizer="lion")
+
+
+def test_balanced_sampling_draws_positive_and_empty_slices_equally():
+    from types import SimpleNamespace
+
+    from src.engine.distributed import DistInfo
+    from src.engine.trainer import _epoch_order
+
+    dataset = SimpleNamespace(positive=np.array([True] * 10 + [False] * 90))
+    cfg = Seg2DConfig(balanced=True, samples_per_epoch=4000)
+    weights = Trainer._sample_weights(SimpleNamespace(cfg=cfg), dataset)
+    order = _epoch_order(cfg, 100, 0, DistInfo(), weights)
+    share = dataset.positive[order].mean()
+    assert len(order) == 4000 and 0.45 < share < 0.55  # 10 % of the slices, half of the draws
+    assert order == _epoch_order(cfg, 100, 0, DistInfo(), weights)  # seeded
+    assert Trainer._sample_weights(SimpleNamespace(cfg=Seg2DConfig()), dataset) is None

@@ -36,6 +36,7 @@ from src.core.atomic import (
 from src.core.errors import DataError
 
 FOLD_RE = re.compile(r"^fold(\d+|all)$")
+LAYOUT_VERSION = 1  # of fold configs and prediction manifests; a file without one is version 1
 PREDICTION_SUFFIXES = (".npy", ".json")  # probability arrays; a detector's box records
 
 
@@ -52,6 +53,11 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 Prediction = np.ndarray | dict  # probabilities, or a detector's box record
+
+
+def _check_layout(record: dict, path: Path) -> None:
+    if record.get("layout", 1) != LAYOUT_VERSION:
+        raise DataError(f"{path}: layout version {record.get('layout')}, this code reads {LAYOUT_VERSION}")
 
 
 def save_prediction(folder: str | Path, case_day: str, prediction: Prediction) -> Path:
@@ -125,12 +131,13 @@ class FoldDir:
     # config
     def write_config(self, record: FoldRecord) -> None:
         write_json_atomic(self.config_path, {
-            "config": record.config, "seed": record.seed, "train_case_days": list(record.train_case_days),
+            "layout": LAYOUT_VERSION, "config": record.config, "seed": record.seed, "train_case_days": list(record.train_case_days),
             "val_case_days": list(record.val_case_days), "world_size": record.world_size,
             "versions": record.versions})
 
     def read_config(self) -> FoldRecord:
         raw = _read_json(self.config_path, "run config")
+        _check_layout(raw, self.config_path)
         if not isinstance(raw.get("config"), dict):
             raise DataError(f"{self.config_path}: run config has no 'config' object")
         try:
@@ -256,11 +263,15 @@ class PredictionDir:
 
     def commit(self, manifest: dict) -> None:
         """Write the manifest last and make the staged predictions the folder."""
-        write_json_atomic(self.staging / self.manifest_path.name, manifest)
+        write_json_atomic(self.staging / self.manifest_path.name, {"layout": LAYOUT_VERSION, **manifest})
         swap_dir(self.staging, self.path)
 
     def read_manifest(self) -> dict | None:
-        return _read_json(self.manifest_path, "prediction manifest") if self.manifest_path.is_file() else None
+        if not self.manifest_path.is_file():
+            return None
+        manifest = _read_json(self.manifest_path, "prediction manifest")
+        _check_layout(manifest, self.manifest_path)
+        return manifest
 
     def files(self) -> dict[str, Path]:
         """case-day -> file of a complete folder (one with its manifest); {} when incomplete."""

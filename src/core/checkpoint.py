@@ -2,6 +2,7 @@
 crafted file in a copied runs/ folder cannot execute code; a bad file is a one-line error."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -21,9 +22,12 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise DataError(f"{path}: checkpoint not found") from None
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on bad files
+    except pickle.UnpicklingError:
+        raise DataError(f"{path}: not a loadable checkpoint (it holds objects other than tensors and plain "
+                        "containers: refused, nothing was run)") from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, ... on truncated or random files
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {first[:200]})") from None
+        raise DataError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {first[:120]})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise DataError(f"{path}: checkpoint has no 'model' entry")
     return ckpt

@@ -76,14 +76,17 @@ class SliceDataset(Dataset):
         self.spec, self.geometry, self.augment, self.seed = spec, geometry, augment, seed
         self.epoch = 0
         self._volumes: dict[int, tuple[CaseDay, tuple[float, float]]] = {}
-        items = []
+        items, positive = [], []
         for i, cd in enumerate(self.case_days):
             mask = self.cache.load(cd).mask
+            labelled = mask.reshape(mask.shape[0], -1).any(axis=1)
             keep = ~tail_slices(mask, tail_drop)
             if positive_only:
-                keep &= mask.reshape(mask.shape[0], -1).any(axis=1)
+                keep &= labelled
             items.extend((i, int(z)) for z in np.flatnonzero(keep))
+            positive.extend(bool(labelled[z]) for z in np.flatnonzero(keep))
         self.items = items
+        self.positive = np.array(positive, dtype=bool)  # per item: the slice has a label (class-balanced sampling)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

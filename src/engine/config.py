@@ -19,6 +19,7 @@ from src.data.geometry import MODES as GEOMETRIES
 from src.data.samples import ANCHORS
 
 SCHEDULES = ("cosine", "poly")
+OPTIMIZERS = ("adamw", "adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -41,6 +42,7 @@ class TrainConfig:
     accum_steps: int = 1
     lr: float = 1e-3
     weight_decay: float = 1e-2
+    optimizer: str = "adamw"  # adamw | adam | sgd (momentum 0.9, Nesterov)
     warmup_epochs: float = 1.0
     schedule: str = "cosine"  # cosine | poly
     loss: str = "bce:0.5,dice:0.5"
@@ -69,6 +71,7 @@ class TrainConfig:
         for name in ("weight_decay", "warmup_epochs"):
             _check(self, math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "must be a number >= 0")
         _check(self, self.schedule in SCHEDULES, "schedule", f"expected one of {', '.join(SCHEDULES)}")
+        _check(self, self.optimizer in OPTIMIZERS, "optimizer", f"expected one of {', '.join(OPTIMIZERS)}")
         _check(self, self.device in DEVICES or self.device.startswith("cuda:"), "device", f"expected one of {', '.join(DEVICES)}")
         _check(self, 0 <= self.ema < 1, "ema", "expected a decay in [0, 1)")
         _check(self, 0 < self.threshold < 1, "threshold", "expected a probability in (0, 1)")
@@ -95,6 +98,7 @@ class Seg2DConfig(TrainConfig):
     geometry: str = "resize"  # resize | letterbox
     augment: str = "light"  # none | light | strong
     positive_only: bool = False  # train on annotated slices only
+    balanced: bool = False  # class-balanced sampling: organ-positive and empty slices drawn equally often
     tail_drop: int = 0  # drop the N slices after the last annotated one from the loss
     aux_weight: float = 0.0  # > 0 adds a per-class presence head on the encoder, with this loss weight
 
@@ -151,7 +155,7 @@ class Seg3DConfig(TrainConfig):
 
 
 # TrainConfig fields the YOLO trainer has no use for: setting one is an error, not silently ignored.
-DET_UNUSED_FIELDS = ("loss", "ema", "accum_steps", "samples_per_epoch", "channels_last", "encoder_weights",
+DET_UNUSED_FIELDS = ("loss", "optimizer", "ema", "accum_steps", "samples_per_epoch", "channels_last", "encoder_weights",
                      "threshold", "schedule", "amp", "bn_momentum")
 
 

@@ -1,7 +1,7 @@
 """The training loop shared by the stages trained with torch (2.5D, classifier, 3D).
 
 A stage supplies a `Task` (model, dataset, loss, whole-volume prediction and scoring); the loop
-owns everything else: AdamW with warm-up then cosine/poly decay, mixed precision on CUDA, gradient
+owns everything else: the optimizer (AdamW, Adam or SGD) with warm-up then cosine/poly decay, mixed precision on CUDA, gradient
 accumulation, EMA, channels_last, DDP under torchrun, validation every epoch with the competition
 metric, best checkpoint, early stopping, out-of-fold predictions, a CSV log, and exact resume.
 What it writes goes into the fold folder (src.core.artifacts.FoldDir), done marker last. The resume
@@ -82,6 +82,14 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """The optimizer named by --optimizer, at --lr and --weight-decay."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    kind = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def set_bn_momentum(model: nn.Module, momentum: float) -> None:
     """Set the running-statistics momentum of every BatchNorm of `model`."""
     for m in model.modules():
@@ -147,20 +155,30 @@ def prepare_fold_dir(fold: FoldDir, cfg, resume: bool) -> None:
     if fold.config_path.exists():
         previous = fold.read_config().config
         current = dataclasses.asdict(cfg)
-        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg)}  # a field added since: its default
+        changed = sorted(k for k in set(previous) | set(current)
+                         if previous.get(k, defaults.get(k)) != current.get(k))
         if resume and changed:
             raise DataError(f"{fold.config_path}: --resume with a different config (changed: {', '.join(changed)})")
     if not resume and fold.path.exists():
         shutil.rmtree(fold.path)
 
 
-def _epoch_order(cfg: TrainConfig, n: int, epoch: int, dist_info: DistInfo) -> list[int]:
+def _epoch_order(cfg: TrainConfig, n: int, epoch: int, dist_info: DistInfo,
+                 weights: np.ndarray | None = None) -> list[int]:
     """This rank's sample indices for an epoch, in loader order.
 
-    One permutation per (seed, epoch); each global batch of `batch_size` samples is dealt out in
-    equal parts to the ranks, so N processes see exactly the batches one process would see.
+    One permutation per (seed, epoch) or, with sampling `weights` (class-balanced sampling), as many
+    weighted draws with replacement; each global batch of `batch_size` samples is dealt out in equal
+    parts to the ranks, so N processes see exactly the batches one process would see.
     """
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 10_007 + epoch)).tolist()
+    generator = torch.Generator().manual_seed(cfg.seed * 10_007 + epoch)
+    if weights is not None:
+        draws = cfg.samples_per_epoch or n
+        perm = torch.multinomial(torch.as_tensor(weights, dtype=torch.float64), draws, replacement=True,
+                                 generator=generator).tolist()
+    else:
+        perm = torch.randperm(n, generator=generator).tolist()
     if cfg.samples_per_epoch:
         perm = perm[:cfg.samples_per_epoch]
         n = len(perm)
@@ -205,7 +223,7 @@ class Trainer:
         ema = None
         if self.cfg.ema > 0:
             ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema), use_buffers=True)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        optimizer = make_optimizer(self.cfg, model.parameters())
         return model, ema, optimizer
 
     # ---- the loop ----------------------------------------------------------------------
@@ -218,7 +236,9 @@ class Trainer:
         seed_everything(cfg.seed)
         dataset = self.task.train_dataset(self.train_cds)
         model, ema, optimizer = self._build()
-        steps_per_epoch = max(1, len(_epoch_order(cfg, len(dataset), 0, self.dist)) // self.batch_per_rank // cfg.accum_steps)
+        weights = self._sample_weights(dataset)
+        steps_per_epoch = max(1, len(_epoch_order(cfg, len(dataset), 0, self.dist, weights))
+                              // self.batch_per_rank // cfg.accum_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch * cfg.epochs, steps_per_epoch))
         scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0}
@@ -282,7 +302,7 @@ class Trainer:
 
     def _train_epoch(self, net, ema, optimizer, scheduler, scaler, dataset, epoch) -> dict[str, float]:
         cfg = self.cfg
-        order = _epoch_order(cfg, len(dataset), epoch, self.dist)
+        order = _epoch_order(cfg, len(dataset), epoch, self.dist, self._sample_weights(dataset))
         loader = DataLoader(dataset, batch_size=self.batch_per_rank, sampler=order, num_workers=cfg.workers,
                             drop_last=len(order) >= self.batch_per_rank, pin_memory=self.device.type == "cuda")
         net.train()
@@ -314,6 +334,16 @@ class Trainer:
             busy += tick - started
         total, count = sum_over_ranks(self.dist, [total, count])
         return {"train_loss": total / max(count, 1), "data_wait_s": wait, "compute_s": busy}
+
+    def _sample_weights(self, dataset) -> np.ndarray | None:
+        """Class-balanced sampling (--balanced, 2.5D stages): organ-positive and empty slices drawn
+        equally often."""
+        if not getattr(self.cfg, "balanced", False):
+            return None
+        positive = np.asarray(dataset.positive, dtype=bool)
+        if positive.all() or not positive.any():
+            return None  # one kind only: nothing to balance
+        return np.where(positive, 0.5 / positive.sum(), 0.5 / (~positive).sum())
 
     def _save_last(self, checkpoint: dict) -> None:
         save_checkpoint(checkpoint, self.fold.last)

@@ -5,6 +5,7 @@ A first conv stored for 3 input channels is adapted to the model's 3 or 5 channe
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -25,6 +26,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise DataError(f"{path}: cannot read weights (it holds objects other than tensors and plain containers: "
+                        "refused, nothing was run)") from None
     except Exception as exc:  # a corrupt file can raise many types; report it as bad input
         raise DataError(f"{path}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
     for key in ("state_dict", "model"):
