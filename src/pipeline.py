@@ -1,11 +1,13 @@
 """Run a recipe end to end: `python -m src.pipeline recipes/demo`.
 
 A recipe (TOML, under recipes/) names the data, the folds, the models (stage, arch, options,
-folds), the ensemble and the outputs. The pipeline turns it into steps, each a stage command with
+folds), the ensemble and the outputs; it is checked against its schema before any step runs
+(src.orchestration.schema). The pipeline turns it into steps, each a stage command with
 its arguments, and runs them in order. A step is skipped when its outputs exist and its stamp
 (the hash of its command and of its inputs' sizes and times) matches the last completed run, so a
 re-run after an interruption continues where it stopped; an interrupted training step resumes
-from its last.pt.
+from its last.pt. The cache step runs every time: prepare itself skips the case-days that are up to
+date and rewrites the ones whose arrays no longer match their fingerprints.
 
 Steps: synthetic data (when the recipe asks for it and it is missing), folds, cache, one training
 per model and fold; then, with an [ensemble] section: ensemble tuning on OOF (src.ensemble),

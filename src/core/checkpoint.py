@@ -23,8 +23,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     except FileNotFoundError:
         raise DataError(f"{path}: checkpoint not found") from None
     except pickle.UnpicklingError:
-        raise DataError(f"{path}: not a loadable checkpoint (it holds objects other than tensors and plain "
-                        "containers: refused, nothing was run)") from None
+        raise DataError(f"{path}: not a loadable checkpoint (not a file of tensors and plain "
+                        "containers only: refused, nothing was run)") from None
     except Exception as exc:  # torch raises RuntimeError, EOFError, ... on truncated or random files
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {first[:120]})") from None

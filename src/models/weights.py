@@ -27,7 +27,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise DataError(f"{path}: cannot read weights (it holds objects other than tensors and plain containers: "
+        raise DataError(f"{path}: cannot read weights (not a file of tensors and plain containers only: "
                         "refused, nothing was run)") from None
     except Exception as exc:  # a corrupt file can raise many types; report it as bad input
         raise DataError(f"{path}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None

@@ -1,17 +1,9 @@
-"""Recipes as steps: reading a recipe, planning its stage commands, running them with stamps and resume.
+"""Recipes as steps (the library of `python -m src.pipeline`, whose help describes the steps).
 
-A recipe (TOML, under recipes/) names the data, the folds, the models (stage, arch, options,
-folds), the ensemble and the outputs. The pipeline turns it into steps, each a stage command with
-its arguments, and runs them in order. A step is skipped when its outputs exist and its stamp
-(the hash of its command and of its inputs' sizes and times) matches the last completed run, so a
-re-run after an interruption continues where it stopped; an interrupted training step resumes
-from its last.pt.
-
-Steps: synthetic data (when the recipe asks for it and it is missing), folds, cache, one training
-per model and fold; then, with an [ensemble] section: ensemble tuning on OOF (src.ensemble),
-the test submission (src.submit), its score when the test truth is known (the synthetic data's
-<dir>_test_truth.csv, or [submit] truth), the HTML report (src.report). Recipes named by
-`compare` run first on the same data; their headline numbers are printed beside this recipe's.
+`load_recipe` reads and validates a recipe (src.orchestration.schema), `plan` turns it into `Step`s
+(a stage module, its arguments, the files it reads and writes), `run_steps` runs the steps that are
+not up to date, by stamp, adding --resume to a started training, and `results` / `comparison_table`
+read the headline numbers back from the artifacts.
 """
 from __future__ import annotations
 
