@@ -12,7 +12,6 @@ to one pass without the held-out estimate (`--passes`, `--holdout`) so that size
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import tempfile
 import time
@@ -27,12 +26,9 @@ from scipy import ndimage
 from src.bench.metric import _smooth_noise, organ_masks
 from src.core.artifacts import FoldRecord, fold_dir
 from src.core.errors import DataError, run_cli
+from src.core.memory import reset_peak_rss, status_kib
 from src.data.volumes import write_case_day
 from src.ensembling.tune import TuneOptions, tune
-
-
-def _proc_kb(key: str) -> int:
-    return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
 
 
 def fake_probabilities(rng: np.random.Generator, truth: np.ndarray) -> np.ndarray:
@@ -78,15 +74,15 @@ def fabricate(root: Path, case_days: int, models: int, shape: tuple[int, int, in
 
 def _tune_once(root: str, runs: list[str], passes: int, holdout: bool, workers: int) -> dict:
     """Run the tuner in this (fresh) process: wall time, evaluations, peak RSS growth."""
-    Path("/proc/self/clear_refs").write_text("5")
-    base = _proc_kb("VmRSS")
+    reset_peak_rss()
+    base = status_kib("VmRSS")
     start = time.perf_counter()
     record = tune(TuneOptions(tuple(map(Path, runs)), out=Path(root) / "ensemble.json", cache_dir=Path(root) / "cache",
                               holdout_folds=None if holdout else (), passes=passes, workers=workers),
                   log=lambda line: None)
     seconds = time.perf_counter() - start
     return {"wall_s": seconds, "evaluations": record["search"]["evaluations"],
-            "peak_rss_gb": (_proc_kb("VmHWM") - base) / 2**20, "score": record["scores"]["tuned_in_sample"]["score"]}
+            "peak_rss_gb": (status_kib("VmHWM") - base) / 2**20, "score": record["scores"]["tuned_in_sample"]["score"]}
 
 
 def bench(case_days: int, models: int, shape: tuple[int, int, int], folds: int, passes: int, holdout: bool,

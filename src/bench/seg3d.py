@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ import torch
 from src.core.artifacts import fold_dir
 from src.core.checkpoint import load_checkpoint
 from src.core.errors import DataError, run_cli
+from src.core.memory import reset_peak_rss, status_kib
 from src.data.folds import make_folds
 from src.data.synthetic import generate
 from src.engine.config import Seg3DConfig
@@ -37,11 +37,6 @@ from src.models.registry import count_parameters, get_arch
 
 SYNTHETIC_SIZES = [(120, 104), (88, 88)]  # W, H: about a third of the real sizes
 SYNTHETIC_SLICES = [48, 27]  # a third of 144 and 80
-
-
-def _proc_kb(key: str) -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(rf"^{key}:\s+(\d+) kB", status, re.M).group(1))
 
 
 class PeakMemory:
@@ -56,10 +51,10 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
         try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            reset_peak_rss()
         except OSError as exc:
             raise DataError(f"/proc/self/clear_refs: cannot reset the peak RSS ({exc}); CPU memory needs Linux") from None
-        self.base = _proc_kb("VmRSS")
+        self.base = status_kib("VmRSS")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -67,7 +62,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         else:
-            self.mb = (_proc_kb("VmHWM") - self.base) / 1024
+            self.mb = (status_kib("VmHWM") - self.base) / 1024
 
 
 def train_design(cfg: Seg3DConfig, threads: int) -> dict:

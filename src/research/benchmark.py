@@ -38,6 +38,7 @@ import pandas as pd
 
 from src.core.artifacts import cached_case_days, fold_dir
 from src.core.errors import DataError
+from src.core.memory import reset_peak_rss
 
 OOM_EXIT = 75  # exit status of a worker whose watchdog saw the memory limit passed
 RESULT_TAG = "BENCHMARK_RESULT "
@@ -203,7 +204,7 @@ def measure(spec: dict) -> dict:
     _warm_up_torch()  # lazily loaded kernels and libraries are torch's memory, not the arch's
     base = rss_bytes()
     try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
+        reset_peak_rss()
     except OSError:
         pass
     if limit and not cuda:

@@ -19,6 +19,7 @@ from src.core.atomic import atomic_path, write_text_atomic
 from src.core.checkpoint import load_checkpoint
 from src.core.errors import DataError
 from src.core.ids import CLASSES
+from src.core.memory import status_kib
 from src.data.geometry import Geometry
 from src.data.samples import StackSpec, volume_batches
 from src.data.volumes import CaseDay, VolumeCache
@@ -162,18 +163,11 @@ def write_tables(table: pd.DataFrame, csv_path: Path, md_path: Path, md_table: p
 
 
 # ---- memory ------------------------------------------------------------------------------------
-def _status_kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {key}")
-
-
 def rss_bytes() -> int:
     """Resident set size of this process now."""
-    return _status_kib("VmRSS") * 1024
+    return status_kib("VmRSS") * 1024
 
 
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (VmHWM)."""
-    return _status_kib("VmHWM") * 1024
+    return status_kib("VmHWM") * 1024
