@@ -11,11 +11,11 @@ from typing import Iterator
 
 import numpy as np
 
+from src.core.errors import DataError
+
 
 def ensure_folder(folder: str | os.PathLike) -> Path:
     """Create `folder` (and its parents); a one-line error when a file stands where a folder must be."""
-    from src.core.errors import DataError
-
     folder = Path(folder)
     for path in (folder, *folder.parents):
         if path.exists() and not path.is_dir():
@@ -25,8 +25,6 @@ def ensure_folder(folder: str | os.PathLike) -> Path:
 
 
 def _check_file_target(target: Path) -> None:
-    from src.core.errors import DataError
-
     if target.is_dir():
         raise DataError(f"{target}: is a folder, expected a file path")
     ensure_folder(target.parent)
@@ -79,8 +77,6 @@ def swap_dir(staging: str | os.PathLike, final: str | os.PathLike) -> None:
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary sibling folder; it replaces `target` only if the block succeeds."""
-    from src.core.errors import DataError
-
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise DataError(f"{target}: exists and is not a folder")
@@ -99,8 +95,6 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
 def check_writable(target: str | os.PathLike) -> None:
     """Fail now, with a one-line error, if `target` cannot be written (before a long computation).
     Leaves `target` itself untouched."""
-    from src.core.errors import DataError
-
     target = Path(target)
     _check_file_target(target)
     try:
