@@ -46,7 +46,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--min-gain", type=float, default=0.0,
                    help="keep a change only if it raises the OOF score by more than this (default 0)")
     t.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="threads scoring case-days in parallel (default: CPU count, at most 8)")
+                   help="processes, each holding a shard of the case-days (default: CPU count, at most 8)")
+    t.add_argument("--memory-gb", type=float, default=8.0,
+                   help="memory the tuner may hold: its proxies get the finest grid that fits (default 8)")
+    t.add_argument("--stride", type=int, default=None,
+                   help="the proxies' in-plane grid step (1 = every pixel) instead of the finest of at most 96 px "
+                        "a side that fits --memory-gb")
+    t.add_argument("--screen", type=int, default=16,
+                   help="rank each coordinate's candidates on this many case-days first, then score the best on "
+                        "all (with at least twice as many; 0: off; default 16)")
     t.add_argument("--allow-incomplete", action="store_true",
                    help="tune on folds without their done marker (killed or unfinished runs), with a warning")
     return parser.parse_args(argv)
@@ -56,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     folds = _fold_list(args.holdout_folds)
     tune(TuneOptions(tuple(args.runs), args.gate, args.crop, args.out, None if folds is None else tuple(folds),
-                     args.cache_dir, args.passes, args.min_gain, args.workers, args.allow_incomplete))
+                     args.cache_dir, args.passes, args.min_gain, args.workers, args.memory_gb, args.stride,
+                     args.screen, args.allow_incomplete))
     return 0
 
 

@@ -25,8 +25,20 @@ def test_fake_probabilities_follow_the_truth():
     assert probs[truth > 0].mean() > 3 * probs[truth == 0].mean() and (probs > 0.5).any()
 
 
+def test_repeated_case_days_share_their_oof_files_but_not_their_truth(tmp_path):
+    runs = fabricate(tmp_path, case_days=6, models=2, shape=(8, 16, 16), folds=2, seed=0, distinct=2)
+    files = prediction_files(runs[0], "oof")
+    assert len(files) == 6 and files["case3_day0"].samefile(files["case1_day0"])
+    assert not files["case1_day1"].samefile(files["case1_day0"])
+    cache = VolumeCache(tmp_path / "cache")
+    assert cache.load("case3_day0").ids[0] == "case3_day0_slice_0001"
+    assert np.array_equal(cache.load("case3_day0").mask, cache.load("case1_day0").mask)
+
+
 def test_bench_reports_time_evaluations_and_memory(tmp_path):
-    row = bench(4, 2, (10, 24, 24), folds=2, passes=1, holdout=False, workers=1, seed=0, work=tmp_path)
-    assert row["case_days"] == 4 and row["models"] == 2 and row["evaluations"] > 10
-    assert row["wall_s"] > 0 and row["s_per_eval"] > 0 and row["peak_rss_gb"] >= 0 and 0 < row["score"] <= 1
+    row = bench(6, 2, (10, 24, 24), folds=3, passes=1, holdout=True, workers=2, memory_gb=8.0, screen=0,
+                distinct=None, seed=0, work=tmp_path)
+    assert row["case_days"] == 6 and row["models"] == 2 and row["evaluations"] > 10 and row["stride"] == 1
+    assert row["wall_s"] > 0 and row["s_per_eval"] > 0 and row["peak_rss_gb"] > 0 and row["proxy_gb"] > 0
+    assert 0 < row["held_out"] <= row["in_sample"] + 0.05 and 0 < row["in_sample"] <= 1
     assert not list(tmp_path.iterdir())  # the fabricated runs are removed

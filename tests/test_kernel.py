@@ -18,7 +18,14 @@ from src.core.errors import DataError
 from src.ensembling.submission import SubmitOptions, submit
 from src.ensembling.tune import TuneOptions, tune
 from src.kaggle.bundle import build, read_manifest, sha256
-from src.kaggle.image import KAGGLE_IMAGE, KERNEL_PACKAGES, image_constraints, kernel_closure, kernel_pins, read_pins
+from src.kaggle.image import (
+    KAGGLE_IMAGE,
+    KERNEL_PACKAGES,
+    image_constraints,
+    kernel_closure,
+    kernel_pins,
+    read_pins,
+)
 from src.kernel import main
 from src.train import main as train_main
 

@@ -4,10 +4,16 @@ Fabricates, per size, a truth cache and M out-of-fold runs in the project's own 
 of src.data.volumes, fold folders of src.core.artifacts with float16 OOF volumes), with realistic
 probabilities: each model sees the truth blurred, with smooth noise, a little shift and a few
 false-positive blobs; one model in three is a 3D model (its own blend group, so the fusion weight
-is searched too). Then it runs `src.ensemble tune` on them in a fresh process (its own peak RSS)
-and prints, per size: the OOF volume held on disk, wall time, evaluations, seconds per evaluation
-and the peak RSS growth, so the growth with case-days and models is visible. The search defaults
-to one pass without the held-out estimate (`--passes`, `--holdout`) so that sizes stay comparable.
+is searched too). Then it runs `src.ensemble tune` on them in a fresh process and prints, per size:
+the OOF volume on disk, wall time, evaluations, seconds per evaluation, the proxies' grid stride and
+size, the peak RSS (the tuner's growth plus its workers' peaks) and the exact scores.
+
+The search is tune's default (two passes, the held-out estimate over every fold; `--passes`,
+`--no-holdout` make it cheaper). The real train set (274 case-days x 10 models, 167 GB of float16
+OOF) does not fit this disk: `--distinct D` fabricates D distinct case-days and gives the others the
+same OOF files by hard links (their truth is written for each), so the tuner's work is the real
+size's while the files it reads repeat (and may come from the page cache: reading 167 GB from a
+real disk adds its own time, once for the proxies and once for the exact scores).
 """
 from __future__ import annotations
 
@@ -45,22 +51,32 @@ def fake_probabilities(rng: np.random.Generator, truth: np.ndarray) -> np.ndarra
     return out
 
 
-def fabricate(root: Path, case_days: int, models: int, shape: tuple[int, int, int], folds: int, seed: int) -> list[Path]:
-    """A truth cache under root/cache and `models` OOF runs under root/runs; returns the run folders."""
+def fabricate(root: Path, case_days: int, models: int, shape: tuple[int, int, int], folds: int, seed: int,
+              distinct: int | None = None) -> list[Path]:
+    """A truth cache under root/cache and `models` OOF runs under root/runs; returns the run folders.
+    Case-day i beyond the first `distinct` repeats case-day i mod distinct (OOF files hard-linked)."""
     rng = np.random.default_rng(seed)
     names = [f"case{i // 2 + 1}_day{i % 2}" for i in range(case_days)]
     fold_of = {cd: (i // 2) % folds for i, cd in enumerate(names)}
+    distinct = min(distinct or case_days, case_days)
     z, h, w = shape
     runs = [root / "runs" / f"m{k}" for k in range(models)]
-    for cd in names:
-        truth = organ_masks(rng, shape)
+    truths = []
+    for i, cd in enumerate(names):
+        if i < distinct:
+            truths.append(organ_masks(rng, shape))
         ids = [f"{cd}_slice_{s:04d}" for s in range(1, z + 1)]
-        write_case_day(root / "cache", "train", cd, np.zeros(shape, np.uint16), truth,
+        write_case_day(root / "cache", "train", cd, np.zeros(shape, np.uint16), truths[i % distinct],
                        {"case_day": cd, "ids": ids, "height": h, "width": w})
         for run in runs:
             fold = fold_dir(run.parent, run.name, fold_of[cd])
             fold.oof_dir.mkdir(parents=True, exist_ok=True)
-            np.save(fold.oof_dir / f"{cd}.npy", fake_probabilities(rng, truth))
+            if i < distinct:
+                np.save(fold.oof_dir / f"{cd}.npy", fake_probabilities(rng, truths[i]))
+            else:
+                base = names[i % distinct]
+                (fold.oof_dir / f"{cd}.npy").hardlink_to(fold_dir(run.parent, run.name, fold_of[base]).oof_dir
+                                                         / f"{base}.npy")
     for k, run in enumerate(runs):
         stage = "seg3d" if k % 3 == 2 else "seg2d"
         for f in range(folds):
@@ -72,32 +88,38 @@ def fabricate(root: Path, case_days: int, models: int, shape: tuple[int, int, in
     return runs
 
 
-def _tune_once(root: str, runs: list[str], passes: int, holdout: bool, workers: int) -> dict:
-    """Run the tuner in this (fresh) process: wall time, evaluations, peak RSS growth."""
+def _tune_once(root: str, runs: list[str], passes: int, holdout: bool, workers: int, memory_gb: float,
+               screen: int) -> dict:
+    """Run the tuner in this (fresh) process: wall time, evaluations, peak RSS growth plus the workers'."""
     reset_peak_rss()
     base = status_kib("VmRSS")
     start = time.perf_counter()
     record = tune(TuneOptions(tuple(map(Path, runs)), out=Path(root) / "ensemble.json", cache_dir=Path(root) / "cache",
-                              holdout_folds=None if holdout else (), passes=passes, workers=workers),
-                  log=lambda line: None)
+                              holdout_folds=None if holdout else (), passes=passes, workers=workers,
+                              memory_gb=memory_gb, screen=screen), log=lambda line: None)
     seconds = time.perf_counter() - start
-    return {"wall_s": seconds, "evaluations": record["search"]["evaluations"],
-            "peak_rss_gb": (status_kib("VmHWM") - base) / 2**20, "score": record["scores"]["tuned_in_sample"]["score"]}
+    search, scores = record["search"], record["scores"]
+    return {"wall_s": seconds, "evaluations": search["evaluations"], "stride": search["proxy"]["stride"],
+            "proxy_gb": search["proxy"]["bytes"] / 2**30,
+            "peak_rss_gb": (status_kib("VmHWM") - base) / 2**20 + search["workers_peak_rss_gb"],
+            "in_sample": scores["tuned_in_sample"]["score"],
+            "held_out": scores.get("tuned_held_out", {}).get("score")}
 
 
 def bench(case_days: int, models: int, shape: tuple[int, int, int], folds: int, passes: int, holdout: bool,
-          workers: int, seed: int, work: Path) -> dict:
+          workers: int, memory_gb: float, screen: int, distinct: int | None, seed: int, work: Path) -> dict:
     root = Path(tempfile.mkdtemp(prefix=f"ens_{case_days}x{models}_", dir=work))
     try:
-        runs = fabricate(root, case_days, models, shape, folds, seed)
-        disk = sum(p.stat().st_size for p in (root / "runs").rglob("*.npy")) / 2**30
+        runs = fabricate(root, case_days, models, shape, folds, seed, distinct)
+        disk = sum(p.stat().st_size for p in (root / "runs").rglob("*.npy")) / 2**30  # hard links counted each
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-            result = pool.submit(_tune_once, str(root), [str(r) for r in runs], passes, holdout, workers).result()
+            result = pool.submit(_tune_once, str(root), [str(r) for r in runs], passes, holdout, workers,
+                                 memory_gb, screen).result()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return {"case_days": case_days, "models": models, "oof_gb": round(disk, 2), "wall_s": round(result["wall_s"], 1),
-            "evaluations": result["evaluations"], "s_per_eval": round(result["wall_s"] / result["evaluations"], 3),
-            "peak_rss_gb": round(result["peak_rss_gb"], 2), "score": round(result["score"], 4)}
+    rounded = {k: (round(v, 6 if k == "proxy_gb" else 4) if isinstance(v, float) else v) for k, v in result.items()}
+    return {"case_days": case_days, "models": models, "oof_gb": round(disk, 1), **rounded,
+            "wall_s": round(result["wall_s"], 1), "s_per_eval": round(result["wall_s"] / result["evaluations"], 3)}
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -117,9 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="2,4", help="comma-separated model counts")
     parser.add_argument("--shape", default="144,266,266", help="Z,H,W of every case-day (the real train set's)")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--passes", type=int, default=1, help="coordinate-descent passes (tune's default is 2)")
-    parser.add_argument("--holdout", action="store_true", help="also the held-out estimate over every fold")
-    parser.add_argument("--workers", type=int, default=2, help="tuner threads")
+    parser.add_argument("--passes", type=int, default=2, help="coordinate-descent passes (tune's default, 2)")
+    parser.add_argument("--no-holdout", action="store_true", help="skip the held-out estimate over every fold")
+    parser.add_argument("--workers", type=int, default=2, help="tuner worker processes")
+    parser.add_argument("--memory-gb", type=float, default=8.0, help="the tuner's memory budget (its default)")
+    parser.add_argument("--screen", type=int, default=16, help="the tuner's screening sample (its default)")
+    parser.add_argument("--distinct", type=int, default=None,
+                        help="distinct case-days fabricated; the others repeat them by hard links (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()), help="scratch folder")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here (CSV)")
@@ -130,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for models in _ints(args.models, "--models"):
         for case_days in _ints(args.case_days, "--case-days"):
-            rows.append(bench(case_days, models, shape, args.folds, args.passes, args.holdout, args.workers,
-                              args.seed, args.work))
+            rows.append(bench(case_days, models, shape, args.folds, args.passes, not args.no_holdout, args.workers,
+                              args.memory_gb, args.screen, args.distinct, args.seed, args.work))
             print(f"  {case_days} case-days x {models} models: {rows[-1]['wall_s']} s, "
                   f"{rows[-1]['peak_rss_gb']} GB", flush=True)
     table = pd.DataFrame(rows)

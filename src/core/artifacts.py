@@ -71,10 +71,13 @@ def save_prediction(folder: str | Path, case_day: str, prediction: Prediction) -
     return path
 
 
-def load_prediction(path: str | Path) -> Prediction:
+def load_prediction(path: str | Path, mmap: bool = False) -> Prediction:
+    """A saved prediction: a box (.json) or an array (.npy, memory-mapped read-only with `mmap`)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text()) if path.suffix == ".json" else np.load(path, allow_pickle=False)
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: unreadable prediction ({type(exc).__name__}: {exc})") from None
 

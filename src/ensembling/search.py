@@ -1,11 +1,17 @@
 """Fast evaluation of ensemble parameters on out-of-fold predictions, and the coordinate-descent search.
 
-Memory and speed: every case-day is cut once to its region of interest, the bounding box of the
-voxels where some model's probability exceeds the lowest threshold any candidate can use (or the
-truth is set). No candidate can mark a voxel outside it (a blend never exceeds its largest input,
-and every post-processing step only removes), so scoring the region pasted back into the full
-volume is exact; the Evaluator never builds the full volume. Blends (float16, as apply_ensemble
-makes them), masks and Dice rows are kept per class, so a candidate re-runs only its class's
+Two kinds of case. An exact case holds a case-day cut once to its region of interest, the bounding box
+of the voxels where some model's probability exceeds the lowest threshold any candidate can use (or
+the truth is set), in float16. No candidate can mark a voxel outside it (a blend never exceeds its
+largest input, and every post-processing step only removes), so scoring the region pasted back into
+the full volume is exact; the Evaluator never builds the full volume. A proxy case (make_case with
+`stride`) is the same region on an in-plane grid of every `stride`-th row and column, with uint8
+probabilities (p x 255, rounded): `stride`^2 times fewer voxels and half the bytes per voxel. On it
+the Evaluator scales what counts pixels (gate pixel counts, component sizes) by 1 / stride^2 and
+places the grid in the full volume for the Hausdorff, so a proxy score estimates the exact one; the
+tuner searches on proxies and rescores its results exactly (src.ensembling.shards).
+
+Blends, masks and Dice rows are kept per class, so a candidate re-runs only its class's
 post-processing, and the Hausdorff only for case-days whose masks changed.
 
 Search: coordinate descent over small candidate grids, in the order post-processing applies them:
@@ -26,9 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+import numba
 import numpy as np
 
-from src.ensembling.params import N_CLASSES, EnsembleParams
+from src.ensembling.params import N_CLASSES, EnsembleParams, effective_weights
 from src.ensembling.postprocess import blend_class, postprocess_class
 from src.metrics.competition import (
     CaseDayScore,
@@ -57,10 +64,23 @@ class OOFCase:
     fold: int
     shape: tuple[int, int, int, int]  # full (Z, 3, H, W)
     roi: tuple[slice, slice, slice]  # z, y, x
-    probs: dict[str, np.ndarray]  # name -> float16 (z, 3, y, x)
+    probs: dict[str, np.ndarray]  # name -> (z, 3, y, x): float16 (exact) or uint8 p x 255 (proxy)
     truth: np.ndarray  # bool (z, 3, y, x)
     gate: np.ndarray | None = None  # (z, 3) presence probabilities
-    box: tuple[int, int, int, int] | None = None  # detector box relative to the region
+    box: tuple[int, int, int, int] | None = None  # detector box in the region's (grid) coordinates
+    stride: int = 0  # 0: exact; s >= 1: proxy on every s-th row and column, uint8
+
+    @property
+    def has_gate(self) -> bool:
+        return self.gate is not None
+
+    @property
+    def has_box(self) -> bool:
+        return self.box is not None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.probs.values()) + self.truth.nbytes
 
 
 def region_of_interest(probs: Iterable[np.ndarray], truth: np.ndarray, threshold: float = ROI_THRESHOLD
@@ -78,17 +98,76 @@ def region_of_interest(probs: Iterable[np.ndarray], truth: np.ndarray, threshold
     return tuple(box)
 
 
+def quantise(probs: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] -> uint8 p x 255, rounded."""
+    return np.rint(np.asarray(probs, dtype=np.float32) * 255).astype(np.uint8)
+
+
 def make_case(case_day: str, fold: int, probs: dict[str, np.ndarray], truth: np.ndarray,
-              gate: np.ndarray | None = None, box=None) -> OOFCase:
-    """Cut full-size arrays of one case-day to its region of interest."""
+              gate: np.ndarray | None = None, box=None, stride: int = 0) -> OOFCase:
+    """Cut full-size arrays of one case-day to its region of interest: exact (stride 0), or a proxy
+    on every stride-th row and column of it with uint8 probabilities."""
     z, y, x = roi = region_of_interest(probs.values(), truth)
-    cut = lambda a: np.ascontiguousarray(a[z, :, y, x])  # noqa: E731
+    step = max(stride, 1)
+    cut = lambda a: np.ascontiguousarray(a[z, :, y.start:y.stop:step, x.start:x.stop:step])  # noqa: E731
     local_box = None
     if box is not None:
         y0, y1, x0, x1 = (int(v) for v in box)
-        local_box = (y0 - (y.start or 0), y1 - (y.start or 0), x0 - (x.start or 0), x1 - (x.start or 0))
-    return OOFCase(case_day, fold, tuple(truth.shape), roi, {k: cut(v).astype(np.float16) for k, v in probs.items()},
-                   cut(truth).astype(bool), None if gate is None else np.asarray(gate)[z], local_box)
+        # grid row j is row y.start + j * step: inside [y0, y1) for j in [ceil((y0 - start) / step), ...)
+        local_box = tuple(-((start - v) // step) for v, start in
+                          ((y0, y.start or 0), (y1, y.start or 0), (x0, x.start or 0), (x1, x.start or 0)))
+    convert = (lambda a: cut(a).astype(np.float16)) if stride == 0 else (lambda a: quantise(cut(a)))  # noqa: E731
+    return OOFCase(case_day, fold, tuple(truth.shape), roi, {k: convert(v) for k, v in probs.items()},
+                   cut(truth).astype(bool), None if gate is None else np.asarray(gate)[z], local_box, stride)
+
+
+@numba.njit(cache=True, nogil=True)
+def _blend_quantised(arrays, weights, c):
+    """uint8 (Z, H, W): the weighted mean of class c of uint8 (Z, 3, H, W) arrays, rounded."""
+    z, _, h, w = arrays[0].shape
+    acc = np.zeros((z, h, w), dtype=np.float32)
+    for m in range(len(arrays)):
+        wm = np.float32(weights[m])
+        if wm == 0:
+            continue
+        a = arrays[m]
+        for i in range(z):
+            for j in range(h):
+                for k in range(w):
+                    acc[i, j, k] += wm * a[i, c, j, k]
+    out = np.empty((z, h, w), dtype=np.uint8)
+    for i in range(z):
+        for j in range(h):
+            for k in range(w):
+                out[i, j, k] = np.uint8(min(acc[i, j, k] + np.float32(0.5), np.float32(255)))
+    return out
+
+
+def blend_proxy(case: OOFCase, params: EnsembleParams, c: int) -> np.ndarray:
+    """Class c of the blend of a proxy case, uint8 like its probabilities."""
+    names = list(params.weights)
+    weights = effective_weights(params, names)[:, c]
+    return _blend_quantised(tuple(case.probs[n] for n in names), weights, c)
+
+
+def grid_params(params: EnsembleParams, stride: int) -> EnsembleParams:
+    """The parameters as they act on a proxy grid: probabilities x 255 (uint8), pixel counts and
+    component sizes / stride^2 (a count of at least one stays on)."""
+    area = stride * stride
+    scale = lambda counts: tuple(max(1, round(n / area)) if n > 0 else 0 for n in counts)  # noqa: E731
+    return dataclasses.replace(params, thresholds=tuple(t * 255 for t in params.thresholds),
+                               gate_prob=tuple(q * 255 for q in params.gate_prob),
+                               gate_pixels=scale(params.gate_pixels), min_size=scale(params.min_size))
+
+
+Params = EnsembleParams | dict[int, EnsembleParams]  # one for every case, or one per fold
+
+
+def check_thresholds(params: EnsembleParams) -> None:
+    """Region scoring is exact only for thresholds at or above ROI_THRESHOLD."""
+    used = list(params.thresholds) + [q for n, q in zip(params.gate_pixels, params.gate_prob) if n > 0]
+    if min(used) < ROI_THRESHOLD:
+        raise ValueError(f"thresholds below {ROI_THRESHOLD} can mark voxels outside the regions of interest")
 
 
 class Evaluator:
@@ -100,8 +179,8 @@ class Evaluator:
     post-processing and Dice for one class only. The 3D Hausdorff (of the class-OR volume) is kept for
     the last MEMO distinct OR-masks (keyed by a hash), so a candidate that leaves a case-day's masks
     unchanged (most gate, size, z and crop candidates for most case-days) costs no Hausdorff.
-    Everything is computed on the regions of interest (exact: see the module doc). Case-days are
-    scored on `workers` threads; each thread only touches its own case-day's caches.
+    Everything is computed on the regions of interest (exact for exact cases: see the module doc).
+    Case-days are scored on `workers` threads; each thread only touches its own case-day's caches.
     """
 
     KEEP = 3
@@ -120,11 +199,12 @@ class Evaluator:
         key = params.blend_key(c)
         cached = self._blends.get((case.case_day, c))
         if cached is None or cached[0] != key:
-            cached = self._blends[(case.case_day, c)] = (key, blend_class(case.probs, params, c))
+            value = blend_class(case.probs, params, c) if case.stride == 0 else blend_proxy(case, params, c)
+            cached = self._blends[(case.case_day, c)] = (key, value)
         return cached[1]
 
     def _class(self, case: OOFCase, params: EnsembleParams, c: int) -> tuple[np.ndarray, np.ndarray]:
-        """Class c's region mask (z, y, x) and its Dice rows (z,) under `params`."""
+        """Class c's region mask (z, y, x) and its Dice rows (z,) under `params` (on the case's grid)."""
         key = params.class_key(c)
         cache = self._classes[(case.case_day, c)]
         if key in cache:
@@ -132,9 +212,6 @@ class Evaluator:
             packed, dice = cache[key]
             shape = case.truth.shape[:1] + case.truth.shape[2:]
             return np.unpackbits(packed, count=math.prod(shape)).reshape(shape).view(bool), dice
-        thresholds = [params.thresholds[c]] + ([params.gate_prob[c]] if params.gate_pixels[c] > 0 else [])
-        if min(thresholds) < ROI_THRESHOLD:
-            raise ValueError(f"thresholds below {ROI_THRESHOLD} can mark voxels outside the regions of interest")
         mask = postprocess_class(self._blended(case, params, c), case.gate, params, c, case.box)
         dice = dice_rows(mask[:, None], case.truth[:, c:c + 1])[:, 0]
         cache[key] = (np.packbits(mask), dice)
@@ -144,7 +221,7 @@ class Evaluator:
 
     def _case_score(self, case: OOFCase, params: EnsembleParams) -> CaseDayScore:
         """The case-day's score from its region: Dice rows outside it are NaN (both empty), the
-        Hausdorff is placed in the full volume by shape and origin."""
+        Hausdorff is placed in the full volume by shape and origin (in grid units for a proxy)."""
         classes = [self._class(case, params, c) for c in range(N_CLASSES)]
         pred_or = np.logical_or.reduce([mask for mask, _ in classes])
         key = hashlib.blake2b(np.packbits(pred_or).tobytes(), digest_size=16).digest()
@@ -152,27 +229,48 @@ class Evaluator:
         if key in memo:
             memo.move_to_end(key)
         else:
+            step = max(case.stride, 1)
             z, _, h, w = case.shape
-            memo[key] = hausdorff_3d(pred_or, self._truth_or[case.case_day], shape=(z, h, w),
-                                    origin=tuple(r.start or 0 for r in case.roi))
+            shape = (z, h, w) if step == 1 else (z, h / step, w / step)
+            origin = tuple((r.start or 0) / (1 if axis == 0 else step) for axis, r in enumerate(case.roi))
+            memo[key] = hausdorff_3d(pred_or, self._truth_or[case.case_day], shape=shape,
+                                     origin=origin if step > 1 else tuple(int(v) for v in origin))
             if len(memo) > self.MEMO:
                 memo.popitem(last=False)
         dice = np.full(case.shape[:2], np.nan)  # (Z, 3), as score_case_day gives
         dice[case.roi[0]] = np.stack([rows for _, rows in classes], axis=1)
         return CaseDayScore(dice, memo[key])
 
-    def score(self, params: EnsembleParams | Callable[[OOFCase], EnsembleParams],
-              cases: list[OOFCase] | None = None) -> MetricResult:
-        """The metric over `cases` (default all); `params` may be a function of the case."""
-        self.evaluations += 1
+    def case_scores(self, params: Params, cases: list[OOFCase] | None = None) -> list[tuple[str, CaseDayScore]]:
+        """(case_day, score) of `cases` (default all; with per-fold params, those of its folds)."""
         chosen = self.cases if cases is None else cases
-        pick = params if callable(params) else (lambda case: params)
+        if isinstance(params, dict):
+            chosen = [c for c in chosen if c.fold in params]
+        pick = params.get if isinstance(params, dict) else (lambda fold: params)
+        for p in {id(pick(c.fold)): pick(c.fold) for c in chosen}.values():
+            check_thresholds(p)
+        on_grid: dict[tuple[int, int], EnsembleParams] = {}
+
+        def run(case: OOFCase) -> CaseDayScore:
+            p = pick(case.fold)
+            if case.stride:
+                key = (id(p), case.stride)
+                if key not in on_grid:
+                    on_grid[key] = grid_params(p, case.stride)
+                p = on_grid[key]
+            return self._case_score(case, p)
+
         if self.workers == 1:
-            scores = [self._case_score(c, pick(c)) for c in chosen]
+            scores = [run(c) for c in chosen]
         else:
             with ThreadPoolExecutor(self.workers) as pool:
-                scores = list(pool.map(lambda c: self._case_score(c, pick(c)), chosen))
-        return aggregate([(c.case_day, s) for c, s in zip(chosen, scores)])
+                scores = list(pool.map(run, chosen))
+        return [(c.case_day, s) for c, s in zip(chosen, scores)]
+
+    def score(self, params: Params, cases: list[OOFCase] | None = None) -> MetricResult:
+        """The metric over `cases` (default all); `params` may be one per fold."""
+        self.evaluations += 1
+        return aggregate(self.case_scores(params, cases))
 
 
 @dataclass(frozen=True)
@@ -189,8 +287,7 @@ class SearchSpace:
     @classmethod
     def for_cases(cls, cases: list[OOFCase], groups: dict[str, str]) -> SearchSpace:
         area = float(np.median([c.shape[2] * c.shape[3] for c in cases]))
-        return cls(dict(groups), area, classifier=all(c.gate is not None for c in cases),
-                   crop=all(c.box is not None for c in cases))
+        return cls(dict(groups), area, classifier=all(c.has_gate for c in cases), crop=all(c.has_box for c in cases))
 
     def _counts(self, fractions) -> tuple[int, ...]:
         return tuple(sorted({max(1, round(f * self.slice_area)) for f in fractions}))
@@ -240,21 +337,40 @@ class SearchResult:
     passes: int
 
 
+def screening_sample(cases: list, size: int) -> list | None:
+    """Every k-th of `cases` (about `size` of them, spread over the folds in the cases' order), or None
+    when there are fewer than 2 x size cases (then every candidate is scored on all of them)."""
+    if size <= 0 or len(cases) < 2 * size:
+        return None
+    step = len(cases) / size
+    return [cases[int(i * step)] for i in range(size)]
+
+
 def coordinate_descent(evaluator: Evaluator, space: SearchSpace, cases: list[OOFCase] | None = None,
                        start: EnsembleParams | None = None, passes: int = 2, min_gain: float = 0.0,
-                       log: Callable[[str], None] | None = None) -> SearchResult:
+                       screen: int = 0, log: Callable[[str], None] | None = None) -> SearchResult:
     """Greedy coordinate descent from `start` (default the plain mean) on `cases` (default all); a
-    change is kept only if it raises the score by more than `min_gain` (a guard against noise)."""
+    change is kept only if it raises the score by more than `min_gain` (a guard against noise).
+
+    With `screen` > 0 and at least 2 x screen cases, a coordinate's candidates are first ranked on a
+    fixed sample of `screen` case-days (screening_sample), and only the best of them is scored on every
+    case and kept if it wins there: the cost of a coordinate falls from k full scorings to one, plus k
+    on the sample."""
+    chosen = evaluator.cases if cases is None else cases
+    sample = screening_sample(chosen, screen)
     best = start or EnsembleParams.plain_mean(space.groups)
-    best_result = evaluator.score(best, cases)
+    best_result = evaluator.score(best, chosen)
     evaluations, done = 1, 0  # this search's own count, for the log
     for done in range(1, passes + 1):
         improved = False
         for _, candidates in space.coordinates():
-            for candidate in candidates(best):
-                if candidate == best:
-                    continue
-                result = evaluator.score(candidate, cases)
+            options = [c for c in candidates(best) if c != best]
+            if sample is not None and len(options) > 1:
+                on_sample = [evaluator.score(c, sample).score for c in options]
+                evaluations += len(options)
+                options = [options[max(range(len(options)), key=on_sample.__getitem__)]]  # the first of ties
+            for candidate in options:
+                result = evaluator.score(candidate, chosen)
                 evaluations += 1
                 if result.score > best_result.score + max(min_gain, 1e-12):
                     best, best_result, improved = candidate, result, True
@@ -275,7 +391,7 @@ class CrossTuning:
 
 
 def cross_tune(evaluator: Evaluator, space: SearchSpace, folds: list[int], passes: int = 2,
-               min_gain: float = 0.0, log: Callable[[str], None] | None = None) -> CrossTuning | None:
+               min_gain: float = 0.0, screen: int = 0, log: Callable[[str], None] | None = None) -> CrossTuning | None:
     """Tune on folds != f, score fold f, for each f in `folds`; None with fewer than two folds."""
     all_folds = sorted({c.fold for c in evaluator.cases})
     folds = [f for f in folds if f in all_folds]
@@ -287,10 +403,10 @@ def cross_tune(evaluator: Evaluator, space: SearchSpace, folds: list[int], passe
             log(f"cross-tuning: held-out fold {f}")
         tune_on = [c for c in evaluator.cases if c.fold != f]
         params_by_fold[f] = coordinate_descent(evaluator, space, tune_on, passes=passes, min_gain=min_gain,
-                                               log=log).params
+                                               screen=screen, log=log).params
         by_fold[f] = evaluator.score(params_by_fold[f], [c for c in evaluator.cases if c.fold == f]).score
     held_out = [c for c in evaluator.cases if c.fold in params_by_fold]
-    pooled = evaluator.score(lambda case: params_by_fold[case.fold], held_out)
+    pooled = evaluator.score(params_by_fold, held_out)
     return CrossTuning(pooled, by_fold, params_by_fold)
 
 

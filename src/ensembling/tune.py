@@ -1,11 +1,13 @@
 """Tuning an ensemble on out-of-fold predictions with the real metric: `tune(TuneOptions(...))`.
 
 Reads each run's OOF probabilities (its complete oof predictions, else the union of its folds'
-training-time OOF) and the truth from the cache, searches blend weights (per model and class), the
+training-time OOF) and the truth from the cache, one case-day at a time, into proxies that fit
+`memory_gb` (src.ensembling.shards), searches blend weights (per model and class), the
 2.5D/3D fusion weight, per-class thresholds, the gate (the classifier's presence threshold with a
 gate run, else the pixel-count rule), minimum 3D component sizes and the z clean-up by coordinate
 descent (src.ensembling.search), and estimates the held-out score by cross-tuning: for each fold f,
-tune on the other folds and score fold f. Writes the ensemble file and prints a table of every
+tune on the other folds and score fold f. Every reported score is the exact metric on the full
+volumes (the proxies only rank candidates). Writes the ensemble file and prints a table of every
 model, the plain mean and the tuned ensemble.
 """
 from __future__ import annotations
@@ -16,29 +18,18 @@ from typing import Callable
 
 import numpy as np
 
-from src.core.artifacts import load_prediction, write_ensemble
+from src.core.artifacts import write_ensemble
 from src.core.atomic import check_writable
 from src.core.errors import DataError
 from src.core.ids import CLASSES
-from src.data.volumes import VolumeCache
 from src.engine.stages import get_stage
+from src.ensembling.oof import case_sources
 from src.ensembling.params import EnsembleParams
-from src.ensembling.search import (
-    Evaluator,
-    OOFCase,
-    SearchSpace,
-    coordinate_descent,
-    cross_tune,
-    make_case,
-    summary,
-)
+from src.ensembling.search import SearchSpace, coordinate_descent, cross_tune, summary
+from src.ensembling.shards import ShardedEvaluator, choose_stride
 from src.inference.predict import resolve_cache_dir
-from src.inference.runs import (
-    case_day_folds,
-    prediction_files,
-    prediction_manifest,
-    run_folds,
-)
+from src.inference.runs import prediction_manifest, run_folds
+from src.metrics.competition import aggregate
 
 
 def describe_run(run_dir: str | Path, allow_incomplete: bool = False) -> dict:
@@ -69,7 +60,10 @@ class TuneOptions:
     cache_dir: Path | None = None  # cache with the truth; default the first run's
     passes: int = 2
     min_gain: float = 0.0
-    workers: int = 1
+    workers: int = 1  # processes, each holding a shard of the case-days
+    memory_gb: float = 8.0  # the proxies' grid is the finest that fits (src.ensembling.shards)
+    stride: int | None = None  # the proxies' grid, instead of the one memory_gb gives
+    screen: int = 16  # rank each coordinate's candidates on this many case-days first (0: off)
     allow_incomplete: bool = False  # tune on folds without their done marker (with a warning)
 
     def __post_init__(self):
@@ -83,55 +77,12 @@ class TuneOptions:
             raise DataError(f"--min-gain {self.min_gain}: must be a number >= 0")
         if self.workers < 1:
             raise DataError(f"--workers {self.workers}: must be at least 1")
-
-
-def _folds(runs: list[dict], allow_incomplete: bool = False) -> dict[str, int]:
-    """case-day -> fold, identical in every run (else the OOF predictions are not out-of-fold together)."""
-    first = case_day_folds(runs[0]["path"], allow_incomplete)
-    for run in runs[1:]:
-        other = case_day_folds(run["path"], allow_incomplete)
-        clash = sorted(cd for cd in set(first) & set(other) if first[cd] != other[cd])
-        if clash:
-            raise DataError(f"{run['path']}: {clash[0]} is in fold {other[clash[0]]} but in fold {first[clash[0]]} "
-                            f"of {runs[0]['path']} (train every run on the same folds file)")
-    return first
-
-
-def _check_probs(array: np.ndarray, shape: tuple, source: Path) -> np.ndarray:
-    if array.shape != shape:
-        hint = " (a classifier? pass it with --gate)" if array.ndim == 2 else ""
-        raise DataError(f"{source}: probabilities of shape {array.shape}, expected {shape}{hint}")
-    if not np.isfinite(array).all():
-        raise DataError(f"{source}: holds NaN or inf probabilities")
-    return array
-
-
-def load_cases(runs: list[dict], cache_dir: Path, gate: str | None = None, crop: str | None = None,
-               log: Callable[[str], None] = print, allow_incomplete: bool = False) -> list[OOFCase]:
-    """Every case-day with an OOF prediction in all runs (and gate/crop), cut to its region."""
-    if len({r["name"] for r in runs}) != len(runs):
-        raise DataError(f"run names must be distinct: {[r['name'] for r in runs]}")
-    files = {r["name"]: prediction_files(r["path"], "oof", allow_incomplete) for r in runs}
-    extra = {k: prediction_files(v, "oof", allow_incomplete) for k, v in (("gate", gate), ("crop", crop)) if v}
-    folds = _folds(runs, allow_incomplete)
-    common = set(folds).intersection(*map(set, files.values()), *map(set, extra.values()))
-    cache = VolumeCache(cache_dir)
-    ordered = [cd for cd in cache.case_days("train") if cd in common]
-    if not ordered:
-        raise DataError(f"no case-day has out-of-fold predictions in every run and in the cache {cache_dir}")
-    skipped = len(set().union(*map(set, files.values()))) - len(ordered)
-    left_out = f" ({skipped} without every prediction left out)" if skipped else ""
-    log(f"ensemble: {len(ordered)} OOF case-days{left_out}")
-    cases = []
-    for cd in ordered:
-        truth = np.asarray(cache.load(cd).mask) > 0
-        probs = {name: _check_probs(load_prediction(f[cd]), truth.shape, f[cd]) for name, f in files.items()}
-        gate_probs = None
-        if gate:
-            gate_probs = _check_probs(load_prediction(extra["gate"][cd]), truth.shape[:2], extra["gate"][cd])
-        box = load_prediction(extra["crop"][cd])["box"] if crop else None
-        cases.append(make_case(cd, folds[cd], probs, truth, gate_probs, box))
-    return cases
+        if not np.isfinite(self.memory_gb) or self.memory_gb <= 0:
+            raise DataError(f"--memory-gb {self.memory_gb}: must be a number > 0")
+        if self.screen < 0:
+            raise DataError(f"--screen {self.screen}: must be >= 0")
+        if self.stride is not None and self.stride < 1:
+            raise DataError(f"--stride {self.stride}: must be at least 1")
 
 
 # ---- tuning ------------------------------------------------------------------------------------
@@ -155,35 +106,54 @@ def _auxiliary(path: str | None, output: str, flag: str, allow_incomplete: bool 
 
 
 def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
-    """Tune the ensemble of the runs on their OOF predictions, write the ensemble file, return its record."""
+    """Tune the ensemble of the runs on their OOF predictions, write the ensemble file, return its record.
+
+    The search runs on proxies (src.ensembling.shards); every score it reports is exact."""
     check_writable(opts.out)  # fail now, not after the search
     members = [describe_run(r, opts.allow_incomplete) for r in opts.runs]
     gate = _auxiliary(opts.gate, "presence", "--gate", opts.allow_incomplete)
     crop = _auxiliary(opts.crop, "box", "--crop", opts.allow_incomplete)
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else resolve_cache_dir(
         next(iter(run_folds(opts.runs[0], opts.allow_incomplete).values())), None, None)
-    cases = load_cases(members, cache_dir, str(opts.gate) if opts.gate else None,
-                       str(opts.crop) if opts.crop else None, log, opts.allow_incomplete)
+    sources = case_sources(members, cache_dir, str(opts.gate) if opts.gate else None,
+                           str(opts.crop) if opts.crop else None, log, opts.allow_incomplete)
     groups = {m["name"]: m["group"] for m in members}
-    evaluator = Evaluator(cases, opts.workers)
-    space = SearchSpace.for_cases(cases, groups)
+    workers = max(1, min(opts.workers, len(sources)))
+    stride = opts.stride or choose_stride([s.shape for s in sources], len(members), opts.memory_gb, workers)
     plain = EnsembleParams.plain_mean(groups)
-    scores = {"models": {n: summary(evaluator.score(single_model(plain, n))) for n in groups},
-              "plain_mean": summary(evaluator.score(plain))}
-    log("search on every OOF case-day:")
-    found = coordinate_descent(evaluator, space, passes=opts.passes, min_gain=opts.min_gain, log=log)
-    scores["tuned_in_sample"] = summary(found.result)
-    folds = sorted({c.fold for c in cases}) if opts.holdout_folds is None else list(opts.holdout_folds)
-    crossed = cross_tune(evaluator, space, folds, passes=opts.passes, min_gain=opts.min_gain, log=log)
-    if crossed is not None:
-        scores["tuned_held_out"] = summary(crossed.result)
-        scores["held_out_by_fold"] = {str(f): round(s, 6) for f, s in crossed.by_fold.items()}
-        scores["gap"] = round(found.result.score - crossed.result.score, 6)
+    baseline = [single_model(plain, n) for n in groups] + [plain]
+    log(f"ensemble: search on proxies of stride {stride}, {workers} worker(s)")
+    with ShardedEvaluator(sources, stride, workers, baseline) as evaluator:
+        *singles, plain_result = evaluator.baseline_results
+        scores = {"models": {n: summary(r) for n, r in zip(groups, singles)}, "plain_mean": summary(plain_result)}
+        space = SearchSpace.for_cases(evaluator.cases, groups)
+        log("search on every OOF case-day:")
+        found = coordinate_descent(evaluator, space, passes=opts.passes, min_gain=opts.min_gain,
+                                   screen=opts.screen, log=log)
+        folds = sorted({c.fold for c in evaluator.cases}) if opts.holdout_folds is None else list(opts.holdout_folds)
+        crossed = cross_tune(evaluator, space, folds, passes=opts.passes, min_gain=opts.min_gain,
+                             screen=opts.screen, log=log)
+        log("ensemble: exact scores on the full volumes")
+        sets = [found.params] + ([crossed.params_by_fold] if crossed else [])
+        in_sample, *held_out = evaluator.exact(sets)
+        proxy_bytes, workers_peak = evaluator.nbytes(), evaluator.workers_peak_rss_gb()
+        evaluations = evaluator.evaluations
+    scores["tuned_in_sample"] = summary(aggregate(in_sample))
+    if held_out:
+        fold_of = {c.case_day: c.fold for c in evaluator.cases}
+        pooled = aggregate(held_out[0])
+        scores["tuned_held_out"] = summary(pooled)
+        scores["held_out_by_fold"] = {str(f): round(aggregate([i for i in held_out[0] if fold_of[i[0]] == f]).score, 6)
+                                      for f in crossed.by_fold}
+        scores["gap"] = round(scores["tuned_in_sample"]["score"] - scores["tuned_held_out"]["score"], 6)
     record = {"runs": members, "gate": gate, "crop": crop,
               "params": found.params.to_dict(), "scores": scores,
-              "oof": {"case_days": len(cases), "folds": sorted({c.fold for c in cases}), "cache_dir": str(cache_dir)},
-              "search": {"passes": found.passes, "min_gain": opts.min_gain, "evaluations": evaluator.evaluations,
-                         "held_out_folds": sorted(crossed.by_fold) if crossed else []}}
+              "oof": {"case_days": len(sources), "folds": sorted({s.fold for s in sources}), "cache_dir": str(cache_dir)},
+              "search": {"passes": found.passes, "min_gain": opts.min_gain, "evaluations": evaluations,
+                         "held_out_folds": sorted(crossed.by_fold) if crossed else [],
+                         "proxy": {"stride": stride, "quantised": "uint8", "bytes": int(proxy_bytes),
+                                   "in_sample_score": round(found.result.score, 6)},
+                         "screen": opts.screen, "workers": workers, "workers_peak_rss_gb": round(workers_peak, 3)}}
     write_ensemble(opts.out, record)
     log(score_table(record))
     log(f"ensemble: wrote {opts.out}")

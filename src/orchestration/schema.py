@@ -16,7 +16,7 @@ SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
     "folds": {"n_folds": (int,), "seed": (int,), "out": (str,), "exclude": (str, list)},
     "ensemble": {"runs": (list,), "gate": (str,), "crop": (str,), "out": (str,), "passes": (int,),
                  "holdout_folds": (str, list), "min_gain": (int, float), "workers": (int,), "cache_dir": (str,),
-                 "allow_incomplete": (bool,)},
+                 "memory_gb": (int, float), "stride": (int,), "screen": (int,), "allow_incomplete": (bool,)},
     "submit": {"out": (str,), "truth": (str,), "device": (str,), "batch_size": (int,),
                "allow_train_fallback": (int,), "runs_root": (str,), "allow_incomplete": (bool,)},
     "report": {"out": (str,), "enabled": (bool,)},

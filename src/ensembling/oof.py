@@ -1,0 +1,93 @@
+"""Where the tuner's out-of-fold case-days live, and how one is read: `case_sources` lists every
+case-day with an OOF prediction in all runs (and the gate and crop runs), `CaseSource.load` reads
+one into an exact or a proxy OOFCase, one case-day at a time (the models' files memory-mapped)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from src.core.artifacts import load_prediction
+from src.core.errors import DataError
+from src.data.volumes import VolumeCache
+from src.ensembling.search import OOFCase, make_case
+from src.inference.runs import case_day_folds, prediction_files
+
+
+@dataclass(frozen=True)
+class CaseSource:
+    """One OOF case-day's files: each model's probabilities, the truth's cache, the gate and the box."""
+
+    case_day: str
+    fold: int
+    files: dict[str, Path]  # model name -> OOF .npy
+    cache_dir: Path
+    gate: Path | None = None  # classifier presence (.npy)
+    box: Path | None = None  # detector box (.json)
+
+    @property
+    def has_gate(self) -> bool:
+        return self.gate is not None
+
+    @property
+    def has_box(self) -> bool:
+        return self.box is not None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(Z, 3, H, W) from the first model's file header, without reading the array."""
+        path = next(iter(self.files.values()))
+        return tuple(load_prediction(path, mmap=True).shape)
+
+    def load(self, stride: int = 0) -> OOFCase:
+        """The case-day cut to its region of interest: exact (stride 0) or a proxy (make_case)."""
+        truth = np.asarray(VolumeCache(self.cache_dir).load(self.case_day).mask) > 0
+        probs = {name: check_probs(load_prediction(path, mmap=True), truth.shape, path)
+                 for name, path in self.files.items()}
+        gate = None if self.gate is None else check_probs(load_prediction(self.gate), truth.shape[:2], self.gate)
+        box = None if self.box is None else load_prediction(self.box)["box"]
+        return make_case(self.case_day, self.fold, probs, truth, gate, box, stride)
+
+
+def check_probs(array: np.ndarray, shape: tuple, source: Path) -> np.ndarray:
+    """`array` if it has `shape` and only finite values, else a DataError naming `source`."""
+    if array.shape != shape:
+        hint = " (a classifier? pass it with --gate)" if array.ndim == 2 else ""
+        raise DataError(f"{source}: probabilities of shape {array.shape}, expected {shape}{hint}")
+    if not np.isfinite(array).all():
+        raise DataError(f"{source}: holds NaN or inf probabilities")
+    return array
+
+
+def _folds(runs: list[dict], allow_incomplete: bool = False) -> dict[str, int]:
+    """case-day -> fold, identical in every run (else the OOF predictions are not out-of-fold together)."""
+    first = case_day_folds(runs[0]["path"], allow_incomplete)
+    for run in runs[1:]:
+        other = case_day_folds(run["path"], allow_incomplete)
+        clash = sorted(cd for cd in set(first) & set(other) if first[cd] != other[cd])
+        if clash:
+            raise DataError(f"{run['path']}: {clash[0]} is in fold {other[clash[0]]} but in fold {first[clash[0]]} "
+                            f"of {runs[0]['path']} (train every run on the same folds file)")
+    return first
+
+
+def case_sources(runs: list[dict], cache_dir: Path, gate: str | None = None, crop: str | None = None,
+                 log: Callable[[str], None] = print, allow_incomplete: bool = False) -> list[CaseSource]:
+    """Every case-day with an OOF prediction in all runs (and gate/crop), in the cache's order."""
+    if len({r["name"] for r in runs}) != len(runs):
+        raise DataError(f"run names must be distinct: {[r['name'] for r in runs]}")
+    files = {r["name"]: prediction_files(r["path"], "oof", allow_incomplete) for r in runs}
+    extra = {k: prediction_files(v, "oof", allow_incomplete) for k, v in (("gate", gate), ("crop", crop)) if v}
+    folds = _folds(runs, allow_incomplete)
+    common = set(folds).intersection(*map(set, files.values()), *map(set, extra.values()))
+    ordered = [cd for cd in VolumeCache(cache_dir).case_days("train") if cd in common]
+    if not ordered:
+        raise DataError(f"no case-day has out-of-fold predictions in every run and in the cache {cache_dir}")
+    skipped = len(set().union(*map(set, files.values()))) - len(ordered)
+    left_out = f" ({skipped} without every prediction left out)" if skipped else ""
+    log(f"ensemble: {len(ordered)} OOF case-days{left_out}")
+    return [CaseSource(cd, folds[cd], {name: Path(f[cd]) for name, f in files.items()}, Path(cache_dir),
+                       Path(extra["gate"][cd]) if gate else None, Path(extra["crop"][cd]) if crop else None)
+            for cd in ordered]

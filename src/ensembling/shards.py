@@ -1,0 +1,240 @@
+"""The tuner's evaluator at competition scale: OOF case-days split into shards, one per worker process.
+
+Each shard reads its case-days one at a time (src.ensembling.oof) and keeps only their proxies
+(make_case with a stride: uint8 on an in-plane grid of the region of interest), so the memory held
+is the proxies' and one case-day's full arrays per worker at a time, never every model's volumes.
+While a case-day's full arrays are read, the shard scores the parameter sets known before the
+search (each model alone, the plain mean) exactly; after the search, `exact` reads every case-day
+once more and scores the found parameters exactly, so every score the tuner reports is the
+competition metric on the full volumes (equal to src.score on the written masks).
+
+`ShardedEvaluator` has the Evaluator's interface (cases, score, evaluations) for the search; with
+one worker the shard lives in this process, with more each lives in a spawned process that
+answers requests over a pipe, and the shards score their case-days in parallel.
+"""
+from __future__ import annotations
+
+import math
+import traceback
+from dataclasses import dataclass
+from multiprocessing import get_context
+
+from src.core.errors import DataError
+from src.core.memory import status_kib
+from src.ensembling.oof import CaseSource
+from src.ensembling.search import Evaluator, Params
+from src.metrics.competition import CaseDayScore, MetricResult, aggregate
+
+CaseScores = list[tuple[str, CaseDayScore]]
+BYTES_PER_PROXY_VOXEL = 2  # the truth (bool) and the cached blend (uint8), besides one byte per model
+FULL_BYTES_PER_VOXEL = 10  # one case-day read in full: truth, float16 blends and masks, beside 2 per model
+BASE_GB = 0.5  # an interpreter with numpy, scipy and the metric
+# The proxies' grid has at most this many rows and columns (unless memory asks for fewer): an
+# evaluation's cost grows with the grid's voxels, and at 96 the organs of a 266 px slice (tens of
+# pixels across) are still several grid cells wide.
+PROXY_SIDE = 96
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    """What the search needs to know of a case-day held by a shard."""
+
+    case_day: str
+    fold: int
+    shape: tuple[int, ...]
+    has_gate: bool
+    has_box: bool
+
+
+def choose_stride(shapes: list[tuple[int, ...]], models: int, memory_gb: float, workers: int,
+                  side: int = PROXY_SIDE) -> int:
+    """The finest proxy grid (stride 1, 2, ...) of at most `side` rows and columns whose proxies fit in
+    `memory_gb` beside the interpreters and one full case-day per worker; counted on the full volumes,
+    an upper bound of the regions."""
+    largest = max(math.prod(s) for s in shapes)
+    finest = max(1, -(-max(max(s[2], s[3]) for s in shapes) // side))
+    reserve = workers * (BASE_GB * 2**30 + largest * (2 * models + FULL_BYTES_PER_VOXEL))
+    budget = memory_gb * 2**30 - reserve
+    per_voxel = models + BYTES_PER_PROXY_VOXEL
+    for stride in range(finest, finest + 16):
+        need = sum(s[0] * s[1] * -(-s[2] // stride) * -(-s[3] // stride) for s in shapes) * per_voxel
+        if need <= budget:
+            return stride
+    raise DataError(f"--memory-gb {memory_gb}: too little for {len(shapes)} case-days x {models} models "
+                    f"with {workers} worker(s) (one full case-day needs {reserve / 2**30:.1f} GB per worker)")
+
+
+class Shard:
+    """Some case-days as proxies, with the exact scores of `baseline` parameter sets made while reading."""
+
+    def __init__(self, sources: list[CaseSource], stride: int, baseline: list[Params]):
+        self.sources = sources
+        cases, self._baseline = [], [[] for _ in baseline]
+        for source in sources:
+            self._exact_into(source, baseline, self._baseline)
+            cases.append(source.load(stride))
+        self.evaluator = Evaluator(cases)
+        self._by_name = {c.case_day: c for c in cases}
+
+    @staticmethod
+    def _exact_into(source: CaseSource, param_sets: list[Params], out: list[CaseScores]) -> None:
+        if param_sets:
+            exact = Evaluator([source.load(0)])
+            for scores, params in zip(out, param_sets):
+                scores += exact.case_scores(params)
+
+    def baseline_scores(self) -> list[CaseScores]:
+        return self._baseline
+
+    def score(self, params: Params, names: list[str] | None) -> CaseScores:
+        cases = None if names is None else [self._by_name[n] for n in names if n in self._by_name]
+        return self.evaluator.case_scores(params, cases)
+
+    def exact(self, param_sets: list[Params]) -> list[CaseScores]:
+        out = [[] for _ in param_sets]
+        for source in self.sources:
+            self._exact_into(source, param_sets, out)
+        return out
+
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.evaluator.cases)
+
+    @staticmethod
+    def peak_rss_kib() -> int:
+        return status_kib("VmHWM")
+
+    def handle(self, request: tuple):
+        kind, *args = request
+        return getattr(self, kind)(*args)
+
+
+def _serve(conn, sources: list[CaseSource], stride: int, baseline: list[Params]) -> None:
+    """A worker process: build the shard, then answer requests until told to stop."""
+    try:
+        shard = Shard(sources, stride, baseline)
+        conn.send(("ok", None))
+        while (request := conn.recv()) is not None:
+            conn.send(("ok", shard.handle(request)))
+    except DataError as exc:
+        conn.send(("data", str(exc)))
+    except Exception:  # noqa: BLE001 - handed to the parent, which raises it
+        conn.send(("crash", traceback.format_exc()))
+
+
+class _Remote:
+    def __init__(self, sources, stride, baseline):
+        self.conn, child = get_context("spawn").Pipe()
+        self.process = get_context("spawn").Process(target=_serve, args=(child, sources, stride, baseline),
+                                                    daemon=True)
+        self.process.start()
+        child.close()
+
+    def send(self, request) -> None:
+        self.conn.send(request)
+
+    def receive(self):
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"an ensemble worker died (exit code {self.process.exitcode})") from None
+        if status == "data":
+            raise DataError(value)
+        if status == "crash":
+            raise RuntimeError(f"an ensemble worker failed:\n{value}")
+        return value
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.terminate()
+
+
+class _Local:
+    def __init__(self, sources, stride, baseline):
+        self.shard, self._reply = Shard(sources, stride, baseline), None
+
+    def send(self, request) -> None:
+        self._reply = self.shard.handle(request)
+
+    def receive(self):
+        return self._reply
+
+    def close(self) -> None:
+        pass
+
+
+class ShardedEvaluator:
+    """Proxy scores for the search, exact scores for the report, over shards of the case-days.
+
+    `baseline` parameter sets are scored exactly while the case-days are read (`baseline_results`).
+    Case-days are dealt to shards largest first, round robin, so that each holds every fold.
+    """
+
+    def __init__(self, sources: list[CaseSource], stride: int, workers: int = 1, baseline: list[Params] = ()):
+        shapes = [s.shape for s in sources]
+        self.cases = [CaseInfo(s.case_day, s.fold, shape, s.has_gate, s.has_box) for s, shape in zip(sources, shapes)]
+        self.evaluations = 0
+        self._order = {s.case_day: i for i, s in enumerate(sources)}
+        order = sorted(range(len(sources)), key=lambda i: -math.prod(shapes[i]))
+        n = max(1, min(workers, len(sources)))
+        parts = [[sources[i] for i in order[k::n]] for k in range(n)]
+        kind = _Local if n == 1 else _Remote
+        self._shards = []
+        try:
+            for part in parts:
+                self._shards.append(kind(part, stride, list(baseline)))
+            if kind is _Remote:
+                for shard in self._shards:
+                    shard.receive()  # built
+            self.baseline_results = [self._aggregate(parts) for parts in zip(*self._ask("baseline_scores"))]
+        except BaseException:
+            self.close()
+            raise
+
+    def _ask(self, *request) -> list:
+        for shard in self._shards:
+            shard.send(request)
+        return [shard.receive() for shard in self._shards]
+
+    def _aggregate(self, parts) -> MetricResult:
+        return aggregate(self.ordered(parts))
+
+    def ordered(self, parts) -> CaseScores:
+        """Case scores of every shard, in the sources' order (so results do not depend on workers)."""
+        return sorted((item for part in parts for item in part), key=lambda item: self._order[item[0]])
+
+    def score(self, params: Params, cases: list[CaseInfo] | None = None) -> MetricResult:
+        """The proxy metric over `cases` (default all); `params` may be one per fold."""
+        self.evaluations += 1
+        names = None if cases is None else [c.case_day for c in cases]
+        return self._aggregate(self._ask("score", params, names))
+
+    def exact(self, param_sets: list[Params]) -> list[CaseScores]:
+        """Exact case scores of each parameter set, every case-day read again in full."""
+        replies = self._ask("exact", list(param_sets))
+        return [self.ordered(parts) for parts in zip(*replies)]
+
+    def nbytes(self) -> int:
+        """Bytes of proxies held by every shard."""
+        return sum(self._ask("nbytes"))
+
+    def workers_peak_rss_gb(self) -> float:
+        """Sum of the worker processes' peak resident memory (0 when the shard lives in this process)."""
+        remote = [s for s in self._shards if isinstance(s, _Remote)]
+        for shard in remote:
+            shard.send(("peak_rss_kib",))
+        return sum(shard.receive() for shard in remote) / 2**20
+
+    def close(self) -> None:
+        for shard in self._shards:
+            shard.close()
+
+    def __enter__(self) -> ShardedEvaluator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
