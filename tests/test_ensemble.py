@@ -141,7 +141,7 @@ def test_region_of_interest_scoring_equals_full_volumes():
         cases.append(make_case(f"case{i}_day0", i % 2, probs, truth, presence, box))
     assert any(c.truth.size < np.prod(SHAPE) for c in cases)  # the regions really cut something ...
     assert all(region_of_interest(p.values(), t, 0.5) != region_of_interest(p.values(), t) for _, p, t, _, _ in full)
-    evaluator = Evaluator(cases, workers=2)  # ... but never what a low threshold marks
+    evaluator = Evaluator(cases)  # ... but never what a low threshold marks
     for params in (EnsembleParams.plain_mean(GROUPS2), dataclasses.replace(EnsembleParams.plain_mean(GROUPS2),
                                                                            thresholds=(0.3, 0.3, 0.3)),
                    EnsembleParams(weights={"a": (1, 0, 2), "b": (1, 1, 0.5)}, groups=GROUPS2,

@@ -1,6 +1,6 @@
 """Where the tuner's out-of-fold case-days live, and how one is read: `case_sources` lists every
 case-day with an OOF prediction in all runs (and the gate and crop runs), `CaseSource.load` reads
-one into an exact or a proxy OOFCase, one case-day at a time (the models' files memory-mapped)."""
+one into an exact or a proxy OOFCase, one case-day at a time (the models' files memory-mapped), as an exact case and a proxy at once."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ class CaseSource:
 
     case_day: str
     fold: int
+    shape: tuple[int, ...]  # (Z, 3, H, W), from the first model's file header
     files: dict[str, Path]  # model name -> OOF .npy
     cache_dir: Path
     gate: Path | None = None  # classifier presence (.npy)
@@ -35,20 +36,15 @@ class CaseSource:
     def has_box(self) -> bool:
         return self.box is not None
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """(Z, 3, H, W) from the first model's file header, without reading the array."""
-        path = next(iter(self.files.values()))
-        return tuple(load_prediction(path, mmap=True).shape)
-
-    def load(self, stride: int = 0) -> OOFCase:
-        """The case-day cut to its region of interest: exact (stride 0) or a proxy (make_case)."""
+    def load(self, *strides: int) -> list[OOFCase]:
+        """The case-day, read once, cut to its region of interest at each of `strides`: exact (0) or
+        a proxy (make_case)."""
         truth = np.asarray(VolumeCache(self.cache_dir).load(self.case_day).mask) > 0
         probs = {name: check_probs(load_prediction(path, mmap=True), truth.shape, path)
                  for name, path in self.files.items()}
         gate = None if self.gate is None else check_probs(load_prediction(self.gate), truth.shape[:2], self.gate)
         box = None if self.box is None else load_prediction(self.box)["box"]
-        return make_case(self.case_day, self.fold, probs, truth, gate, box, stride)
+        return [make_case(self.case_day, self.fold, probs, truth, gate, box, stride) for stride in strides]
 
 
 def check_probs(array: np.ndarray, shape: tuple, source: Path) -> np.ndarray:
@@ -88,6 +84,7 @@ def case_sources(runs: list[dict], cache_dir: Path, gate: str | None = None, cro
     skipped = len(set().union(*map(set, files.values()))) - len(ordered)
     left_out = f" ({skipped} without every prediction left out)" if skipped else ""
     log(f"ensemble: {len(ordered)} OOF case-days{left_out}")
-    return [CaseSource(cd, folds[cd], {name: Path(f[cd]) for name, f in files.items()}, Path(cache_dir),
+    return [CaseSource(cd, folds[cd], tuple(load_prediction(next(iter(files.values()))[cd], mmap=True).shape),
+                       {name: Path(f[cd]) for name, f in files.items()}, Path(cache_dir),
                        Path(extra["gate"][cd]) if gate else None, Path(extra["crop"][cd]) if crop else None)
             for cd in ordered]

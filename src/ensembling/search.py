@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import math
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -180,15 +179,14 @@ class Evaluator:
     the last MEMO distinct OR-masks (keyed by a hash), so a candidate that leaves a case-day's masks
     unchanged (most gate, size, z and crop candidates for most case-days) costs no Hausdorff.
     Everything is computed on the regions of interest (exact for exact cases: see the module doc).
-    Case-days are scored on `workers` threads; each thread only touches its own case-day's caches.
+    Case-days are scored in parallel by shards of them in worker processes (src.ensembling.shards).
     """
 
     KEEP = 3
     MEMO = 32
 
-    def __init__(self, cases: list[OOFCase], workers: int = 1):
+    def __init__(self, cases: list[OOFCase]):
         self.cases = cases
-        self.workers = max(1, workers)
         self.evaluations = 0
         self._truth_or = {c.case_day: c.truth.any(axis=1) for c in cases}
         self._blends: dict[tuple[str, int], tuple[tuple, np.ndarray]] = {}
@@ -229,12 +227,11 @@ class Evaluator:
         if key in memo:
             memo.move_to_end(key)
         else:
-            step = max(case.stride, 1)
             z, _, h, w = case.shape
-            shape = (z, h, w) if step == 1 else (z, h / step, w / step)
-            origin = tuple((r.start or 0) / (1 if axis == 0 else step) for axis, r in enumerate(case.roi))
-            memo[key] = hausdorff_3d(pred_or, self._truth_or[case.case_day], shape=shape,
-                                     origin=origin if step > 1 else tuple(int(v) for v in origin))
+            shape, origin = (z, h, w), tuple(r.start or 0 for r in case.roi)
+            if case.stride > 1:  # grid units: row j of the grid is row origin + j * stride
+                shape, origin = (z, h / case.stride, w / case.stride), (origin[0], *(o / case.stride for o in origin[1:]))
+            memo[key] = hausdorff_3d(pred_or, self._truth_or[case.case_day], shape=shape, origin=origin)
             if len(memo) > self.MEMO:
                 memo.popitem(last=False)
         dice = np.full(case.shape[:2], np.nan)  # (Z, 3), as score_case_day gives
@@ -260,12 +257,7 @@ class Evaluator:
                 p = on_grid[key]
             return self._case_score(case, p)
 
-        if self.workers == 1:
-            scores = [run(c) for c in chosen]
-        else:
-            with ThreadPoolExecutor(self.workers) as pool:
-                scores = list(pool.map(run, chosen))
-        return [(c.case_day, s) for c, s in zip(chosen, scores)]
+        return [(c.case_day, run(c)) for c in chosen]
 
     def score(self, params: Params, cases: list[OOFCase] | None = None) -> MetricResult:
         """The metric over `cases` (default all); `params` may be one per fold."""
@@ -381,33 +373,23 @@ def coordinate_descent(evaluator: Evaluator, space: SearchSpace, cases: list[OOF
     return SearchResult(best, best_result, done)
 
 
-@dataclass(frozen=True)
-class CrossTuning:
-    """Held-out estimate: each fold scored with parameters tuned on the other folds."""
-
-    result: MetricResult  # pooled over every case-day
-    by_fold: dict[int, float]
-    params_by_fold: dict[int, EnsembleParams]
-
-
 def cross_tune(evaluator: Evaluator, space: SearchSpace, folds: list[int], passes: int = 2,
-               min_gain: float = 0.0, screen: int = 0, log: Callable[[str], None] | None = None) -> CrossTuning | None:
-    """Tune on folds != f, score fold f, for each f in `folds`; None with fewer than two folds."""
+               min_gain: float = 0.0, screen: int = 0,
+               log: Callable[[str], None] | None = None) -> dict[int, EnsembleParams] | None:
+    """For each f in `folds`, the parameters tuned on the folds != f (to score fold f with: the held-out
+    estimate); None with fewer than two folds."""
     all_folds = sorted({c.fold for c in evaluator.cases})
     folds = [f for f in folds if f in all_folds]
     if len(all_folds) < 2 or not folds:
         return None
-    params_by_fold, by_fold = {}, {}
+    params_by_fold = {}
     for f in folds:
         if log:
             log(f"cross-tuning: held-out fold {f}")
         tune_on = [c for c in evaluator.cases if c.fold != f]
         params_by_fold[f] = coordinate_descent(evaluator, space, tune_on, passes=passes, min_gain=min_gain,
                                                screen=screen, log=log).params
-        by_fold[f] = evaluator.score(params_by_fold[f], [c for c in evaluator.cases if c.fold == f]).score
-    held_out = [c for c in evaluator.cases if c.fold in params_by_fold]
-    pooled = evaluator.score(params_by_fold, held_out)
-    return CrossTuning(pooled, by_fold, params_by_fold)
+    return params_by_fold
 
 
 def summary(result: MetricResult) -> dict[str, float]:

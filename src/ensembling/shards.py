@@ -22,7 +22,7 @@ from multiprocessing import get_context
 from src.core.errors import DataError
 from src.core.memory import status_kib
 from src.ensembling.oof import CaseSource
-from src.ensembling.search import Evaluator, Params
+from src.ensembling.search import Evaluator, OOFCase, Params
 from src.metrics.competition import CaseDayScore, MetricResult, aggregate
 
 CaseScores = list[tuple[str, CaseDayScore]]
@@ -71,17 +71,17 @@ class Shard:
         self.sources = sources
         cases, self._baseline = [], [[] for _ in baseline]
         for source in sources:
-            self._exact_into(source, baseline, self._baseline)
-            cases.append(source.load(stride))
+            exact, proxy = source.load(0, stride)  # one read for both
+            self._score_exact(exact, baseline, self._baseline)
+            cases.append(proxy)
         self.evaluator = Evaluator(cases)
         self._by_name = {c.case_day: c for c in cases}
 
     @staticmethod
-    def _exact_into(source: CaseSource, param_sets: list[Params], out: list[CaseScores]) -> None:
-        if param_sets:
-            exact = Evaluator([source.load(0)])
-            for scores, params in zip(out, param_sets):
-                scores += exact.case_scores(params)
+    def _score_exact(case: OOFCase, param_sets: list[Params], out: list[CaseScores]) -> None:
+        exact = Evaluator([case])
+        for scores, params in zip(out, param_sets):
+            scores += exact.case_scores(params)
 
     def baseline_scores(self) -> list[CaseScores]:
         return self._baseline
@@ -93,7 +93,7 @@ class Shard:
     def exact(self, param_sets: list[Params]) -> list[CaseScores]:
         out = [[] for _ in param_sets]
         for source in self.sources:
-            self._exact_into(source, param_sets, out)
+            self._score_exact(source.load(0)[0], param_sets, out)
         return out
 
     def nbytes(self) -> int:
@@ -175,11 +175,10 @@ class ShardedEvaluator:
     """
 
     def __init__(self, sources: list[CaseSource], stride: int, workers: int = 1, baseline: list[Params] = ()):
-        shapes = [s.shape for s in sources]
-        self.cases = [CaseInfo(s.case_day, s.fold, shape, s.has_gate, s.has_box) for s, shape in zip(sources, shapes)]
+        self.cases = [CaseInfo(s.case_day, s.fold, s.shape, s.has_gate, s.has_box) for s in sources]
         self.evaluations = 0
         self._order = {s.case_day: i for i, s in enumerate(sources)}
-        order = sorted(range(len(sources)), key=lambda i: -math.prod(shapes[i]))
+        order = sorted(range(len(sources)), key=lambda i: -math.prod(sources[i].shape))
         n = max(1, min(workers, len(sources)))
         parts = [[sources[i] for i in order[k::n]] for k in range(n)]
         kind = _Local if n == 1 else _Remote

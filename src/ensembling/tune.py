@@ -118,7 +118,7 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
     sources = case_sources(members, cache_dir, str(opts.gate) if opts.gate else None,
                            str(opts.crop) if opts.crop else None, log, opts.allow_incomplete)
     groups = {m["name"]: m["group"] for m in members}
-    workers = max(1, min(opts.workers, len(sources)))
+    workers = min(opts.workers, len(sources))
     stride = opts.stride or choose_stride([s.shape for s in sources], len(members), opts.memory_gb, workers)
     plain = EnsembleParams.plain_mean(groups)
     baseline = [single_model(plain, n) for n in groups] + [plain]
@@ -131,10 +131,10 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
         found = coordinate_descent(evaluator, space, passes=opts.passes, min_gain=opts.min_gain,
                                    screen=opts.screen, log=log)
         folds = sorted({c.fold for c in evaluator.cases}) if opts.holdout_folds is None else list(opts.holdout_folds)
-        crossed = cross_tune(evaluator, space, folds, passes=opts.passes, min_gain=opts.min_gain,
+        by_fold = cross_tune(evaluator, space, folds, passes=opts.passes, min_gain=opts.min_gain,
                              screen=opts.screen, log=log)
         log("ensemble: exact scores on the full volumes")
-        sets = [found.params] + ([crossed.params_by_fold] if crossed else [])
+        sets = [found.params] + ([by_fold] if by_fold else [])
         in_sample, *held_out = evaluator.exact(sets)
         proxy_bytes, workers_peak = evaluator.nbytes(), evaluator.workers_peak_rss_gb()
         evaluations = evaluator.evaluations
@@ -144,13 +144,13 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
         pooled = aggregate(held_out[0])
         scores["tuned_held_out"] = summary(pooled)
         scores["held_out_by_fold"] = {str(f): round(aggregate([i for i in held_out[0] if fold_of[i[0]] == f]).score, 6)
-                                      for f in crossed.by_fold}
+                                      for f in by_fold}
         scores["gap"] = round(scores["tuned_in_sample"]["score"] - scores["tuned_held_out"]["score"], 6)
     record = {"runs": members, "gate": gate, "crop": crop,
               "params": found.params.to_dict(), "scores": scores,
               "oof": {"case_days": len(sources), "folds": sorted({s.fold for s in sources}), "cache_dir": str(cache_dir)},
               "search": {"passes": found.passes, "min_gain": opts.min_gain, "evaluations": evaluations,
-                         "held_out_folds": sorted(crossed.by_fold) if crossed else [],
+                         "held_out_folds": sorted(by_fold) if by_fold else [],
                          "proxy": {"stride": stride, "quantised": "uint8", "bytes": int(proxy_bytes),
                                    "in_sample_score": round(found.result.score, 6)},
                          "screen": opts.screen, "workers": workers, "workers_peak_rss_gb": round(workers_peak, 3)}}
