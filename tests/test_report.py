@@ -89,7 +89,9 @@ def work(tmp_path_factory):
         save_npy_atomic(gate / "fold0" / "oof" / f"{cd}.npy", probs.astype(np.float16))
     scores = {"models": {"seg": {"score": 0.81, "dice": 0.7, "hausdorff": 0.12}},
               "plain_mean": {"score": 0.8, "dice": 0.69},  # hausdorff missing on purpose
-              "held_out_by_fold": {"0": 0.79}, "gap": 0.011}
+              "held_out_by_fold": {"0": 0.79}, "gap": 0.011,
+              "contributions": [{"component": "thresholds", "score": 0.7654, "delta": 0.0246, "note": "thresholds 0.5"},
+                                {"component": "crop", "score": None, "delta": None, "note": "not used"}]}
     (root / "ensemble.json").write_text(json.dumps({
         "version": 1, "runs": [{"name": "seg", "path": str(seg), "stage": "seg2d", "group": "2d"}], "scores": scores,
         "params": {"weights": {"seg": [1, 1, 1]}, "groups": {"seg": "2d"}, "thresholds": [0.45] * 3}}))
@@ -144,8 +146,10 @@ def test_summary_classifier_and_ensemble_sections(work):
     ap = report.runs[1].presence.set_index("class")["ap"]
     assert ap["large_bowel"] == pytest.approx(1.0) and ap["stomach"] < 0.9
     assert report.runs[1].segmentation is None and report.runs[0].presence is None
-    for text in ("models / seg", "plain_mean", "held_out_by_fold / 0", "gap", "0.8100", "threshold"):
+    for text in ("models / seg", "plain_mean", "held_out_by_fold / 0", "gap", "0.8100", "threshold",
+                 "Held-out contribution", "<td>thresholds</td>", "0.7654", "0.0246", "<td>not used</td>"):
         assert text in page, text
+    assert "&#x27;component&#x27;" not in page and ">contributions<" not in page  # not walked as scores
 
 
 def test_rebuild_replaces_and_failure_keeps_the_old_report(work, tmp_path):

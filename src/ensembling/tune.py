@@ -6,9 +6,11 @@ training-time OOF) and the truth from the cache, one case-day at a time, into pr
 2.5D/3D fusion weight, per-class thresholds, the gate (the classifier's presence threshold with a
 gate run, else the pixel-count rule), minimum 3D component sizes and the z clean-up by coordinate
 descent (src.ensembling.search), and estimates the held-out score by cross-tuning: for each fold f,
-tune on the other folds and score fold f. Every reported score is the exact metric on the full
-volumes (the proxies only rank candidates). Writes the ensemble file and prints a table of every
-model, the plain mean and the tuned ensemble.
+tune on the other folds and score fold f. With that estimate it also scores each component of the
+ensemble removed in turn from every fold's parameters (src.ensembling.contributions): what the
+component wins held out. Every reported score is the exact metric on the full volumes (the proxies
+only rank candidates). Writes the ensemble file and prints a table of every model, the plain mean
+and the tuned ensemble, and the contribution table.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from src.core.atomic import check_writable
 from src.core.errors import DataError
 from src.core.ids import CLASSES
 from src.engine.stages import get_stage
+from src.ensembling import contributions
 from src.ensembling.oof import case_sources
 from src.ensembling.params import EnsembleParams
 from src.ensembling.search import SearchSpace, coordinate_descent, cross_tune, summary
@@ -108,7 +111,10 @@ def _auxiliary(path: str | None, output: str, flag: str, allow_incomplete: bool 
 def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
     """Tune the ensemble of the runs on their OOF predictions, write the ensemble file, return its record.
 
-    The search runs on proxies (src.ensembling.shards); every score it reports is exact."""
+    The search runs on proxies (src.ensembling.shards); every score it reports is exact. The
+    contribution table (scores["contributions"]) is measured on the held-out estimate only: without
+    one (no held-out folds, or a single fold) there is none, since in-sample a component's gain is
+    partly fitted noise."""
     check_writable(opts.out)  # fail now, not after the search
     members = [describe_run(r, opts.allow_incomplete) for r in opts.runs]
     gate = _auxiliary(opts.gate, "presence", "--gate", opts.allow_incomplete)
@@ -134,18 +140,21 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
         by_fold = cross_tune(evaluator, space, folds, passes=opts.passes, min_gain=opts.min_gain,
                              screen=opts.screen, log=log)
         log("ensemble: exact scores on the full volumes")
-        sets = [found.params] + ([by_fold] if by_fold else [])
-        in_sample, *held_out = evaluator.exact(sets)
+        ablated = contributions.ablations(by_fold, space.crop) if by_fold else []
+        sets = [found.params] + ([by_fold] if by_fold else []) + [a.params for a in ablated if a.params]
+        in_sample, *rest = evaluator.exact(sets)
         proxy_bytes, workers_peak = evaluator.nbytes(), evaluator.workers_peak_rss_gb()
         evaluations = evaluator.evaluations
     scores["tuned_in_sample"] = summary(aggregate(in_sample))
-    if held_out:
+    if rest:
+        held_out, *without = rest
         fold_of = {c.case_day: c.fold for c in evaluator.cases}
-        pooled = aggregate(held_out[0])
-        scores["tuned_held_out"] = summary(pooled)
-        scores["held_out_by_fold"] = {str(f): round(aggregate([i for i in held_out[0] if fold_of[i[0]] == f]).score, 6)
+        scores["tuned_held_out"] = summary(aggregate(held_out))
+        scores["held_out_by_fold"] = {str(f): round(aggregate([i for i in held_out if fold_of[i[0]] == f]).score, 6)
                                       for f in by_fold}
         scores["gap"] = round(scores["tuned_in_sample"]["score"] - scores["tuned_held_out"]["score"], 6)
+        scores[contributions.KEY] = contributions.rows(
+            ablated, scores["tuned_held_out"]["score"], [summary(aggregate(s))["score"] for s in without])
     record = {"runs": members, "gate": gate, "crop": crop,
               "params": found.params.to_dict(), "scores": scores,
               "oof": {"case_days": len(sources), "folds": sorted({s.fold for s in sources}), "cache_dir": str(cache_dir)},
@@ -156,6 +165,8 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
                          "screen": opts.screen, "workers": workers, "workers_peak_rss_gb": round(workers_peak, 3)}}
     write_ensemble(opts.out, record)
     log(score_table(record))
+    if scores.get(contributions.KEY):
+        log("\n" + contributions.table(scores[contributions.KEY]))
     log(f"ensemble: wrote {opts.out}")
     return record
 

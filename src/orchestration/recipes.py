@@ -2,8 +2,8 @@
 
 `load_recipe` reads and validates a recipe (src.orchestration.schema), `plan` turns it into `Step`s
 (a stage module, its arguments, the files it reads and writes), `run_steps` runs the steps that are
-not up to date, by stamp, adding --resume to a started training, and `results` / `comparison_table`
-read the headline numbers back from the artifacts.
+not up to date, by stamp, adding --resume to a started training, and `results`, `contribution_column`
+/ `comparison_table` read the headline numbers and the held-out contributions back from the artifacts.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from src.core.artifacts import fold_dir, read_ensemble
 from src.core.atomic import write_json_atomic, write_text_atomic
 from src.core.errors import DataError
 from src.engine.stages import get_stage
+from src.ensembling import contributions
 from src.orchestration.schema import validate_recipe
 
 
@@ -199,14 +200,27 @@ def results(recipe: Recipe, runs_dir: str = "runs") -> dict:
     return row
 
 
-def comparison_table(rows: list[dict]) -> str:
-    """Recipes side by side: one column per recipe, one line per number."""
+def contribution_column(recipe: Recipe, runs_dir: str = "runs") -> dict:
+    """The recipe's held-out contributions from ensemble.json: component -> its delta (the score lost
+    without it), "not used" or "skipped"; only the recipe's name without a held-out estimate."""
+    out = outputs(recipe, runs_dir)
+    column = {"recipe": recipe.name}
+    if Path(out.ensemble).exists():
+        for row in read_ensemble(out.ensemble).record["scores"].get(contributions.KEY, []):
+            column[row["component"]] = contributions.in_a_word(row)
+    return column
+
+
+def comparison_table(rows: list[dict], title: str = "") -> str:
+    """Recipes side by side: one column per recipe, one line per number (or word); `title` heads the
+    first column."""
     keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "recipe"]
-    width = max(map(len, keys), default=8) + 2
+    width = max((len(k) for k in (title, *keys) if k), default=8) + 2
     cols = [max(len(r["recipe"]), 8) + 2 for r in rows]
-    lines = [" " * width + "".join(f"{r['recipe']:>{w}}" for r, w in zip(rows, cols))]
+    lines = [f"{title:<{width}}" + "".join(f"{r['recipe']:>{w}}" for r, w in zip(rows, cols))]
     for key in keys:
-        cells = [("-" if r.get(key) is None else f"{r[key]:.4f}") for r in rows]
+        cells = [r[key] if isinstance(r.get(key), str) else "-" if r.get(key) is None else f"{r[key]:.4f}"
+                 for r in rows]
         lines.append(f"{key:<{width}}" + "".join(f"{c:>{w}}" for c, w in zip(cells, cols)))
     return "\n".join(lines)
 
@@ -281,5 +295,8 @@ def run_pipeline(opts: PipelineOptions) -> None:
     for r in recipes:
         run_recipe(r, opts.runs_dir)
     table = comparison_table([results(r, opts.runs_dir) for r in recipes])
+    contribution = [contribution_column(r, opts.runs_dir) for r in recipes]
+    if any(len(c) > 1 for c in contribution):
+        table += "\n\n" + comparison_table(contribution, contributions.TITLE)
     write_text_atomic(Path(opts.runs_dir) / f"pipeline_{recipe.name}_results.txt", table + "\n")
     print("\n" + table)

@@ -30,6 +30,7 @@ from src.core.errors import DataError
 from src.core.ids import CLASSES
 from src.data.samples import intensity_window, normalise
 from src.data.volumes import VolumeCache, default_cache_dir
+from src.ensembling import contributions
 from src.ensembling.ensemble_file import load_ensemble
 from src.inference.runs import check_complete
 from src.metrics.competition import (
@@ -254,8 +255,9 @@ def presence_oof(run: Run, cache: VolumeCache) -> tuple[np.ndarray, np.ndarray] 
 
 # ---- ensemble ------------------------------------------------------------------------------------
 def ensemble_tables(record: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """From ensemble.json's "scores", whatever keys it has: (one row per entry holding score/dice/
-    hausdorff, named by its key path), (every other scalar as name, value)."""
+    """From ensemble.json's "scores", whatever keys it has but the contributions (contribution_table):
+    (one row per entry holding score/dice/hausdorff, named by its key path), (every other scalar as
+    name, value)."""
     metric_rows, other_rows = [], []
 
     def walk(name: str, value) -> None:
@@ -267,12 +269,29 @@ def ensemble_tables(record: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
         else:
             other_rows.append({"name": name, "value": value})
 
-    walk("", record.get("scores", {}))
+    scores = record.get("scores", {})
+    walk("", {k: v for k, v in scores.items() if k != contributions.KEY} if isinstance(scores, dict) else scores)
     metrics = pd.DataFrame(metric_rows)
     if not metrics.empty:
         first = ["name"] + [k for k in METRIC_KEYS if k in metrics]
         metrics = metrics[first + [c for c in metrics if c not in first]]
     return metrics, pd.DataFrame(other_rows, columns=["name", "value"])
+
+
+CONTRIBUTION_COLUMNS = {"component": "component", "score": "held-out score without it",
+                        "delta": "delta (what it wins)", "note": "note"}
+
+
+def contribution_table(record: dict) -> pd.DataFrame:
+    """ensemble.json's contribution rows (src.ensembling.contributions), empty when it has none."""
+    scores = record.get("scores")
+    rows = scores.get(contributions.KEY) if isinstance(scores, dict) else None
+    rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    table = pd.DataFrame([[r.get(k) for k in CONTRIBUTION_COLUMNS] for r in rows],
+                         columns=list(CONTRIBUTION_COLUMNS.values()))
+    numbers = [CONTRIBUTION_COLUMNS[k] for k in ("score", "delta")]
+    table[numbers] = table[numbers].apply(pd.to_numeric, errors="coerce").astype(float)  # None: an empty cell
+    return table
 
 
 # ---- the page ------------------------------------------------------------------------------------
@@ -399,6 +418,12 @@ def _ensemble_section(page: Page, path: Path, record: dict) -> None:
         page.table(metrics)
     if not other.empty:
         page.table(other)
+    contribution = contribution_table(record)
+    if not contribution.empty:
+        page.heading("Held-out contribution", 3)
+        page.text("The held-out score with each component removed in turn from every fold's parameters (the "
+                  "exact metric), and the tuned held-out score minus it: what the component wins.")
+        page.table(contribution)
     if isinstance(record.get("params"), dict):
         page.heading("Parameters", 3)
         page.table(pd.DataFrame([(k, json.dumps(v)) for k, v in record["params"].items()], columns=["parameter", "value"]))
