@@ -11,8 +11,9 @@ import numpy as np
 
 from src.core.artifacts import load_prediction
 from src.core.errors import DataError
+from src.data.half import all_finite
 from src.data.volumes import VolumeCache
-from src.ensembling.search import OOFCase, make_case
+from src.ensembling.search import OOFCase, make_case, region_of_interest
 from src.inference.runs import case_day_folds, prediction_files
 
 
@@ -44,7 +45,8 @@ class CaseSource:
                  for name, path in self.files.items()}
         gate = None if self.gate is None else check_probs(load_prediction(self.gate), truth.shape[:2], self.gate)
         box = None if self.box is None else load_prediction(self.box)["box"]
-        return [make_case(self.case_day, self.fold, probs, truth, gate, box, stride) for stride in strides]
+        roi = region_of_interest(probs.values(), truth)
+        return [make_case(self.case_day, self.fold, probs, truth, gate, box, stride, roi) for stride in strides]
 
 
 def check_probs(array: np.ndarray, shape: tuple, source: Path) -> np.ndarray:
@@ -52,7 +54,7 @@ def check_probs(array: np.ndarray, shape: tuple, source: Path) -> np.ndarray:
     if array.shape != shape:
         hint = " (a classifier? pass it with --gate)" if array.ndim == 2 else ""
         raise DataError(f"{source}: probabilities of shape {array.shape}, expected {shape}{hint}")
-    if not np.isfinite(array).all():
+    if not all_finite(array):
         raise DataError(f"{source}: holds NaN or inf probabilities")
     return array
 

@@ -9,12 +9,13 @@ run with the most voxels). Every step only removes voxels, and each is off at it
 """
 from __future__ import annotations
 
-import cc3d
 import numpy as np
 from scipy import ndimage
 
 from src.core.errors import DataError
 from src.data.geometry import Box
+from src.data.half import above, add_scaled, to_half
+from src.ensembling.components import remove_small_components
 from src.ensembling.params import N_CLASSES, EnsembleParams, effective_weights
 from src.inference.gating import classifier_gate, pixel_gate
 
@@ -35,27 +36,20 @@ def _model_names(probs_by_model: dict[str, np.ndarray], params: EnsembleParams) 
 def blend_class(probs_by_model: dict[str, np.ndarray], params: EnsembleParams, c: int) -> np.ndarray:
     """Class c of the blend: the weighted mean of the models' (Z, H, W) probabilities, summed in float32
     and returned as float16 (the precision of saved predictions), so OOF tuning can keep blends in
-    memory and match test time exactly."""
+    memory and match test time exactly. Float16 inputs are read through their bits (src.data.half)."""
     names = _model_names(probs_by_model, params)
     weights = effective_weights(params, names)[:, c]
     first = probs_by_model[names[0]]
     out = np.zeros(first.shape[:1] + first.shape[2:], dtype=np.float32)
     for name, w in zip(names, weights):
         if w:
-            out += np.float32(w) * probs_by_model[name][:, c].astype(np.float32, copy=False)
-    return out.astype(np.float16)
+            add_scaled(out, probs_by_model[name][:, c], w)
+    return to_half(out)
 
 
 def blend(probs_by_model: dict[str, np.ndarray], params: EnsembleParams) -> np.ndarray:
     """Weighted mean of (Z, 3, H, W) probabilities, class by class (blend_class)."""
     return np.stack([blend_class(probs_by_model, params, c) for c in range(N_CLASSES)], axis=1)
-
-
-def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
-    """A 3D bool mask without its 26-connected components smaller than min_size voxels."""
-    if min_size <= 1 or not mask.any():
-        return mask
-    return cc3d.dust(np.ascontiguousarray(mask), threshold=min_size, connectivity=26)
 
 
 def clean_z_runs(mask: np.ndarray, min_run: int = 0, keep_largest: bool = False) -> np.ndarray:
@@ -92,7 +86,7 @@ def postprocess_class(probs: np.ndarray, gate_probs: np.ndarray | None, params: 
                       box: Box | None = None) -> np.ndarray:
     """Class c's blended (Z, H, W) probabilities -> bool mask: threshold, gates, box, components, z-runs.
     `gate_probs` are the classifier's (Z, 3) presence probabilities (or None)."""
-    mask = probs > np.float32(params.thresholds[c])
+    mask = above(probs, params.thresholds[c])
     present = np.ones(mask.shape[0], dtype=bool)
     if params.gate_threshold[c] > 0:
         if gate_probs is None:
@@ -103,7 +97,8 @@ def postprocess_class(probs: np.ndarray, gate_probs: np.ndarray | None, params: 
         present &= classifier_gate(np.asarray(gate_probs)[:, c], params.gate_threshold[c])
     if params.gate_pixels[c] > 0:
         present &= pixel_gate(probs[:, None], [params.gate_pixels[c]], [params.gate_prob[c]])[:, 0]
-    mask &= present[:, None, None]
+    if not present.all():
+        mask[~present] = False
     if params.crop:
         if box is None:
             raise DataError("the ensemble crops to the detector box but no box was given")

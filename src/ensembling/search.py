@@ -8,7 +8,8 @@ the full volume is exact; the Evaluator never builds the full volume. A proxy ca
 `stride`) is the same region on an in-plane grid of every `stride`-th row and column, with uint8
 probabilities (p x 255, rounded): `stride`^2 times fewer voxels and half the bytes per voxel. On it
 the Evaluator scales what counts pixels (gate pixel counts, component sizes) by 1 / stride^2 and
-places the grid in the full volume for the Hausdorff, so a proxy score estimates the exact one; the
+measures the Hausdorff on the grid in the full volume's coordinates against a cached distance
+transform of the truth (src.ensembling.proxy_distance), so a proxy score estimates the exact one; the
 tuner searches on proxies and rescores its results exactly (src.ensembling.shards).
 
 Blends, masks and Dice rows are kept per class, so a candidate re-runs only its class's
@@ -34,8 +35,10 @@ from typing import Callable, Iterable
 import numba
 import numpy as np
 
+from src.data.half import HALF_TO_FLOAT, bits, mark_above
 from src.ensembling.params import N_CLASSES, EnsembleParams, effective_weights
 from src.ensembling.postprocess import blend_class, postprocess_class
+from src.ensembling.proxy_distance import ProxyDistance
 from src.metrics.competition import (
     CaseDayScore,
     MetricResult,
@@ -87,7 +90,10 @@ def region_of_interest(probs: Iterable[np.ndarray], truth: np.ndarray, threshold
     """Bounding box (z, y, x) of the voxels above `threshold` in any of `probs`, or in the truth."""
     active = truth.any(axis=1)
     for p in probs:
-        active |= (p > threshold).any(axis=1)
+        if p.dtype == np.float16:
+            mark_above(p, threshold, active)  # one pass over the bits
+        else:
+            active |= (p > threshold).any(axis=1)
     if not active.any():
         return slice(0, 0), slice(0, 0), slice(0, 0)
     box = []
@@ -98,15 +104,22 @@ def region_of_interest(probs: Iterable[np.ndarray], truth: np.ndarray, threshold
 
 
 def quantise(probs: np.ndarray) -> np.ndarray:
-    """Probabilities in [0, 1] -> uint8 p x 255, rounded."""
-    return np.rint(np.asarray(probs, dtype=np.float32) * 255).astype(np.uint8)
+    """Probabilities in [0, 1] -> uint8 p x 255, rounded (float16 through a table of every value)."""
+    if probs.dtype == np.float16:
+        return _QUANTISED[bits(probs)]
+    return np.clip(np.rint(np.asarray(probs, dtype=np.float32) * 255), 0, 255).astype(np.uint8)
+
+
+with np.errstate(invalid="ignore"):
+    _QUANTISED = quantise(HALF_TO_FLOAT)  # float16 bits -> uint8 (NaN and inf never reach it: checked on load)
 
 
 def make_case(case_day: str, fold: int, probs: dict[str, np.ndarray], truth: np.ndarray,
-              gate: np.ndarray | None = None, box=None, stride: int = 0) -> OOFCase:
-    """Cut full-size arrays of one case-day to its region of interest: exact (stride 0), or a proxy
-    on every stride-th row and column of it with uint8 probabilities."""
-    z, y, x = roi = region_of_interest(probs.values(), truth)
+              gate: np.ndarray | None = None, box=None, stride: int = 0,
+              roi: tuple[slice, slice, slice] | None = None) -> OOFCase:
+    """Cut full-size arrays of one case-day to its region of interest (given, or found here): exact
+    (stride 0), or a proxy on every stride-th row and column of it with uint8 probabilities."""
+    z, y, x = roi = roi or region_of_interest(probs.values(), truth)
     step = max(stride, 1)
     cut = lambda a: np.ascontiguousarray(a[z, :, y.start:y.stop:step, x.start:x.stop:step])  # noqa: E731
     local_box = None
@@ -115,7 +128,7 @@ def make_case(case_day: str, fold: int, probs: dict[str, np.ndarray], truth: np.
         # grid row j is row y.start + j * step: inside [y0, y1) for j in [ceil((y0 - start) / step), ...)
         local_box = tuple(-((start - v) // step) for v, start in
                           ((y0, y.start or 0), (y1, y.start or 0), (x0, x.start or 0), (x1, x.start or 0)))
-    convert = (lambda a: cut(a).astype(np.float16)) if stride == 0 else (lambda a: quantise(cut(a)))  # noqa: E731
+    convert = (lambda a: cut(a).astype(np.float16, copy=False)) if stride == 0 else (lambda a: quantise(cut(a)))  # noqa: E731
     return OOFCase(case_day, fold, tuple(truth.shape), roi, {k: convert(v) for k, v in probs.items()},
                    cut(truth).astype(bool), None if gate is None else np.asarray(gate)[z], local_box, stride)
 
@@ -147,6 +160,14 @@ def blend_proxy(case: OOFCase, params: EnsembleParams, c: int) -> np.ndarray:
     names = list(params.weights)
     weights = effective_weights(params, names)[:, c]
     return _blend_quantised(tuple(case.probs[n] for n in names), weights, c)
+
+
+def proxy_scale(case: OOFCase) -> tuple[float, float, float]:
+    """The full volume's size in steps of the case's grid along (z, y, x): distances on the grid in
+    the metric's normalised coordinates are grid steps / this."""
+    z, _, h, w = case.shape
+    step = max(case.stride, 1)
+    return float(z), h / step, w / step
 
 
 def grid_params(params: EnsembleParams, stride: int) -> EnsembleParams:
@@ -188,7 +209,8 @@ class Evaluator:
     def __init__(self, cases: list[OOFCase]):
         self.cases = cases
         self.evaluations = 0
-        self._truth_or = {c.case_day: c.truth.any(axis=1) for c in cases}
+        self._truth_or = {c.case_day: c.truth.any(axis=1) for c in cases if not c.stride}
+        self._distance = {c.case_day: ProxyDistance(c.truth.any(axis=1), proxy_scale(c)) for c in cases if c.stride}
         self._blends: dict[tuple[str, int], tuple[tuple, np.ndarray]] = {}
         self._classes = {(c.case_day, k): OrderedDict() for c in cases for k in range(N_CLASSES)}
         self._hausdorff = {c.case_day: OrderedDict() for c in cases}
@@ -227,16 +249,21 @@ class Evaluator:
         if key in memo:
             memo.move_to_end(key)
         else:
-            z, _, h, w = case.shape
-            shape, origin = (z, h, w), tuple(r.start or 0 for r in case.roi)
-            if case.stride > 1:  # grid units: row j of the grid is row origin + j * stride
-                shape, origin = (z, h / case.stride, w / case.stride), (origin[0], *(o / case.stride for o in origin[1:]))
-            memo[key] = hausdorff_3d(pred_or, self._truth_or[case.case_day], shape=shape, origin=origin)
+            if case.stride:
+                memo[key] = self._distance[case.case_day].hausdorff(pred_or)
+            else:
+                z, _, h, w = case.shape
+                memo[key] = hausdorff_3d(pred_or, self._truth_or[case.case_day], shape=(z, h, w),
+                                         origin=tuple(r.start or 0 for r in case.roi))
             if len(memo) > self.MEMO:
                 memo.popitem(last=False)
         dice = np.full(case.shape[:2], np.nan)  # (Z, 3), as score_case_day gives
         dice[case.roi[0]] = np.stack([rows for _, rows in classes], axis=1)
         return CaseDayScore(dice, memo[key])
+
+    def nbytes(self) -> int:
+        """Bytes held for the cases: their arrays and the proxies' truth distances."""
+        return sum(c.nbytes for c in self.cases) + sum(d.nbytes for d in self._distance.values())
 
     def case_scores(self, params: Params, cases: list[OOFCase] | None = None) -> list[tuple[str, CaseDayScore]]:
         """(case_day, score) of `cases` (default all; with per-fold params, those of its folds)."""

@@ -26,7 +26,9 @@ from src.ensembling.search import Evaluator, OOFCase, Params
 from src.metrics.competition import CaseDayScore, MetricResult, aggregate
 
 CaseScores = list[tuple[str, CaseDayScore]]
-BYTES_PER_PROXY_VOXEL = 2  # the truth (bool) and the cached blend (uint8), besides one byte per model
+# Per proxy voxel (of Z x 3 x H x W), besides one byte per model: the truth (bool), the cached blend
+# (uint8) and the truth's distance transform (float16 per slice voxel, 2/3 of a byte), rounded up.
+BYTES_PER_PROXY_VOXEL = 3
 FULL_BYTES_PER_VOXEL = 10  # one case-day read in full: truth, float16 blends and masks, beside 2 per model
 BASE_GB = 0.5  # an interpreter with numpy, scipy and the metric
 # The proxies' grid has at most this many rows and columns (unless memory asks for fewer): an
@@ -97,7 +99,7 @@ class Shard:
         return out
 
     def nbytes(self) -> int:
-        return sum(c.nbytes for c in self.evaluator.cases)
+        return self.evaluator.nbytes()
 
     @staticmethod
     def peak_rss_kib() -> int:
