@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from src.data.half import above, add_scaled, all_finite, level_bits, mark_above, to_half
+from src.data.half import above, add_scaled, all_finite, count_above, level_bits, mark_above, to_half
 from src.ensembling.search import quantise
 
 
@@ -92,3 +92,14 @@ def test_quantise_of_float16_uses_the_same_rounding_as_float32():
     values = np.arange(0, 0x3C01, dtype=np.uint16).view(np.float16)  # every float16 in [0, 1]
     assert np.array_equal(quantise(values), np.rint(values.astype(np.float32) * 255).astype(np.uint8))
     assert np.array_equal(quantise(values.astype(np.float32)), quantise(values))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.uint8, np.float32])
+def test_count_above_counts_per_slice_like_numpy(dtype):
+    rng = np.random.default_rng(5)
+    values = rng.random((4, 3, 9, 11))
+    probs = (values * 255).astype(np.uint8) if dtype == np.uint8 else values.astype(dtype)
+    threshold = 127.5 if dtype == np.uint8 else 0.6
+    for c in range(3):  # strided class views, as the gate passes them
+        expected = np.count_nonzero(probs[:, c] > np.float32(threshold), axis=(1, 2))
+        assert np.array_equal(count_above(probs[:, c], threshold), expected)

@@ -65,6 +65,30 @@ def above(probs: np.ndarray, threshold: float) -> np.ndarray:
     return probs > np.float32(threshold)
 
 
+def count_above(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """(Z,) how many values of each (H, W) slice of `probs` exceed `threshold`, compared as `above`."""
+    if probs.dtype == np.float16 and threshold >= 0:
+        return _count_between(bits(probs), level_bits(threshold), SIGN)
+    if probs.dtype == np.uint8 and threshold >= 0:
+        return _count_between(probs, min(math.floor(threshold), 255), 256)
+    return np.count_nonzero(probs > np.float32(threshold), axis=(1, 2))
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_between(values, low, high):
+    """(Z,) per slice of (Z, H, W) integers: how many lie strictly between low and high."""
+    z, h, w = values.shape
+    out = np.zeros(z, dtype=np.int64)
+    for i in range(z):
+        n = 0
+        for j in range(h):
+            for k in range(w):
+                v = np.int64(values[i, j, k])
+                n += (v > low) & (v < high)
+        out[i] = n
+    return out
+
+
 @numba.njit(cache=True, nogil=True)
 def _above_bits(u, level, out):
     for i in range(u.size):

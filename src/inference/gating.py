@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 
 from src.core.errors import DataError
-from src.data.half import above
+from src.data.half import count_above
 
 
 def pixel_gate(probs: np.ndarray, pixels, prob) -> np.ndarray:
     """(Z, C) bool from (Z, C, H, W) probabilities: present when more than pixels[c] exceed prob[c]."""
-    counts = np.stack([np.count_nonzero(above(probs[:, c], prob[c]), axis=(1, 2)) for c in range(probs.shape[1])], axis=1)
+    counts = np.stack([count_above(probs[:, c], prob[c]) for c in range(probs.shape[1])], axis=1)
     return counts > np.asarray(pixels)
 
 
