@@ -11,13 +11,14 @@ size, the peak RSS (the tuner's growth plus its workers' peaks) and the exact sc
 The search is tune's default (two passes, the held-out estimate over every fold; `--passes`,
 `--no-holdout` make it cheaper). The real train set (274 case-days x 10 models, 167 GB of float16
 OOF) does not fit this disk: `--distinct D` fabricates D distinct case-days and gives the others the
-same OOF files by hard links (their truth is written for each), so the tuner's work is the real
+same OOF and truth files by hard links (each with its own cache entry), so the tuner's work is the real
 size's while the files it reads repeat (and may come from the page cache: reading 167 GB from a
 real disk adds its own time, once for the proxies and once for the exact scores).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -30,7 +31,8 @@ import pandas as pd
 from scipy import ndimage
 
 from src.bench.metric import _smooth_noise, organ_masks
-from src.core.artifacts import FoldRecord, fold_dir
+from src.core.artifacts import CaseDayFiles, FoldRecord, fold_dir
+from src.core.atomic import write_json_atomic
 from src.core.errors import DataError, run_cli
 from src.core.memory import reset_peak_rss, status_kib
 from src.data.volumes import write_case_day
@@ -65,9 +67,11 @@ def fabricate(root: Path, case_days: int, models: int, shape: tuple[int, int, in
     for i, cd in enumerate(names):
         if i < distinct:
             truths.append(organ_masks(rng, shape))
-        ids = [f"{cd}_slice_{s:04d}" for s in range(1, z + 1)]
-        write_case_day(root / "cache", "train", cd, np.zeros(shape, np.uint16), truths[i % distinct],
-                       {"case_day": cd, "ids": ids, "height": h, "width": w})
+        meta = {"case_day": cd, "ids": [f"{cd}_slice_{s:04d}" for s in range(1, z + 1)], "height": h, "width": w}
+        if i < distinct:
+            write_case_day(root / "cache", "train", cd, np.zeros(shape, np.uint16), truths[i], meta)
+        else:
+            _link_case_day(root / "cache", names[i % distinct], cd, meta)
         for run in runs:
             fold = fold_dir(run.parent, run.name, fold_of[cd])
             fold.oof_dir.mkdir(parents=True, exist_ok=True)
@@ -86,6 +90,15 @@ def fabricate(root: Path, case_days: int, models: int, shape: tuple[int, int, in
             fold.weights.write_bytes(b"")
             fold.write_done({"best_score": None})
     return runs
+
+
+def _link_case_day(cache: Path, base: str, case_day: str, meta: dict) -> None:
+    """A cache entry for `case_day` whose arrays are hard links to those of `base`."""
+    source, target = CaseDayFiles.of(cache, "train", base), CaseDayFiles.of(cache, "train", case_day)
+    target.folder.mkdir(parents=True, exist_ok=True)
+    for name in ("image", "mask"):
+        getattr(target, name).hardlink_to(getattr(source, name))
+    write_json_atomic(target.meta, {**meta, "arrays": json.loads(source.meta.read_text())["arrays"]})
 
 
 def _tune_once(root: str, runs: list[str], passes: int, holdout: bool, workers: int, memory_gb: float,

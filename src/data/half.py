@@ -3,10 +3,9 @@
 Predictions are saved as float16, and numpy emulates float16 arithmetic in software on most CPUs:
 checking one 144 x 3 x 266 x 266 prediction for NaN, comparing it with a threshold or converting it
 to float32 costs tens of milliseconds each. The same work on the bits is integer work, 10-30x
-faster, and exact: a float16 is finite unless its exponent bits are all set, and for float16 values
->= 0 the order of the bit patterns is the order of the values. `to_half` rounds float32 to float16
-exactly as numpy's astype does (round to nearest, ties to even), so a blend summed in float32 and
-stored as float16 is bit-identical either way.
+faster, and exact: a float16 is finite unless its exponent bits are all set, for float16 values
+>= 0 the order of the bit patterns is the order of the values, and a table of all 65536 patterns
+converts them to float32.
 """
 from __future__ import annotations
 
@@ -93,50 +92,6 @@ def _count_between(values, low, high):
 def _above_bits(u, level, out):
     for i in range(u.size):
         out[i] = (u[i] > level) & (u[i] < SIGN)
-
-
-@numba.njit(cache=True, nogil=True)
-def _round_half(u):
-    """float32 bits -> float16 bits, round to nearest, ties to even (numpy's astype); inf stays inf,
-    NaN becomes a NaN."""
-    sign = np.uint16((u >> 16) & 0x8000)
-    exponent = np.int32((u >> 23) & 0xFF)
-    mantissa = np.uint32(u & 0x7FFFFF)
-    if exponent == 0xFF:  # inf or NaN
-        return sign | np.uint16(0x7C00 | (0x200 if mantissa else 0))
-    e = exponent - 127 + 15
-    if e >= 31:
-        return sign | np.uint16(0x7C00)
-    if e <= 0:  # subnormal float16 (or zero)
-        if e < -10:
-            return sign
-        mantissa |= 0x800000
-        shift = np.uint32(14 - e)
-        half = np.uint32(mantissa >> shift)
-        rest = mantissa & ((np.uint32(1) << shift) - 1)
-        middle = np.uint32(1) << (shift - 1)
-        if rest > middle or (rest == middle and half & 1):
-            half += 1
-        return sign | np.uint16(half)
-    half = np.uint32((e << 10) | (mantissa >> 13))
-    rest = mantissa & 0x1FFF
-    if rest > 0x1000 or (rest == 0x1000 and half & 1):
-        half += 1  # a carry into the exponent is the right result (up to inf)
-    return sign | np.uint16(half)
-
-
-def to_half(array: np.ndarray) -> np.ndarray:
-    """float32 -> float16, bit-identical to `array.astype(np.float16)`."""
-    flat = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
-    out = np.empty(flat.size, dtype=np.uint16)
-    _to_half(flat.view(np.uint32), out)
-    return out.view(np.float16).reshape(np.shape(array))
-
-
-@numba.njit(cache=True, nogil=True)
-def _to_half(x, out):
-    for i in range(x.size):
-        out[i] = _round_half(x[i])
 
 
 def add_scaled(acc: np.ndarray, probs: np.ndarray, weight: float) -> None:

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from src.core.errors import DataError
 from src.data.geometry import Box
-from src.data.half import above, add_scaled, to_half
+from src.data.half import above, add_scaled
 from src.ensembling.components import remove_small_components
 from src.ensembling.params import N_CLASSES, EnsembleParams, effective_weights
 from src.inference.gating import classifier_gate, pixel_gate
@@ -34,9 +34,9 @@ def _model_names(probs_by_model: dict[str, np.ndarray], params: EnsembleParams) 
 
 
 def blend_class(probs_by_model: dict[str, np.ndarray], params: EnsembleParams, c: int) -> np.ndarray:
-    """Class c of the blend: the weighted mean of the models' (Z, H, W) probabilities, summed in float32
-    and returned as float16 (the precision of saved predictions), so OOF tuning can keep blends in
-    memory and match test time exactly. Float16 inputs are read through their bits (src.data.half)."""
+    """Class c of the blend: the weighted mean of the models' (Z, H, W) probabilities, summed in
+    float32 (float16 inputs read through their bits, src.data.half). OOF tuning and the submission
+    threshold the same float32 sums, so their masks agree to the voxel."""
     names = _model_names(probs_by_model, params)
     weights = effective_weights(params, names)[:, c]
     first = probs_by_model[names[0]]
@@ -44,7 +44,7 @@ def blend_class(probs_by_model: dict[str, np.ndarray], params: EnsembleParams, c
     for name, w in zip(names, weights):
         if w:
             add_scaled(out, probs_by_model[name][:, c], w)
-    return to_half(out)
+    return out
 
 
 def blend(probs_by_model: dict[str, np.ndarray], params: EnsembleParams) -> np.ndarray:

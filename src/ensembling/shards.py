@@ -29,7 +29,7 @@ CaseScores = list[tuple[str, CaseDayScore]]
 # Per proxy voxel (of Z x 3 x H x W), besides one byte per model: the truth (bool), the cached blend
 # (uint8) and the truth's distance transform (float16 per slice voxel, 2/3 of a byte), rounded up.
 BYTES_PER_PROXY_VOXEL = 3
-FULL_BYTES_PER_VOXEL = 10  # one case-day read in full: truth, float16 blends and masks, beside 2 per model
+FULL_BYTES_PER_VOXEL = 12  # one case-day read in full: truth, float32 blends and masks, beside 2 per model
 BASE_GB = 0.5  # an interpreter with numpy, scipy and the metric
 # The proxies' grid has at most this many rows and columns (unless memory asks for fewer): an
 # evaluation's cost grows with the grid's voxels, and at 96 the organs of a 266 px slice (tens of
