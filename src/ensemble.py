@@ -5,7 +5,8 @@
 Searches blend weights (per model and class), the 2.5D/3D fusion weight, per-class thresholds, the
 gate, minimum 3D component sizes and the z clean-up by coordinate descent on every OOF case-day, and
 estimates the held-out score by cross-tuning (see src.ensembling.tune). Writes ensemble.json (runs,
-parameters, scores) and prints a table of every model, the plain mean and the tuned ensemble.
+parameters, scores) and prints a table of every model, the plain mean and the tuned ensemble, and
+the contribution table (the held-out score with each component removed in turn).
 src.ensembling.postprocess.apply_ensemble is the one code path that turns probabilities into masks,
 here and in src.submit.
 """

@@ -4,23 +4,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from src.core.errors import DataError, run_cli
-from src.data.synthetic import generate
-
-
-def _sizes(text: str) -> list[tuple[int, int]]:
-    """`96x96,112x96` -> [(96, 96), (112, 96)] (width first)."""
-    try:
-        return [tuple(int(x) for x in item.lower().split("x", 1)) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise DataError(f"--sizes {text!r}: expected WxH pairs like 96x96,112x96") from None
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise DataError(f"--slices {text!r}: expected integers like 144,80") from None
+from src.core.errors import run_cli
+from src.data.synthetic import generate, parse_sizes, parse_slices
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,8 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-cases", type=int, default=0,
                    help="cases in test/: half of them (rounded down) are train cases on a later day, the rest unseen")
     p.add_argument("--truth-out", help="test truth CSV (default: <out>_test_truth.csv beside the folder)")
-    p.add_argument("--sizes", type=_sizes, help="image sizes WxH, comma separated (default: the four real sizes)")
-    p.add_argument("--slices", type=_ints, help="slice counts, the first the majority (default: 144,80)")
+    p.add_argument("--sizes", type=parse_sizes, help="image sizes WxH, comma separated (default: the four real sizes)")
+    p.add_argument("--slices", type=parse_slices, help="slice counts, the first the majority (default: 144,80)")
     p.add_argument("--ambiguous-tail", type=int, default=0,
                    help="train labels of every case-day stop this many slices before the organs end")
     p.add_argument("--bad-case-day", action="append", default=[],

@@ -3,6 +3,7 @@ import numpy as np
 
 from src.bench.ensemble import bench, fabricate, fake_probabilities
 from src.bench.metric import organ_masks
+from src.bench.submit import bench as submit_bench
 from src.data.volumes import VolumeCache
 from src.inference.runs import case_day_folds, prediction_files
 
@@ -42,3 +43,12 @@ def test_bench_reports_time_evaluations_and_memory(tmp_path):
     assert row["wall_s"] > 0 and row["s_per_eval"] > 0 and row["peak_rss_gb"] > 0 and row["proxy_gb"] > 0
     assert 0 < row["held_out"] <= row["in_sample"] + 0.05 and 0 < row["in_sample"] <= 1
     assert not list(tmp_path.iterdir())  # the fabricated runs are removed
+
+
+def test_submit_bench_measures_submit_and_predict_on_a_generated_test_split(tmp_path):
+    row = submit_bench(2, 1, train_cases=1, arch="unet_tiny", img_size=32, seed=0, work=tmp_path,
+                       sizes=[(48, 40)], slices=[8])
+    assert row["test_case_days"] >= 2 and row["test_slices"] == 8 * row["test_case_days"]
+    assert row["submit_wall_s"] > 0 and row["predict_wall_s"] > 0
+    assert 0 < row["submit_peak_rss_gb"] < 4 and 0 < row["predict_peak_rss_gb"] < 4
+    assert not list(tmp_path.iterdir())  # its scratch folder is removed

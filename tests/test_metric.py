@@ -63,6 +63,22 @@ def test_hausdorff_of_a_crop_with_the_whole_shape_equals_the_whole(pair, data):
     assert (math.isnan(whole) and math.isnan(cropped)) or cropped == whole
 
 
+@settings(max_examples=60, deadline=None)
+@given(pair=volume_pairs(), others=st.lists(arrays(np.float64, (6, 12, 12), elements=st.floats(0, 1)), max_size=3),
+       data=st.data())
+def test_hausdorff_to_a_fixed_truth_equals_hausdorff_3d_to_the_bit(pair, others, data):
+    """The tuner's exact pass scores many predictions of one case-day against its truth's cached tree,
+    on a crop of the volume (its region of interest)."""
+    pred, truth = pair
+    pad = [data.draw(st.integers(0, 2)) for _ in range(3)]
+    shape = tuple(n + p for n, p in zip(pred.shape, pad))
+    fixed = metric.HausdorffToTruth(truth, shape=shape, origin=tuple(pad))
+    for p in [pred, truth] + [(o[:pred.shape[0], :pred.shape[1], :pred.shape[2]] < 0.3) for o in others]:
+        expected = metric.hausdorff_3d(p, truth, shape=shape, origin=tuple(pad))
+        got = fixed(p)
+        assert (math.isnan(expected) and math.isnan(got)) or got == expected
+
+
 def test_untrained_prediction_takes_the_transform_and_stays_exact():
     """Half the volume predicted (an untrained model): the KD-tree path would query every voxel."""
     rng = np.random.default_rng(0)

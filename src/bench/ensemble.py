@@ -25,6 +25,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -115,6 +116,7 @@ def _tune_once(root: str, runs: list[str], passes: int, holdout: bool, workers: 
     return {"wall_s": seconds, "evaluations": search["evaluations"], "stride": search["proxy"]["stride"],
             "proxy_gb": search["proxy"]["bytes"] / 2**30,
             "peak_rss_gb": (status_kib("VmHWM") - base) / 2**20 + search["workers_peak_rss_gb"],
+            **{f"{phase}_s": seconds for phase, seconds in search["seconds"].items()},
             "in_sample": scores["tuned_in_sample"]["score"],
             "held_out": scores.get("tuned_held_out", {}).get("score")}
 
@@ -135,7 +137,8 @@ def bench(case_days: int, models: int, shape: tuple[int, int, int], folds: int, 
             "wall_s": round(result["wall_s"], 1), "s_per_eval": round(result["wall_s"] / result["evaluations"], 3)}
 
 
-def _ints(text: str, flag: str) -> list[int]:
+def int_list(text: str, flag: str) -> list[int]:
+    """"1,2,4" -> [1, 2, 4]; a one-line error naming the flag otherwise."""
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
@@ -163,21 +166,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()), help="scratch folder")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here (CSV)")
     args = parser.parse_args(argv)
-    shape = tuple(_ints(args.shape, "--shape"))
+    shape = tuple(int_list(args.shape, "--shape"))
     if len(shape) != 3:
         raise DataError(f"--shape {args.shape!r}: expected Z,H,W")
-    rows = []
-    for models in _ints(args.models, "--models"):
-        for case_days in _ints(args.case_days, "--case-days"):
-            rows.append(bench(case_days, models, shape, args.folds, args.passes, not args.no_holdout, args.workers,
-                              args.memory_gb, args.screen, args.distinct, args.seed, args.work))
-            print(f"  {case_days} case-days x {models} models: {rows[-1]['wall_s']} s, "
-                  f"{rows[-1]['peak_rss_gb']} GB", flush=True)
-    table = pd.DataFrame(rows)
-    if args.out:
-        table.to_csv(args.out, index=False)
-    print(table.to_string(index=False))
+    sizes = [(models, n) for models in int_list(args.models, "--models") for n in int_list(args.case_days, "--case-days")]
+    measure_sizes(sizes, lambda models, n: bench(n, models, shape, args.folds, args.passes, not args.no_holdout,
+                                                 args.workers, args.memory_gb, args.screen, args.distinct, args.seed,
+                                                 args.work), args.out)
     return 0
+
+
+def measure_sizes(sizes: list[tuple[int, int]], measure: Callable[[int, int], dict], out: Path | None) -> pd.DataFrame:
+    """measure(models, n) for each size, a line as each finishes, then the table (also as CSV to `out`)."""
+    rows = []
+    for models, n in sizes:
+        rows.append(measure(models, n))
+        print(f"  {n} x {models} models: " + ", ".join(f"{k} {v}" for k, v in rows[-1].items() if k.endswith("_s")),
+              flush=True)
+    table = pd.DataFrame(rows)
+    if out:
+        table.to_csv(out, index=False)
+    print(table.to_string(index=False))
+    return table
 
 
 if __name__ == "__main__":

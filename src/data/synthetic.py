@@ -565,6 +565,22 @@ def parse_case_day(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """`96x96,112x96` -> [(96, 96), (112, 96)] (width first), as --sizes gives them."""
+    try:
+        return [tuple(int(x) for x in item.lower().split("x", 1)) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise DataError(f"--sizes {text!r}: expected WxH pairs like 96x96,112x96") from None
+
+
+def parse_slices(text: str) -> list[int]:
+    """`144,80` -> [144, 80], as --slices gives them."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DataError(f"--slices {text!r}: expected integers like 144,80") from None
+
+
 def _sizes(sizes) -> list[tuple[int, int, float]]:
     """(W, H) pairs -> (W, H, spacing): the real spacing for a real size, else 1.50 mm; (W, H, spacing) kept."""
     if sizes is None:

@@ -9,15 +9,19 @@ run with the most voxels). Every step only removes voxels, and each is off at it
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy import ndimage
 
 from src.core.errors import DataError
-from src.data.geometry import Box
 from src.data.half import above, add_scaled
 from src.ensembling.components import remove_small_components
 from src.ensembling.params import N_CLASSES, EnsembleParams, effective_weights
 from src.inference.gating import classifier_gate, pixel_gate
+
+if TYPE_CHECKING:  # torch stays out of the tuner's worker processes (src.data.geometry imports it)
+    from src.data.geometry import Box
 
 
 def _model_names(probs_by_model: dict[str, np.ndarray], params: EnsembleParams) -> list[str]:
@@ -35,15 +39,18 @@ def _model_names(probs_by_model: dict[str, np.ndarray], params: EnsembleParams) 
 
 def blend_class(probs_by_model: dict[str, np.ndarray], params: EnsembleParams, c: int) -> np.ndarray:
     """Class c of the blend: the weighted mean of the models' (Z, H, W) probabilities, summed in
-    float32 (float16 inputs read through their bits, src.data.half). OOF tuning and the submission
-    threshold the same float32 sums, so their masks agree to the voxel."""
+    float32 (float16 inputs read through their bits, src.data.half); a model with all the weight is
+    its own probabilities (a view, float16 or float32: thresholds compare them exactly as float32).
+    OOF tuning and the submission threshold the same values, so their masks agree to the voxel."""
     names = _model_names(probs_by_model, params)
     weights = effective_weights(params, names)[:, c]
+    used = [(name, w) for name, w in zip(names, weights) if w]
+    if len(used) == 1 and used[0][1] == 1.0:
+        return probs_by_model[used[0][0]][:, c]  # one model alone: its own values, in their own dtype
     first = probs_by_model[names[0]]
     out = np.zeros(first.shape[:1] + first.shape[2:], dtype=np.float32)
-    for name, w in zip(names, weights):
-        if w:
-            add_scaled(out, probs_by_model[name][:, c], w)
+    for name, w in used:
+        add_scaled(out, probs_by_model[name][:, c], w)
     return out
 
 

@@ -41,10 +41,10 @@ from src.ensembling.postprocess import blend_class, postprocess_class
 from src.ensembling.proxy_distance import ProxyDistance
 from src.metrics.competition import (
     CaseDayScore,
+    HausdorffToTruth,
     MetricResult,
     aggregate,
     dice_rows,
-    hausdorff_3d,
 )
 
 WEIGHTS = (0.0, 0.5, 1.0, 2.0)  # per model and class, relative inside its group
@@ -121,14 +121,18 @@ def make_case(case_day: str, fold: int, probs: dict[str, np.ndarray], truth: np.
     (stride 0), or a proxy on every stride-th row and column of it with uint8 probabilities."""
     z, y, x = roi = roi or region_of_interest(probs.values(), truth)
     step = max(stride, 1)
-    cut = lambda a: np.ascontiguousarray(a[z, :, y.start:y.stop:step, x.start:x.stop:step])  # noqa: E731
+    view = lambda a: a[z, :, y.start:y.stop:step, x.start:x.stop:step]  # noqa: E731
+    cut = lambda a: np.ascontiguousarray(view(a))  # noqa: E731
     local_box = None
     if box is not None:
         y0, y1, x0, x1 = (int(v) for v in box)
         # grid row j is row y.start + j * step: inside [y0, y1) for j in [ceil((y0 - start) / step), ...)
         local_box = tuple(-((start - v) // step) for v, start in
                           ((y0, y.start or 0), (y1, y.start or 0), (x0, x.start or 0), (x1, x.start or 0)))
-    convert = (lambda a: cut(a).astype(np.float16, copy=False)) if stride == 0 else (lambda a: quantise(cut(a)))  # noqa: E731
+    if stride == 0:  # float16 stays a view (of a memory-mapped file: nothing copied for a case read once)
+        convert = lambda a: view(a) if a.dtype == np.float16 else cut(a).astype(np.float16)  # noqa: E731
+    else:
+        convert = lambda a: quantise(view(a))  # noqa: E731
     return OOFCase(case_day, fold, tuple(truth.shape), roi, {k: convert(v) for k, v in probs.items()},
                    cut(truth).astype(bool), None if gate is None else np.asarray(gate)[z], local_box, stride)
 
@@ -209,7 +213,8 @@ class Evaluator:
     def __init__(self, cases: list[OOFCase]):
         self.cases = cases
         self.evaluations = 0
-        self._truth_or = {c.case_day: c.truth.any(axis=1) for c in cases if not c.stride}
+        self._exact = {c.case_day: HausdorffToTruth(c.truth.any(axis=1), (c.shape[0], *c.shape[2:]),
+                                                    tuple(r.start or 0 for r in c.roi)) for c in cases if not c.stride}
         self._distance = {c.case_day: ProxyDistance(c.truth.any(axis=1), proxy_scale(c)) for c in cases if c.stride}
         self._blends: dict[tuple[str, int], tuple[tuple, np.ndarray]] = {}
         self._classes = {(c.case_day, k): OrderedDict() for c in cases for k in range(N_CLASSES)}
@@ -252,9 +257,7 @@ class Evaluator:
             if case.stride:
                 memo[key] = self._distance[case.case_day].hausdorff(pred_or)
             else:
-                z, _, h, w = case.shape
-                memo[key] = hausdorff_3d(pred_or, self._truth_or[case.case_day], shape=(z, h, w),
-                                         origin=tuple(r.start or 0 for r in case.roi))
+                memo[key] = self._exact[case.case_day](pred_or)
             if len(memo) > self.MEMO:
                 memo.popitem(last=False)
         dice = np.full(case.shape[:2], np.nan)  # (Z, 3), as score_case_day gives
@@ -372,27 +375,33 @@ def coordinate_descent(evaluator: Evaluator, space: SearchSpace, cases: list[OOF
     change is kept only if it raises the score by more than `min_gain` (a guard against noise).
 
     With `screen` > 0 and at least 2 x screen cases, a coordinate's candidates are first ranked on a
-    fixed sample of `screen` case-days (screening_sample), and only the best of them is scored on every
-    case and kept if it wins there: the cost of a coordinate falls from k full scorings to one, plus k
-    on the sample."""
+    fixed sample of `screen` case-days (screening_sample); only the best of them, and only if it beats
+    the current parameters on the sample, is scored on every case and kept if it wins there too: the
+    cost of a coordinate falls from k full scorings to at most one, plus k on the sample."""
     chosen = evaluator.cases if cases is None else cases
     sample = screening_sample(chosen, screen)
+    gain = max(min_gain, 1e-12)
     best = start or EnsembleParams.plain_mean(space.groups)
     best_result = evaluator.score(best, chosen)
-    evaluations, done = 1, 0  # this search's own count, for the log
+    best_on_sample = evaluator.score(best, sample).score if sample is not None else None
+    evaluations, done = 1 + (sample is not None), 0  # this search's own count, for the log
     for done in range(1, passes + 1):
         improved = False
         for _, candidates in space.coordinates():
             options = [c for c in candidates(best) if c != best]
-            if sample is not None and len(options) > 1:
+            if sample is not None and options:
                 on_sample = [evaluator.score(c, sample).score for c in options]
                 evaluations += len(options)
-                options = [options[max(range(len(options)), key=on_sample.__getitem__)]]  # the first of ties
+                top = max(range(len(options)), key=on_sample.__getitem__)  # the first of ties
+                # only a candidate that wins on the sample is worth scoring on every case-day
+                options = [options[top]] if on_sample[top] > best_on_sample + gain else []
             for candidate in options:
                 result = evaluator.score(candidate, chosen)
                 evaluations += 1
-                if result.score > best_result.score + max(min_gain, 1e-12):
+                if result.score > best_result.score + gain:
                     best, best_result, improved = candidate, result, True
+                    if sample is not None:
+                        best_on_sample = on_sample[top]
         if log:
             log(f"  pass {done}: score {best_result.score:.4f} after {evaluations} evaluations")
         if not improved:

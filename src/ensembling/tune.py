@@ -14,6 +14,7 @@ and the tuned ensemble, and the contribution table.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,8 +31,7 @@ from src.ensembling.oof import case_sources
 from src.ensembling.params import EnsembleParams
 from src.ensembling.search import SearchSpace, coordinate_descent, cross_tune, summary
 from src.ensembling.shards import ShardedEvaluator, choose_stride
-from src.inference.predict import resolve_cache_dir
-from src.inference.runs import prediction_manifest, run_folds
+from src.inference.runs import prediction_manifest, resolve_cache_dir, run_folds
 from src.metrics.competition import aggregate
 
 
@@ -129,20 +129,25 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
     plain = EnsembleParams.plain_mean(groups)
     baseline = [single_model(plain, n) for n in groups] + [plain]
     log(f"ensemble: search on proxies of stride {stride}, {workers} worker(s)")
+    clock = Clock()
     with ShardedEvaluator(sources, stride, workers, baseline) as evaluator:
+        clock.lap("read")
         *singles, plain_result = evaluator.baseline_results
         scores = {"models": {n: summary(r) for n, r in zip(groups, singles)}, "plain_mean": summary(plain_result)}
         space = SearchSpace.for_cases(evaluator.cases, groups)
         log("search on every OOF case-day:")
         found = coordinate_descent(evaluator, space, passes=opts.passes, min_gain=opts.min_gain,
                                    screen=opts.screen, log=log)
+        clock.lap("search")
         folds = sorted({c.fold for c in evaluator.cases}) if opts.holdout_folds is None else list(opts.holdout_folds)
         by_fold = cross_tune(evaluator, space, folds, passes=opts.passes, min_gain=opts.min_gain,
                              screen=opts.screen, log=log)
+        clock.lap("held_out_search")
         log("ensemble: exact scores on the full volumes")
         ablated = contributions.ablations(by_fold, space.crop) if by_fold else []
         sets = [found.params] + ([by_fold] if by_fold else []) + [a.params for a in ablated if a.params]
         in_sample, *rest = evaluator.exact(sets)
+        clock.lap("exact")
         proxy_bytes, workers_peak = evaluator.nbytes(), evaluator.workers_peak_rss_gb()
         evaluations = evaluator.evaluations
     scores["tuned_in_sample"] = summary(aggregate(in_sample))
@@ -162,13 +167,28 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
                          "held_out_folds": sorted(by_fold) if by_fold else [],
                          "proxy": {"stride": stride, "quantised": "uint8", "bytes": int(proxy_bytes),
                                    "in_sample_score": round(found.result.score, 6)},
-                         "screen": opts.screen, "workers": workers, "workers_peak_rss_gb": round(workers_peak, 3)}}
+                         "screen": opts.screen, "workers": workers, "workers_peak_rss_gb": round(workers_peak, 3),
+                         "seconds": clock.laps}}
     write_ensemble(opts.out, record)
     log(score_table(record))
     if scores.get(contributions.KEY):
         log("\n" + contributions.table(scores[contributions.KEY]))
     log(f"ensemble: wrote {opts.out}")
     return record
+
+
+class Clock:
+    """Wall seconds of the tuner's phases: reading (with the exact scores of each model and the plain
+    mean), the search, the held-out searches, the exact rescoring; recorded in the ensemble file."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 1)
+        self._last = now
 
 
 def score_table(record: dict) -> str:

@@ -15,11 +15,11 @@ from pathlib import Path
 from src.core.artifacts import Prediction, PredictionDir, RunDir
 from src.core.errors import DataError
 from src.data.preparation import prepare
-from src.data.volumes import CaseDay, VolumeCache, default_cache_dir
+from src.data.volumes import CaseDay, VolumeCache
 from src.engine.trainer import select_device
 from src.inference.fold_model import FoldModel
 from src.inference.gating import gated, parse_gate_rule
-from src.inference.runs import TrainedFold, select_folds, split_predictions
+from src.inference.runs import TrainedFold, resolve_cache_dir, select_folds, split_predictions
 from src.inference.tta import merge, parse_tta, predict_tta
 
 SPLITS = ("oof", "test")
@@ -91,16 +91,6 @@ class PredictOptions:
             raise DataError(f"--gate-threshold {self.gate_threshold}: expected a probability in [0, 1)")
         if self.gate_rule:
             parse_gate_rule(self.gate_rule)
-
-
-def resolve_cache_dir(info: TrainedFold, data_dir: str | Path | None, cache_dir: str | Path | None) -> Path:
-    """--cache-dir, else the cache of --data-dir, else the run's own."""
-    if cache_dir:
-        return Path(cache_dir)
-    if data_dir:
-        return default_cache_dir(data_dir)
-    config = info.record.config
-    return Path(config.get("cache_dir") or default_cache_dir(config.get("data_dir", "data")))
 
 
 def split_case_days(split: str, folds: list[TrainedFold], cache: VolumeCache, data_dir: Path) -> list[str]:

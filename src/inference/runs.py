@@ -8,6 +8,7 @@ from pathlib import Path
 
 from src.core.artifacts import FoldDir, FoldRecord, Prediction, RunDir, load_prediction
 from src.core.errors import DataError
+from src.data.volumes import default_cache_dir
 
 
 @dataclass(frozen=True)
@@ -104,3 +105,13 @@ def split_predictions(run_dir: str | Path, split: str, case_days: list[str],
         raise DataError(f"{run_dir}: no {split} prediction for {missing[0]} "
                         f"(run python -m src.predict --run {run_dir} --split {split})")
     return {cd: load_prediction(files[cd]) for cd in case_days}
+
+
+def resolve_cache_dir(info: TrainedFold, data_dir: str | Path | None, cache_dir: str | Path | None) -> Path:
+    """--cache-dir, else the cache of --data-dir, else the run's own."""
+    if cache_dir:
+        return Path(cache_dir)
+    if data_dir:
+        return default_cache_dir(data_dir)
+    config = info.record.config
+    return Path(config.get("cache_dir") or default_cache_dir(config.get("data_dir", "data")))

@@ -23,8 +23,7 @@ from src.core.errors import DataError
 from src.core.ids import CLASSES
 from src.data.volumes import VolumeCache
 from src.engine.cls import presence_table, slice_presence
-from src.inference.predict import resolve_cache_dir
-from src.inference.runs import prediction_files, run_folds
+from src.inference.runs import prediction_files, resolve_cache_dir, run_folds
 
 CSV_NAME, PNG_NAME = "cls_report.csv", "cls_pr_curve.png"
 
