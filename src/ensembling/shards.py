@@ -31,10 +31,6 @@ CaseScores = list[tuple[str, CaseDayScore]]
 BYTES_PER_PROXY_VOXEL = 3
 FULL_BYTES_PER_VOXEL = 12  # one case-day read in full: truth, float32 blends and masks, beside 2 per model
 BASE_GB = 0.5  # an interpreter with numpy, scipy and the metric
-# Workers start from a fork server: a fresh interpreter that, unlike "spawn" under `python -m`, does
-# not import the main module, so a worker holds numpy, scipy, numba and the metric but not torch
-# (about 0.8 GB less resident memory per worker).
-WORKER_START = "spawn"
 # The proxies' grid has at most this many rows and columns (unless memory asks for fewer): an
 # evaluation's cost grows with the grid's voxels, and at 96 the organs of a 266 px slice (tens of
 # pixels across) are still several grid cells wide.
@@ -129,10 +125,10 @@ def _serve(conn, sources: list[CaseSource], stride: int, baseline: list[Params])
 
 class _Remote:
     def __init__(self, sources, stride, baseline):
-        context = get_context(WORKER_START)
+        # spawned workers import the main module, so the tuner's imports leave torch out (0.8 GB each)
+        context = get_context("spawn")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, sources, stride, baseline),
-                                                    daemon=True)
+        self.process = context.Process(target=_serve, args=(child, sources, stride, baseline), daemon=True)
         self.process.start()
         child.close()
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import edt
 import numba
@@ -174,8 +174,10 @@ def _use_transform(n_outside: int, n_edge: int, n_box: int) -> bool:
     return n_outside > n_box // TRANSFORM_SHARE or n_edge > n_box // 4
 
 
-def _directed(a: np.ndarray, b: np.ndarray, offset: np.ndarray, shape: tuple[int, ...]) -> float:
-    """max over voxels of a of the distance to the nearest voxel of b, coordinates divided by shape."""
+def _directed(a: np.ndarray, b: np.ndarray, offset: np.ndarray, shape: tuple[int, ...],
+              b_tree: Callable[[], cKDTree] | None = None) -> float:
+    """max over voxels of a of the distance to the nearest voxel of b, coordinates divided by shape;
+    `b_tree` gives a KD-tree of b's boundary built elsewhere (else it is built here on the crop)."""
     outside = a & ~b
     n_outside = np.count_nonzero(outside)
     if not n_outside:
@@ -183,7 +185,7 @@ def _directed(a: np.ndarray, b: np.ndarray, offset: np.ndarray, shape: tuple[int
     edge = _boundary(b)
     if _use_transform(n_outside, int(np.count_nonzero(edge)), a.size):
         return _farthest_by_transform(outside, b, np.asarray(shape, dtype=np.float64))
-    tree = cKDTree((np.argwhere(edge) + offset) / shape, balanced_tree=False)
+    tree = b_tree() if b_tree else cKDTree((np.argwhere(edge) + offset) / shape, balanced_tree=False)
     return _farthest(tree, (np.argwhere(outside) + offset) / shape)
 
 
@@ -232,19 +234,13 @@ class HausdorffToTruth:
         box = _bbox(pred | truth)
         offset = np.array([s.start for s in box]) + self.origin
         p, t = pred[box], truth[box]
-        return max(self._to_truth(p, t, offset), _directed(t, p, offset, self.shape)) / math.sqrt(3)
+        return max(_directed(p, t, offset, self.shape, self._truth_tree),
+                   _directed(t, p, offset, self.shape)) / math.sqrt(3)
 
-    def _to_truth(self, p: np.ndarray, t: np.ndarray, offset: np.ndarray) -> float:
-        """_directed(p, t, offset, shape), the truth's tree built once."""
-        outside = p & ~t
-        n_outside = np.count_nonzero(outside)
-        if not n_outside:
-            return 0.0
-        if _use_transform(n_outside, int(np.count_nonzero(_boundary(t))), p.size):
-            return _farthest_by_transform(outside, t, np.asarray(self.shape, dtype=np.float64))
+    def _truth_tree(self) -> cKDTree:
         if self._tree is None:
             self._tree = cKDTree((np.argwhere(_boundary(self.truth)) + self.origin) / self.shape, balanced_tree=False)
-        return _farthest(self._tree, (np.argwhere(outside) + offset) / self.shape)
+        return self._tree
 
 
 def check_protocol(protocol: str) -> None:
