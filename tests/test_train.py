@@ -116,6 +116,17 @@ def test_bn_momentum_reaches_every_batchnorm(work):
     assert momenta[0.3] == {0.3} and 0.3 not in momenta[0.0]  # 0 keeps the architecture's own
 
 
+def test_val_every_validates_every_nth_epoch_and_the_last(work):
+    assert main(base_args(work, "sparse", "--fold", "0", "--epochs", "3", "--val-every", "2")) == 0
+    log = pd.read_csv(work / "runs" / "sparse" / "fold0" / "log.csv")
+    assert list(log["epoch"]) == [0, 1, 2]
+    assert log["val_score"].isna().tolist() == [True, False, False]  # epoch 2 (after 2) and the last
+    done = json.loads((work / "runs" / "sparse" / "fold0" / "done.json").read_text())
+    assert done["best_epoch"] in (1, 2) and done["best_score"] == log["val_score"].max()
+    with pytest.raises(DataError, match="--val-every 0"):
+        config(work, "bad", val_every=0)
+
+
 def test_fold_all_fits_everything_without_validation(work):
     assert main(base_args(work, "full", "--fold", "all")) == 0
     run = work / "runs" / "full" / "foldall"

@@ -68,17 +68,25 @@ def _fresh(fn, *args) -> dict:
         return pool.submit(fn, *args).result()
 
 
+def generated_split(root: Path, test_cases: int, models: int, train_cases: int, arch: str, img_size: int, seed: int,
+               sizes: list[tuple[int, int]] | None = None, slices: list[int] | None = None):
+    """A generated dataset under root/data and an ensemble of `models` untrained members:
+    (generate's summary, ensemble.json)."""
+    data = root / "data"
+    summary = generate(data, cases=train_cases, seed=seed, test_cases=test_cases, workers=1,
+                       sizes=sizes, slices=slices)
+    recipe = root / "recipe.toml"
+    recipe.write_text(RECIPE.format(data=data, models="".join(
+        MODEL.format(k=k, arch=arch, img_size=img_size) for k in range(models))))
+    return summary, fabricate(recipe, root, log=lambda line: None)
+
+
 def bench(test_cases: int, models: int, train_cases: int, arch: str, img_size: int, seed: int, work: Path,
           sizes: list[tuple[int, int]] | None = None, slices: list[int] | None = None) -> dict:
     root = Path(tempfile.mkdtemp(prefix=f"submit_{test_cases}x{models}_", dir=work))
     try:
         data = root / "data"
-        summary = generate(data, cases=train_cases, seed=seed, test_cases=test_cases, workers=1,
-                           sizes=sizes, slices=slices)
-        recipe = root / "recipe.toml"
-        recipe.write_text(RECIPE.format(data=data, models="".join(
-            MODEL.format(k=k, arch=arch, img_size=img_size) for k in range(models))))
-        ensemble = fabricate(recipe, root, log=lambda line: None)
+        summary, ensemble = generated_split(root, test_cases, models, train_cases, arch, img_size, seed, sizes, slices)
         sub = _fresh(_submit, str(ensemble), str(data), str(root / "submission.csv"))
         pred = _fresh(_predict, str(root / "runs" / "m0"), str(data), str(root / "pred"))
     finally:

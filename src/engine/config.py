@@ -52,7 +52,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     workers: int = 2
     seed: int = 42
-    patience: int = 0  # early stopping after this many epochs without improvement; 0 disables
+    patience: int = 0  # early stopping after this many validations without improvement; 0 disables
+    # validate every N epochs (and always after the last): validating a fold costs about as much as
+    # an epoch of a CPU demo, and with a decaying learning rate the late epochs are the ones that win
+    val_every: int = 1
     threshold: float = 0.5  # pixel threshold of the validation metric
     encoder_weights: str = ""  # local .safetensors/.pth of the encoder; never downloaded
     # > 0 sets the momentum of every BatchNorm; 0 keeps the architecture's. smp's efficientnet-b* and
@@ -63,7 +66,7 @@ class TrainConfig:
     def __post_init__(self):
         _check_types(self)
         _check(self, str(self.fold) == "all" or str(self.fold).isdigit(), "fold", "expected a fold number or 'all'")
-        for name in ("epochs", "batch_size", "accum_steps"):
+        for name in ("epochs", "batch_size", "accum_steps", "val_every"):
             _check(self, getattr(self, name) >= 1, name, "must be at least 1")
         for name in ("samples_per_epoch", "workers", "patience"):
             _check(self, getattr(self, name) >= 0, name, "must be >= 0")
@@ -156,7 +159,7 @@ class Seg3DConfig(TrainConfig):
 
 # TrainConfig fields the YOLO trainer has no use for: setting one is an error, not silently ignored.
 DET_UNUSED_FIELDS = ("loss", "optimizer", "ema", "accum_steps", "samples_per_epoch", "channels_last", "encoder_weights",
-                     "threshold", "schedule", "amp", "bn_momentum")
+                     "threshold", "schedule", "amp", "bn_momentum", "val_every")
 
 
 @dataclass(frozen=True)

@@ -269,7 +269,7 @@ class Trainer:
             row = {"epoch": epoch, **train_stats, "lr": optimizer.param_groups[0]["lr"]}
             improved = False
             if self.dist.is_main:
-                if self.val_cds:
+                if self.val_cds and self._validates(epoch):
                     evaluation = self._validate(eval_model)
                     row.update(evaluation.metrics)
                     improved = evaluation.score > state["best_score"]
@@ -334,6 +334,10 @@ class Trainer:
             busy += tick - started
         total, count = sum_over_ranks(self.dist, [total, count])
         return {"train_loss": total / max(count, 1), "data_wait_s": wait, "compute_s": busy}
+
+    def _validates(self, epoch: int) -> bool:
+        """--val-every N: validate after every N-th epoch and after the last."""
+        return (epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == self.cfg.epochs
 
     def _sample_weights(self, dataset) -> np.ndarray | None:
         """Class-balanced sampling (--balanced, 2.5D stages): organ-positive and empty slices drawn
