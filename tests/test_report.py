@@ -200,3 +200,25 @@ def test_page_renders_in_headless_chromium(work, tmp_path):
     chromium(f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars", url, tmp_path=tmp_path)
     image = cv2.imread(str(shot))
     assert image is not None and image.std() > 10  # not blank
+
+
+def test_training_curves_join_the_validated_epochs_of_a_sparse_log(tmp_path, monkeypatch):
+    """--val-every leaves val_* empty on the epochs between validations: the curve joins the others."""
+    import matplotlib.axes
+
+    from src.reporting.figures import training_curves
+
+    drawn = {}
+    original = matplotlib.axes.Axes.plot
+
+    def record(ax, x, y, *args, **kwargs):
+        drawn.setdefault(ax.get_title() or len(drawn), []).append((list(x), list(y)))
+        return original(ax, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", record)
+    log = pd.DataFrame({"epoch": [0, 1, 2, 3], "train_loss": [0.9, 0.7, 0.6, 0.5],
+                        "val_score": [np.nan, 0.4, np.nan, 0.6]})
+    training_curves({"0": log}, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    points = [line for lines in drawn.values() for line in lines]
+    assert ([2, 4], [0.4, 0.6]) in points and ([1, 2, 3, 4], [0.9, 0.7, 0.6, 0.5]) in points

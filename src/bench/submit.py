@@ -69,7 +69,7 @@ def _fresh(fn, *args) -> dict:
 
 
 def generated_split(root: Path, test_cases: int, models: int, train_cases: int, arch: str, img_size: int, seed: int,
-               sizes: list[tuple[int, int]] | None = None, slices: list[int] | None = None):
+                    sizes: list[tuple[int, int]] | None = None, slices: list[int] | None = None):
     """A generated dataset under root/data and an ensemble of `models` untrained members:
     (generate's summary, ensemble.json)."""
     data = root / "data"

@@ -34,7 +34,8 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def training_curves(logs: dict[str, pd.DataFrame], path: Path) -> None:
-    """train_loss and every val_* column per epoch, one line per fold."""
+    """train_loss and every val_* column per epoch, one line per fold (through the validated epochs
+    only, with --val-every)."""
     columns = ["train_loss"] + sorted({c for log in logs.values() for c in log.columns if c.startswith("val_")})
     ncols = min(len(columns), 4)
     nrows = math.ceil(len(columns) / ncols)
@@ -45,7 +46,9 @@ def training_curves(logs: dict[str, pd.DataFrame], path: Path) -> None:
     for ax, column in zip(axes, columns):
         for fold, log in logs.items():
             if column in log:
-                ax.plot(epochs[fold], log[column], marker="o", markersize=3, label=f"fold {fold}")
+                known = log[column].notna().to_numpy()
+                ax.plot(np.asarray(epochs[fold])[known], log[column][known], marker="o", markersize=3,
+                        label=f"fold {fold}")
         ax.set(title=column, xlabel="epoch", xlim=(0.5, last + 0.5))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
