@@ -1,14 +1,10 @@
 """The ensemble scale benchmark fabricates OOF runs in the project's formats and measures the tuner."""
-import tracemalloc
-
 import numpy as np
 
 from src.bench.ensemble import bench, fabricate, fake_probabilities
 from src.bench.metric import organ_masks
 from src.bench.submit import bench as submit_bench
-from src.bench.submit import generated_split
 from src.data.volumes import VolumeCache
-from src.ensembling.submission import SubmitOptions, submit
 from src.inference.runs import case_day_folds, prediction_files
 
 
@@ -57,24 +53,3 @@ def test_submit_bench_measures_submit_and_predict_on_a_generated_test_split(tmp_
     assert 0 < row["submit_peak_rss_gb"] < 4 and 0 < row["predict_peak_rss_gb"] < 4
     assert not list(tmp_path.iterdir())  # its scratch folder is removed
 
-
-def _submit_peak_bytes(root, test_cases: int) -> tuple[int, int]:
-    """(test case-days, peak bytes traced during src.submit) on a generated split of 128 x 128 scans."""
-    summary, ensemble = generated_split(root, test_cases, models=2, train_cases=1, arch="unet_tiny", img_size=32,
-                                        seed=0, sizes=[(128, 128)], slices=[24])
-    tracemalloc.start()
-    try:
-        submit(SubmitOptions(ensemble, root / "data", root / "submission.csv", device="cpu"))
-        return summary.test_case_days, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
-def test_submit_memory_does_not_grow_with_the_test_split(tmp_path):
-    """numpy's allocations are traced: the probabilities of every member, TTA and the masks. Streaming
-    one case-day at a time, a split several times larger peaks at about the same bytes."""
-    small_days, small = _submit_peak_bytes(tmp_path / "small", 1)
-    large_days, large = _submit_peak_bytes(tmp_path / "large", 4)
-    one_case_day = 24 * 3 * 128 * 128 * 4  # float32 probabilities of one member
-    assert large_days >= small_days + 4
-    assert large - small < one_case_day, (small, large)

@@ -2,6 +2,7 @@
 synthetic test truth, empty test/ with and without the train fallback."""
 import json
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 from test_predict import build_trained_runs, one_thread  # noqa: F401  (runs built once per session)
 
+from src.bench.submit import generated_split
 from src.core.errors import DataError
 from src.core.ids import CLASSES
 from src.data import rle
@@ -23,6 +25,7 @@ from src.ensembling.submission import (
     validate_submission,
 )
 from src.ensembling.tune import TuneOptions, tune
+from src.inference.predict import PredictOptions, predict_run
 from src.metrics.scoring import score_submission
 from src.submit import main
 
@@ -143,3 +146,37 @@ def test_bad_ensemble_file_is_a_one_line_error(work, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"version": 1, "runs": [], "params": {"weights": {}}}))
     with pytest.raises(DataError, match="bad.json"):
         main(["--ensemble", str(tmp_path / "bad.json"), "--data-dir", str(root / "data")])
+
+
+def _traced_peak(fn) -> int:
+    """Peak bytes of numpy's (traced) allocations while fn runs."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _peaks(root: Path, test_cases: int) -> tuple[int, int, int]:
+    """(test case-days, peak bytes of src.submit, of src.predict --split test) on a generated split
+    of 128 x 128 x 24 scans with two untrained members and hflip TTA."""
+    summary, ensemble = generated_split(root, test_cases, models=2, train_cases=1, arch="unet_tiny", img_size=32,
+                                        seed=0, sizes=[(128, 128)], slices=[24])
+    data = root / "data"
+    submit_peak = _traced_peak(lambda: submit(SubmitOptions(ensemble, data, root / "sub.csv", device="cpu")))
+    predict_peak = _traced_peak(lambda: predict_run(PredictOptions(root / "runs" / "m0", "test", tta=("hflip",),
+                                                                   data_dir=data, out=root / "pred", device="cpu")))
+    return summary.test_case_days, submit_peak, predict_peak
+
+
+def test_submit_and_predict_memory_does_not_grow_with_the_test_split(tmp_path):
+    """Both stream the split one case-day at a time: a split several times larger peaks at about
+    the same traced bytes (every member's probabilities, TTA, masks), within one case-day of one
+    member's float32 probabilities."""
+    small_days, *small = _peaks(tmp_path / "small", 1)
+    large_days, *large = _peaks(tmp_path / "large", 4)
+    one_case_day = 24 * 3 * 128 * 128 * 4
+    assert large_days >= small_days + 4
+    for stage, before, after in zip(("submit", "predict"), small, large):
+        assert after - before < one_case_day, (stage, before, after)
