@@ -5,7 +5,7 @@ from src.bench.ensemble import bench, fabricate, fake_probabilities
 from src.bench.metric import organ_masks
 from src.bench.submit import bench as submit_bench
 from src.data.volumes import VolumeCache
-from src.inference.runs import case_day_folds, prediction_files
+from src.inference.runs import TrainedRun
 
 
 def test_fabricated_runs_are_readable_by_the_tuner_inputs(tmp_path):
@@ -13,8 +13,8 @@ def test_fabricated_runs_are_readable_by_the_tuner_inputs(tmp_path):
     cache = VolumeCache(tmp_path / "cache")
     assert len(cache.case_days()) == 4
     for run in runs:
-        files = prediction_files(run, "oof")
-        assert sorted(files) == cache.case_days() and set(case_day_folds(run).values()) == {0, 1}
+        files = TrainedRun.load(run).prediction_files("oof")
+        assert sorted(files) == cache.case_days() and set(TrainedRun.load(run).case_day_folds().values()) == {0, 1}
         probs = np.load(files[cache.case_days()[0]])
         assert probs.dtype == np.float16 and probs.shape == (12, 3, 24, 20) and 0 <= probs.min() <= probs.max() <= 1
 
@@ -28,7 +28,7 @@ def test_fake_probabilities_follow_the_truth():
 
 def test_repeated_case_days_share_their_oof_files_but_not_their_truth(tmp_path):
     runs = fabricate(tmp_path, case_days=6, models=2, shape=(8, 16, 16), folds=2, seed=0, distinct=2)
-    files = prediction_files(runs[0], "oof")
+    files = TrainedRun.load(runs[0]).prediction_files("oof")
     assert len(files) == 6 and files["case3_day0"].samefile(files["case1_day0"])
     assert not files["case1_day1"].samefile(files["case1_day0"])
     cache = VolumeCache(tmp_path / "cache")

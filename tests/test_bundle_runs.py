@@ -25,12 +25,14 @@ def test_bundle_holds_the_gate_and_crop_runs_that_members_were_predicted_with(tm
     seg = _fake_run(runs, "seg", "seg2d")
     vol = _fake_run(runs, "vol", "seg3d")
     cls, det, cls2 = _fake_run(runs, "cls", "cls"), _fake_run(runs, "det", "det"), _fake_run(runs, "cls2", "cls")
-    record = {"version": 1, "params": {"weights": {"seg": [1, 1, 1], "vol": [1, 1, 1]}, "groups": {"seg": "2d", "vol": "3d"}},
+    record = {"version": 2, "params": {"weights": {"seg": [1, 1, 1], "vol": [1, 1, 1]}, "groups": {"seg": "2d", "vol": "3d"}},
               "runs": [{"name": "seg", "path": str(seg), "stage": "seg2d", "group": "2d", "folds": ["0"],
                         "predict": {"tta": [], "gate": str(cls), "crop": str(det)}},
                        {"name": "vol", "path": str(vol), "stage": "seg3d", "group": "3d", "folds": ["0"],
                         "predict": {"tta": [], "gate": None, "crop": None}}],
-              "gate": {"path": str(cls2), "stage": "cls", "folds": ["0"]}, "crop": None}
+              "auxiliary": [{"path": str(p), "stage": s, "folds": ["0"], "tta": []}
+                            for p, s in ((cls, "cls"), (det, "det"), (cls2, "cls"))],
+              "gate": str(cls2), "crop": None}
     (tmp_path / "ensemble.json").write_text(json.dumps(record))
     assert load_ensemble(tmp_path / "ensemble.json").run_paths() == [str(seg), str(cls), str(det), str(vol), str(cls2)]
     bundle = build(tmp_path / "ensemble.json", tmp_path / "bundle", wheels=())

@@ -38,7 +38,7 @@ from src.engine.det import DetTask, case_day_box, export_dataset
 from src.engine.seg2d import Seg2DTask
 from src.inference.fold_model import FoldModel
 from src.inference.predict import RunPredictor
-from src.inference.runs import run_folds
+from src.inference.runs import TrainedRun
 from src.models.registry import list_archs
 from src.train import main
 
@@ -62,13 +62,13 @@ requests.Session.request = refuse("requests")
 from pathlib import Path
 from src.data.volumes import VolumeCache
 from src.inference.predict import PredictOptions, predict_run
-from src.inference.runs import split_predictions
+from src.inference.runs import TrainedRun
 from src.train import main
 split = sys.argv.index("--")
 code = main(sys.argv[1:split])
 run_dir, cache_dir = sys.argv[split + 1:]
 predict_run(PredictOptions(Path(run_dir), "test", cache_dir=Path(cache_dir), device="cpu"))
-boxes = split_predictions(run_dir, "test", VolumeCache(cache_dir).case_days("test"))
+boxes = TrainedRun.load(run_dir).predictions("test", VolumeCache(cache_dir).case_days("test"))
 print("TEST_BOXES", len(boxes), "NETWORK_TRIED", tried)
 sys.exit(3 if tried else code)
 """
@@ -142,7 +142,7 @@ def test_det_run_writes_every_artifact(work, det_run):
     assert (scores["detected_recall"].fillna(0) <= scores["crop_recall"].fillna(0)).all()
     assert len(pd.read_csv(fold / "log.csv")) == 1
     threads = torch.get_num_threads()
-    predictor = RunPredictor(fold.parent, split="oof", device="cpu", cache_dir=work / "cache")
+    predictor = RunPredictor(TrainedRun.load(fold.parent), split="oof", device="cpu", cache_dir=work / "cache")
     for cd in saved["val_case_days"][:1]:
         crop = predictor.predict_oof(VolumeCache(work / "cache").load(cd))
         assert crop["box"] == json.loads((fold / "oof" / f"{cd}.json").read_text())["box"]
@@ -244,7 +244,7 @@ def test_the_detectors_are_registered_for_list_archs():
 
 def load_fold_model(fold: Path, cache: Path):
     """(task, model) of a trained fold folder, loaded the way prediction loads it."""
-    loaded = FoldModel.load(run_folds(fold.parent)[fold.name.removeprefix("fold")], torch.device("cpu"), cache)
+    loaded = FoldModel.load(TrainedRun.load(fold.parent).folds[fold.name.removeprefix("fold")], torch.device("cpu"), cache)
     return loaded.task, loaded.model
 
 

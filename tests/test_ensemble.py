@@ -12,7 +12,7 @@ from scipy import ndimage
 from src.core.errors import DataError
 from src.data.volumes import write_case_day
 from src.ensemble import main
-from src.ensembling.ensemble_file import load_ensemble
+from src.ensembling.ensemble_file import AuxiliaryRun, load_ensemble
 from src.ensembling.params import EnsembleParams
 from src.ensembling.postprocess import (
     apply_ensemble,
@@ -22,6 +22,7 @@ from src.ensembling.postprocess import (
 )
 from src.ensembling.search import Evaluator, SearchSpace, make_case, region_of_interest
 from src.ensembling.tune import TuneOptions, tune
+from src.inference.settings import PredictSettings
 from src.metrics.competition import score_volumes
 
 SHAPE = (8, 3, 32, 40)  # Z, classes, H, W (W != H)
@@ -241,8 +242,8 @@ def test_tune_beats_the_plain_mean_and_reports_held_out(fake, capsys):
     for label in ("sharp (seg2d) @0.5", "vol (seg3d) @0.5", "plain mean @0.5", "in-sample", "held-out (3 folds)"):
         assert label in table
     ensemble = load_ensemble(out)
-    assert [r["name"] for r in ensemble.runs] == ["sharp", "soft", "vol"] and ensemble.runs[2]["group"] == "3d"
-    assert ensemble.runs[0]["folds"] == ["0", "1", "2"]
+    assert [m.name for m in ensemble.members] == ["sharp", "soft", "vol"] and ensemble.members[2].group == "3d"
+    assert ensemble.members[0].folds == ("0", "1", "2") and ensemble.members[0].predict == PredictSettings()
     # the saved parameters, applied by apply_ensemble on full volumes, give the reported score
     pairs = []
     for cd in sorted({p.stem for p in runs["sharp"].glob("fold*/oof/*.npy")}):
@@ -256,7 +257,8 @@ def test_classifier_gate_is_tuned_when_given(fake, tmp_path):
     root, runs, _ = fake
     record = tune(TuneOptions([runs["sharp"]], gate=runs["cls"], out=tmp_path / "e.json", cache_dir=root / "cache",
                   holdout_folds=[], passes=1), log=lambda line: None)
-    assert record["gate"]["path"] == str(runs["cls"]) and "tuned_held_out" not in record["scores"]
+    assert record["gate"] == str(runs["cls"]) and "tuned_held_out" not in record["scores"]
+    assert load_ensemble(tmp_path / "e.json").gate == AuxiliaryRun(str(runs["cls"]), "cls", ("0", "1", "2"), ())
     assert any(t > 0 for t in record["params"]["gate_threshold"])  # a perfect classifier removes spurious blobs
     assert record["scores"]["tuned_in_sample"]["score"] > record["scores"]["plain_mean"]["score"]
 
@@ -265,8 +267,8 @@ def test_detector_crop_is_tried(fake, tmp_path):
     root, runs, _ = fake
     record = tune(TuneOptions([runs["vol"]], crop=runs["det"], out=tmp_path / "e.json", cache_dir=root / "cache",
                   holdout_folds=[], passes=1), log=lambda line: None)
-    assert record["crop"]["path"] == str(runs["det"]) and record["params"]["crop"] is True  # boxes drop spurious blobs
-    assert load_ensemble(tmp_path / "e.json").crop["stage"] == "det"
+    assert record["crop"] == str(runs["det"]) and record["params"]["crop"] is True  # boxes drop spurious blobs
+    assert load_ensemble(tmp_path / "e.json").crop.stage == "det"
 
 
 def test_cli_and_bad_runs(fake, tmp_path, capsys):

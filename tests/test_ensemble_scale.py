@@ -20,7 +20,7 @@ from src.ensembling.search import (
     screening_sample,
 )
 from src.ensembling.shards import ShardedEvaluator, choose_stride
-from src.ensembling.tune import describe_run
+from src.inference.runs import TrainedRun
 from src.metrics.competition import aggregate, score_volumes
 
 
@@ -97,7 +97,7 @@ def test_screening_sample_and_screened_search():
 
 def _sources(fake, names=("sharp", "vol")):
     root, runs, _ = fake
-    return case_sources([describe_run(runs[n]) for n in names], root / "cache", log=lambda line: None)
+    return case_sources([TrainedRun.load(runs[n]) for n in names], root / "cache", log=lambda line: None)
 
 
 def test_shards_in_processes_score_like_one_shard_and_rescore_exactly(fake):

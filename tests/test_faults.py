@@ -34,7 +34,7 @@ from src import (
 from src.core.artifacts import fold_dir
 from src.core.errors import run_cli
 from src.ensembling.tune import TuneOptions, tune
-from src.inference.runs import prediction_files
+from src.inference.runs import TrainedRun
 
 PREVIOUS = "previous artifact\n"
 
@@ -207,7 +207,7 @@ def _set_config_field(w: World, key: str, value) -> None:
 
 
 def _nan_oof(w: World) -> None:
-    path = sorted(prediction_files(w.runs / "unet", "oof").values())[0]
+    path = sorted(TrainedRun.load(w.runs / "unet").prediction_files("oof").values())[0]
     array = np.load(path)
     array[0, 0, 0, 0] = np.nan
     np.save(path, array)
@@ -337,7 +337,7 @@ CASES = [
     Case("submit: corrupt ensemble file", submit.main, lambda w: _submit_args(w), "unreadable ensemble file",
          lambda w: "ensemble.json", setup=lambda w: w.ensemble.write_text("{"),
          untouched=lambda w: w.previous(w.root / "sub.csv")),
-    Case("submit: ensemble of another version", submit.main, lambda w: _submit_args(w), "ensemble version 99",
+    Case("submit: ensemble of another version", submit.main, lambda w: _submit_args(w), "ensemble file version 99",
          lambda w: "ensemble.json", setup=lambda w: _edit_ensemble(w, lambda r: r.update(version=99))),
     Case("submit: unknown ensemble parameter", submit.main, lambda w: _submit_args(w),
          "unknown ensemble parameter(s) sharpen", lambda w: "ensemble.json",

@@ -75,9 +75,10 @@ def ensemble(tmp_path_factory, one_thread) -> tuple[Path, Path]:
          cache_dir=root / "cache", holdout_folds=[], passes=1), log=lambda line: None)
     record = json.loads(out.read_text())
     record["params"]["thresholds"][0] = 0.05  # masks in the CSV whatever one epoch learnt
-    record["crop"] = {"path": str(det), "stage": "det", "folds": ["0"], "tta": []}
+    record["crop"] = str(det)
+    record["auxiliary"].append({"path": str(det), "stage": "det", "folds": ["0"], "tta": []})
     unet = next(r for r in record["runs"] if r["name"] == "unet")
-    unet["predict"] = {**unet.get("predict", {}), "crop": str(det), "tta": ["hflip"]}
+    unet["predict"] = {**unet["predict"], "crop": str(det), "tta": ["hflip"]}
     out.write_text(json.dumps(record))
     return root / "data", out
 
@@ -111,11 +112,11 @@ def relocated(ensemble_json: Path, dest: Path) -> Path:
     record = json.loads(ensemble_json.read_text())
     shutil.copytree(ensemble_json.parent / "runs", dest / "runs")
     moved = lambda path: str(dest / "runs" / Path(path).name)  # noqa: E731
-    for run in record["runs"]:
+    for run in record["runs"] + record["auxiliary"]:
         run["path"] = moved(run["path"])
-        if run.get("predict", {}).get("crop"):
-            run["predict"]["crop"] = moved(run["predict"]["crop"])
-    record["gate"]["path"], record["crop"]["path"] = moved(record["gate"]["path"]), moved(record["crop"]["path"])
+    for run in record["runs"]:
+        run["predict"].update({k: moved(run["predict"][k]) for k in ("gate", "crop") if run["predict"][k]})
+    record["gate"], record["crop"] = moved(record["gate"]), moved(record["crop"])
     (dest / "ensemble.json").write_text(json.dumps(record))
     return dest / "ensemble.json"
 
@@ -184,15 +185,15 @@ def test_manifest_lists_every_fold_and_inference_refuses_a_corrupt_weight(ensemb
                                                 "(corrupt or changed upload)"]
 
 
-def test_an_incomplete_fold_is_refused_unless_allowed(ensemble, tmp_path):
+def test_an_incomplete_fold_is_refused_unless_allowed(ensemble, tmp_path, capsys):
     relocated(ensemble[1], tmp_path)
     fold = RunDir(tmp_path / "runs" / "fpn").fold(1)
     fold.done_path.unlink()
     with pytest.raises(DataError, match=f"{fold.path}: incomplete fold"):
         main(["build", "--ensemble", str(tmp_path / "ensemble.json"), "--out", str(tmp_path / "b"), "--wheels", ""])
     assert not (tmp_path / "b").exists()
-    warnings = []
-    build(tmp_path / "ensemble.json", tmp_path / "b", wheels=(), allow_incomplete=True, warn=warnings.append)
+    build(tmp_path / "ensemble.json", tmp_path / "b", wheels=(), allow_incomplete=True)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and str(fold.path) in warnings[0]
     assert [f["done"] for f in next(r for r in read_manifest(tmp_path / "b")["runs"] if r["name"] == "fpn")["folds"]] \
         == [True, False]
@@ -213,9 +214,13 @@ def test_bad_ensemble_is_a_one_line_error(tmp_path):
     (tmp_path / "ensemble.json").write_text(json.dumps({"runs": [{"path": str(tmp_path / "nowhere")}]}))
     with pytest.raises(DataError, match="missing key"):
         main(["build", "--ensemble", str(tmp_path / "ensemble.json"), "--out", str(tmp_path / "b"), "--wheels", ""])
-    (tmp_path / "ensemble.json").write_text(json.dumps({
-        "version": 1, "runs": [{"name": "x", "path": str(tmp_path / "nowhere")}],
-        "params": {"weights": {"x": [1, 1, 1]}, "groups": {"x": "2d"}}}))
+    member = {"name": "x", "path": str(tmp_path / "nowhere"), "stage": "seg2d", "group": "2d", "folds": [],
+              "predict": {}}
+    record = {"version": 1, "runs": [member], "params": {"weights": {"x": [1, 1, 1]}, "groups": {"x": "2d"}}}
+    (tmp_path / "ensemble.json").write_text(json.dumps(record))
+    with pytest.raises(DataError, match="ensemble file version 1, this code reads 2: rebuild it with python -m src.ensemble tune"):
+        main(["build", "--ensemble", str(tmp_path / "ensemble.json"), "--out", str(tmp_path / "b"), "--wheels", ""])
+    (tmp_path / "ensemble.json").write_text(json.dumps({**record, "version": 2}))
     with pytest.raises(DataError, match="nowhere: run folder not found"):
         main(["build", "--ensemble", str(tmp_path / "ensemble.json"), "--out", str(tmp_path / "b"), "--wheels", ""])
     with pytest.raises(DataError, match="no pinned version for nosuchpackage"):

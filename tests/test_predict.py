@@ -13,6 +13,7 @@ from src.data.preparation import prepare
 from src.data.synthetic import generate
 from src.data.volumes import VolumeCache
 from src.inference.predict import PredictOptions, RunPredictor, predict_run
+from src.inference.runs import TrainedRun
 from src.inference.tta import flip_volume, predict_tta
 from src.predict import main
 from src.train import main as train_main
@@ -89,7 +90,7 @@ def test_test_split_is_the_mean_of_the_fold_models(trained, tmp_path):
 def test_flip_tta_averages_flipped_predictions_and_is_flip_equivariant(trained):
     cache = VolumeCache(trained / "cache")
     vol = cache.load(cache.case_days("train")[0])
-    plain = RunPredictor(trained / "runs" / "unet", "0", "oof", (), "cpu")
+    plain = RunPredictor(TrainedRun.load(trained / "runs" / "unet"), "0", "oof", (), "cpu")
     fold = plain.folds[0]
     direct = fold.predict(vol)
     mirrored = np.flip(fold.predict(flip_volume(vol, -1)), -1)
@@ -142,14 +143,14 @@ def test_batched_tta_equals_one_flip_after_the_other(trained):
     """TTA flips stacked into shared forward passes (the CUDA default) give the sequential result."""
     cache = VolumeCache(trained / "cache")
     vol = cache.load(cache.case_days("train")[0])
-    fold = RunPredictor(trained / "runs" / "unet", "0", "oof", (), "cpu").folds[0]
+    fold = RunPredictor(TrainedRun.load(trained / "runs" / "unet"), "0", "oof", (), "cpu").folds[0]
     box = [4, 60, 6, 66]
     for tta in (("hflip",), ("hflip", "vflip")):
         for b in (None, box):
             sequential = predict_tta(fold, vol, tta, b, batch_size=3)
             batched = predict_tta(fold, vol, tta, b, batch_size=3, batched=True)
             np.testing.assert_allclose(batched, sequential, atol=1e-5)
-    predictor = RunPredictor(trained / "runs" / "cls", "0", "oof", ("hflip",), "cpu", batch_tta=True)
-    np.testing.assert_allclose(predictor.predict(vol), RunPredictor(trained / "runs" / "cls", "0", "oof", ("hflip",),
+    predictor = RunPredictor(TrainedRun.load(trained / "runs" / "cls"), "0", "oof", ("hflip",), "cpu", batch_tta=True)
+    np.testing.assert_allclose(predictor.predict(vol), RunPredictor(TrainedRun.load(trained / "runs" / "cls"), "0", "oof", ("hflip",),
                                                                     "cpu").predict(vol), atol=1e-6)
-    assert not fold.autocast and not fold.offload and RunPredictor(trained / "runs" / "unet", "0").batch_tta is False
+    assert not fold.autocast and not fold.offload and RunPredictor(TrainedRun.load(trained / "runs" / "unet"), "0").batch_tta is False

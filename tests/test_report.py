@@ -93,7 +93,8 @@ def work(tmp_path_factory):
               "contributions": [{"component": "thresholds", "score": 0.7654, "delta": 0.0246, "note": "thresholds 0.5"},
                                 {"component": "crop", "score": None, "delta": None, "note": "not used"}]}
     (root / "ensemble.json").write_text(json.dumps({
-        "version": 1, "runs": [{"name": "seg", "path": str(seg), "stage": "seg2d", "group": "2d"}], "scores": scores,
+        "version": 2, "runs": [{"name": "seg", "path": str(seg), "stage": "seg2d", "group": "2d", "folds": [], "predict": {}}],
+        "scores": scores,
         "params": {"weights": {"seg": [1, 1, 1]}, "groups": {"seg": "2d"}, "thresholds": [0.45] * 3}}))
     report = build_report([seg, gate], root / "reports" / "r", ensemble=root / "ensemble.json", cache_dir=root / "cache",
                           allow_incomplete=True)

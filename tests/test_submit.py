@@ -143,7 +143,7 @@ def test_bad_ensemble_file_is_a_one_line_error(work, tmp_path):
     root, _ = work
     with pytest.raises(DataError, match="ensemble file not found"):
         main(["--ensemble", str(tmp_path / "nope.json"), "--data-dir", str(root / "data")])
-    (tmp_path / "bad.json").write_text(json.dumps({"version": 1, "runs": [], "params": {"weights": {}}}))
+    (tmp_path / "bad.json").write_text(json.dumps({"version": 2, "runs": [], "params": {"weights": {}}}))
     with pytest.raises(DataError, match="bad.json"):
         main(["--ensemble", str(tmp_path / "bad.json"), "--data-dir", str(root / "data")])
 

@@ -28,14 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.core.artifacts import FoldRecord, RunDir, write_ensemble
+from src.core.artifacts import FoldRecord, RunDir
 from src.core.checkpoint import save_checkpoint
 from src.core.errors import DataError, run_cli
 from src.data.volumes import CaseDay
 from src.engine.stages import get_stage
-from src.ensembling.ensemble_file import load_ensemble
+from src.ensembling.ensemble_file import AuxiliaryRun, EnsembleMember, RunUse, load_ensemble, write_ensemble_file
 from src.ensembling.params import EnsembleParams
 from src.inference.predict import RunPredictor
+from src.inference.runs import TrainedRun
+from src.inference.settings import PredictSettings
 from src.orchestration.recipes import load_recipe
 
 KAGGLE_LIMIT_H = 9.0
@@ -68,17 +70,12 @@ def fabricate(recipe_path: str | Path, out: Path, log=print) -> Path:
         names[model["name"]] = stage
         log(f"fabricated {model['name']} ({model['arch']}): {len(model.get('folds', [0]))} folds")
     ens = recipe.ensemble or {}
-    members = [n for n, s in names.items() if s.group]
-    record = {
-        "runs": [{"name": n, "path": str(out / "runs" / n), "stage": names[n].name, "folds": None,
-                  "predict": {"tta": ["hflip"], "crop": None, "gate": None}} for n in members],
-        "gate": {"path": str(out / "runs" / ens["gate"]), "stage": "cls", "folds": None, "tta": []}
-        if ens.get("gate") else None,
-        "crop": {"path": str(out / "runs" / ens["crop"]), "stage": "det", "folds": None, "tta": []}
-        if ens.get("crop") else None,
-        "params": EnsembleParams.plain_mean({n: names[n].group for n in members}).to_dict(),
-        "fabricated": True}
-    write_ensemble(out / "ensemble.json", record)
+    aux = {key: AuxiliaryRun(str(out / "runs" / ens[key]), names[ens[key]].name, (), ()) if ens.get(key) else None
+           for key in ("gate", "crop")}
+    members = [EnsembleMember(n, str(out / "runs" / n), s.name, s.group, (), PredictSettings(("hflip",)))
+               for n, s in names.items() if s.group]
+    write_ensemble_file(out / "ensemble.json", members, [a for a in aux.values() if a], aux["gate"], aux["crop"],
+                        EnsembleParams.plain_mean({m.name: m.group for m in members}), fabricated=True)
     return out / "ensemble.json"
 
 
@@ -102,12 +99,11 @@ def depth_scale(cfg, measured: int, target: int) -> float:
     return windows(target) / windows(measured)
 
 
-def time_run(path: str, how: tuple, vol: CaseDay, device: str, repeats: int, fold_sample: int,
+def time_run(use: RunUse, vol: CaseDay, device: str, repeats: int, fold_sample: int,
              target_slices: int, **precision) -> tuple[float, int, float]:
     """(median seconds for one case-day with all the run's folds, fold count, depth scale to the
     real case-day)."""
-    folds, tta = how
-    predictor = RunPredictor(path, folds, "test", tta, device, **precision)
+    predictor = RunPredictor(TrainedRun.load(use.path), use.folds, "test", use.tta, device, **precision)
     n_folds = len(predictor.folds)
     scale = depth_scale(predictor.folds[0].task.cfg, vol.shape[0], target_slices)
     if fold_sample and fold_sample < n_folds:
@@ -132,19 +128,16 @@ def time_run(path: str, how: tuple, vol: CaseDay, device: str, repeats: int, fol
 
 def bench(opts: argparse.Namespace, log=print) -> dict:
     ensemble = load_ensemble(opts.ensemble)
-    how = {run["path"]: (run.get("folds"), (run.get("predict") or {}).get("tta", [])) for run in ensemble.runs}
-    how.update({aux["path"]: (aux.get("folds"), aux.get("tta", [])) for aux in (ensemble.gate, ensemble.crop) if aux})
     vol = synthetic_case_day(opts.slices, opts.height, opts.width)
     cuda = opts.device == "cuda"
     rows = []
-    for path in ensemble.run_paths():
-        h = how.get(path, (None, []))
-        fp32, n_folds, scale = time_run(path, h, vol, opts.device, opts.repeats, opts.fold_sample,
+    for use in ensemble.run_uses().values():
+        fp32, n_folds, scale = time_run(use, vol, opts.device, opts.repeats, opts.fold_sample,
                                          opts.case_day_slices, amp=False, batch_tta=False)
-        fp16 = time_run(path, h, vol, opts.device, opts.repeats, opts.fold_sample, opts.case_day_slices,
+        fp16 = time_run(use, vol, opts.device, opts.repeats, opts.fold_sample, opts.case_day_slices,
                         amp=True, batch_tta=True)[0] \
             if cuda else None
-        rows.append({"run": Path(path).name, "folds": n_folds, "tta": len(h[1]), "fp32": fp32 * scale,
+        rows.append({"run": Path(use.path).name, "folds": n_folds, "tta": len(use.tta), "fp32": fp32 * scale,
                      "fp16": None if fp16 is None else fp16 * scale})
         log(f"  {rows[-1]['run']}: {rows[-1]['fp32']:.2f} s per case-day fp32"
             + ("" if fp16 is None else f", {rows[-1]['fp16']:.2f} fp16 batched TTA"))

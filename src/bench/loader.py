@@ -24,7 +24,7 @@ from src.data.augment import build_augment
 from src.data.geometry import Geometry
 from src.data.layout import read_labels, read_slice, scan_split
 from src.data.samples import SliceDataset, StackSpec
-from src.data.volumes import VolumeCache, default_cache_dir
+from src.data.volumes import VolumeCache, cache_dir_for
 from src.engine.losses import CombinedLoss
 from src.models.registry import create_model
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from src.data.preparation import prepare
 
-    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir(args.data_dir)
+    cache_dir = cache_dir_for(args.cache_dir, args.data_dir)
     prepare(args.data_dir, cache_dir)
     case_days = VolumeCache(cache_dir).case_days()
     spec, geometry = StackSpec(args.channels, args.stride), Geometry(args.img_size)

@@ -321,31 +321,16 @@ def cached_case_days(cache_dir: str | Path, split: str) -> list[str]:
 
 
 # ---- ensemble files ----------------------------------------------------------------------------
-ENSEMBLE_VERSION = 1
+ENSEMBLE_VERSION = 2  # 2: typed members, every gate and crop run described once under "auxiliary"
 
 
 @dataclass(frozen=True)
 class EnsembleRecord:
-    """A read ensemble.json: member runs (with the predict options their OOF was made with), the
-    classifier gate and detector crop runs, the raw parameters, scores, and the whole record."""
+    """A read ensemble.json of this code's version: its path and the whole record (typed by
+    src.ensembling.ensemble_file.load_ensemble)."""
 
     path: Path
-    runs: list[dict]
-    gate: dict | None
-    crop: dict | None
-    params: dict
     record: dict
-
-    def run_paths(self) -> list[str]:
-        """Every run the ensemble needs at test time, once each: the members, the gate and crop runs
-        their predictions were made with (runs[i].predict), and the ensemble's own gate and crop."""
-        paths = []
-        for run in self.runs:
-            paths.append(run["path"])
-            opts = run.get("predict") or {}
-            paths += [opts[k] for k in ("gate", "crop") if opts.get(k)]
-        paths += [aux["path"] for aux in (self.gate, self.crop) if aux and aux.get("path")]
-        return list(dict.fromkeys(str(p) for p in paths))
 
 
 def read_ensemble(path: str | Path) -> EnsembleRecord:
@@ -357,16 +342,9 @@ def read_ensemble(path: str | Path) -> EnsembleRecord:
     if missing:
         raise DataError(f"{path}: missing key(s) {', '.join(missing)}")
     if record["version"] != ENSEMBLE_VERSION:
-        raise DataError(f"{path}: ensemble version {record['version']}, this code reads {ENSEMBLE_VERSION}")
-    runs = record["runs"]
-    if not isinstance(runs, list) or not all(isinstance(r, dict) and "name" in r and "path" in r for r in runs):
-        raise DataError(f"{path}: 'runs' must be a list of objects with name and path")
-    if not isinstance(record["params"], dict):
-        raise DataError(f"{path}: 'params' must be an object")
-    for key in ("gate", "crop"):
-        if record.get(key) is not None and not (isinstance(record[key], dict) and "path" in record[key]):
-            raise DataError(f"{path}: '{key}' must be null or an object with a path")
-    return EnsembleRecord(path, runs, record.get("gate"), record.get("crop"), record["params"], record)
+        raise DataError(f"{path}: ensemble file version {record['version']!r}, this code reads {ENSEMBLE_VERSION}: "
+                        "rebuild it with python -m src.ensemble tune --runs ... (the runs' OOF predictions are reused)")
+    return EnsembleRecord(path, record)
 
 
 def write_ensemble(path: str | Path, record: dict) -> None:

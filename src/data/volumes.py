@@ -24,6 +24,11 @@ def default_cache_dir(data_dir: str | Path) -> Path:
     return Path("cache") / Path(data_dir).resolve().name
 
 
+def cache_dir_for(cache_dir: str | Path | None, data_dir: str | Path) -> Path:
+    """The one cache-folder rule: the cache folder given, else the data folder's default cache."""
+    return Path(cache_dir) if cache_dir else default_cache_dir(data_dir)
+
+
 @dataclass(frozen=True)
 class CaseDay:
     """One cached case-day volume."""

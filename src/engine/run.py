@@ -6,14 +6,14 @@ from pathlib import Path
 
 from src.core.errors import DataError
 from src.data.preparation import prepare
-from src.data.volumes import VolumeCache, default_cache_dir
+from src.data.volumes import VolumeCache, cache_dir_for
 from src.engine.config import TrainConfig
 from src.engine.stages import check_arch, get_stage
 
 
 def ensure_cache(cfg: TrainConfig) -> tuple[Path, list[str]]:
     """The cache of cfg.data_dir and its train case-days; runs prepare now if it is empty (one process only)."""
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data_dir)
+    cache_dir = cache_dir_for(cfg.cache_dir, cfg.data_dir)
     case_days = VolumeCache(cache_dir).case_days("train")
     if not case_days:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -14,7 +14,7 @@ from src.core.errors import DataError
 from src.data.half import all_finite
 from src.data.volumes import VolumeCache
 from src.ensembling.search import OOFCase, make_case, region_of_interest
-from src.inference.runs import case_day_folds, prediction_files
+from src.inference.runs import TrainedRun
 
 
 @dataclass(frozen=True)
@@ -59,26 +59,26 @@ def check_probs(array: np.ndarray, shape: tuple, source: Path) -> np.ndarray:
     return array
 
 
-def _folds(runs: list[dict], allow_incomplete: bool = False) -> dict[str, int]:
+def _folds(runs: list[TrainedRun]) -> dict[str, int]:
     """case-day -> fold, identical in every run (else the OOF predictions are not out-of-fold together)."""
-    first = case_day_folds(runs[0]["path"], allow_incomplete)
+    first = runs[0].case_day_folds()
     for run in runs[1:]:
-        other = case_day_folds(run["path"], allow_incomplete)
+        other = run.case_day_folds()
         clash = sorted(cd for cd in set(first) & set(other) if first[cd] != other[cd])
         if clash:
-            raise DataError(f"{run['path']}: {clash[0]} is in fold {other[clash[0]]} but in fold {first[clash[0]]} "
-                            f"of {runs[0]['path']} (train every run on the same folds file)")
+            raise DataError(f"{run.path}: {clash[0]} is in fold {other[clash[0]]} but in fold {first[clash[0]]} "
+                            f"of {runs[0].path} (train every run on the same folds file)")
     return first
 
 
-def case_sources(runs: list[dict], cache_dir: Path, gate: str | None = None, crop: str | None = None,
-                 log: Callable[[str], None] = print, allow_incomplete: bool = False) -> list[CaseSource]:
+def case_sources(runs: list[TrainedRun], cache_dir: Path, gate: TrainedRun | None = None,
+                 crop: TrainedRun | None = None, log: Callable[[str], None] = print) -> list[CaseSource]:
     """Every case-day with an OOF prediction in all runs (and gate/crop), in the cache's order."""
-    if len({r["name"] for r in runs}) != len(runs):
-        raise DataError(f"run names must be distinct: {[r['name'] for r in runs]}")
-    files = {r["name"]: prediction_files(r["path"], "oof", allow_incomplete) for r in runs}
-    extra = {k: prediction_files(v, "oof", allow_incomplete) for k, v in (("gate", gate), ("crop", crop)) if v}
-    folds = _folds(runs, allow_incomplete)
+    if len({r.name for r in runs}) != len(runs):
+        raise DataError(f"run names must be distinct: {[r.name for r in runs]}")
+    files = {r.name: r.prediction_files("oof") for r in runs}
+    extra = {k: v.prediction_files("oof") for k, v in (("gate", gate), ("crop", crop)) if v}
+    folds = _folds(runs)
     common = set(folds).intersection(*map(set, files.values()), *map(set, extra.values()))
     ordered = [cd for cd in VolumeCache(cache_dir).case_days("train") if cd in common]
     if not ordered:

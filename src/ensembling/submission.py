@@ -29,8 +29,8 @@ from src.data.layout import read_slice, scan_split
 from src.data.volumes import CaseDay
 from src.ensembling.ensemble_file import Ensemble, load_ensemble
 from src.ensembling.postprocess import apply_ensemble
-from src.inference.gating import gated, parse_gate_rule
-from src.inference.predict import RunPredictor
+from src.inference.predict import RunPredictor, predict_member
+from src.inference.runs import TrainedRun
 
 COLUMNS = ["id", "class", "predicted"]
 
@@ -55,43 +55,32 @@ def pseudo_test_index(data_dir: Path, n: int) -> pd.DataFrame:
 
 # ---- prediction --------------------------------------------------------------------------------
 class EnsemblePredictor:
-    """Loads every run the ensemble needs once; masks(vol) -> (Z, 3, H, W) bool."""
+    """Loads every run the ensemble needs once (`Ensemble.run_uses`); masks(vol) -> (Z, 3, H, W) bool."""
 
     def __init__(self, ensemble: Ensemble, device: str = "auto", batch_size: int | None = None,
                  runs_root: str | Path | None = None, allow_incomplete: bool = False):
         self.ensemble = ensemble
         self.runs_root = Path(runs_root) if runs_root else None
-        how = {run["path"]: (run.get("folds"), run.get("predict", {}).get("tta", [])) for run in ensemble.runs}
-        how.update({aux["path"]: (aux.get("folds"), aux.get("tta", [])) for aux in (ensemble.gate, ensemble.crop) if aux})
-        self.predictors = {path: RunPredictor(self._path(path), how.get(path, (None, []))[0] or None, "test",
-                                              how.get(path, (None, []))[1], device, batch_size,
-                                              allow_incomplete=allow_incomplete)
-                           for path in ensemble.run_paths()}
+        self.predictors = {}
+        for use in ensemble.run_uses().values():
+            run = TrainedRun.load(self._path(use.path), allow_incomplete)
+            self.predictors[use.path] = RunPredictor(run, use.folds, "test", use.tta, device, batch_size)
 
     def _path(self, path: str) -> Path:
         return self.runs_root / Path(path).name if self.runs_root else Path(path)
 
     def masks(self, vol: CaseDay) -> np.ndarray:
-        memo: dict[tuple, object] = {}  # a run used twice (gate of a member and of the ensemble) predicts once
+        memo: dict[str, object] = {}  # a gate or crop run used by several members predicts once
 
-        def predicted(path: str, box=None):
-            key = (path, None if box is None else tuple(box))
-            if key not in memo:
-                memo[key] = self.predictors[path].predict(vol, box)
-            return memo[key]
+        def auxiliary(path: str, vol: CaseDay):
+            if path not in memo:
+                memo[path] = self.predictors[path].predict(vol)
+            return memo[path]
 
-        probs = {}
-        for run in self.ensemble.runs:
-            opts = run.get("predict", {})
-            box = predicted(opts["crop"])["box"] if opts.get("crop") else None
-            out = predicted(run["path"], box)
-            if opts.get("gate") or opts.get("gate_rule"):
-                cls_probs = predicted(opts["gate"]) if opts.get("gate") else None
-                rule = parse_gate_rule(opts["gate_rule"]) if opts.get("gate_rule") else None
-                out = gated(out, cls_probs, opts.get("gate_threshold") or 0.5, rule)
-            probs[run["name"]] = out
-        gate = predicted(self.ensemble.gate["path"]) if self.ensemble.gate else None
-        box = predicted(self.ensemble.crop["path"])["box"] if self.ensemble.crop else None
+        probs = {m.name: predict_member(self.predictors[m.path], m.predict, vol, auxiliary)
+                 for m in self.ensemble.members}
+        gate = auxiliary(self.ensemble.gate.path, vol) if self.ensemble.gate else None
+        box = auxiliary(self.ensemble.crop.path, vol)["box"] if self.ensemble.crop else None
         return apply_ensemble(probs, gate, self.ensemble.params, box)
 
 

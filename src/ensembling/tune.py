@@ -21,34 +21,17 @@ from typing import Callable
 
 import numpy as np
 
-from src.core.artifacts import write_ensemble
 from src.core.atomic import check_writable
 from src.core.errors import DataError
 from src.core.ids import CLASSES
-from src.engine.stages import get_stage
 from src.ensembling import contributions
+from src.ensembling.ensemble_file import AuxiliaryRun, EnsembleMember, write_ensemble_file
 from src.ensembling.oof import case_sources
 from src.ensembling.params import EnsembleParams
 from src.ensembling.search import SearchSpace, coordinate_descent, cross_tune, summary
 from src.ensembling.shards import ShardedEvaluator, choose_stride
-from src.inference.runs import prediction_manifest, resolve_cache_dir, run_folds
+from src.inference.runs import TrainedRun
 from src.metrics.competition import aggregate
-
-
-def describe_run(run_dir: str | Path, allow_incomplete: bool = False) -> dict:
-    """A run as ensemble.json records it: path, name, stage, blend group, numbered folds, and the
-    predict options its OOF was made with (TTA, input crop, gate), which test time repeats."""
-    run_dir = Path(run_dir)
-    folds = run_folds(run_dir, allow_incomplete)
-    stage = get_stage(next(iter(folds.values())).stage)
-    if not stage.segmenter:
-        raise DataError(f"{run_dir}: a {stage.name} run predicts {stage.output}, not probabilities "
-                        f"(pass a classifier with --gate, a detector with --crop)")
-    manifest = prediction_manifest(run_dir, "oof") or {}
-    return {"name": run_dir.name, "path": str(run_dir), "stage": stage.name, "group": stage.group,
-            "folds": [f for f in folds if f != "all"],
-            "predict": {"tta": manifest.get("tta", []), "crop": manifest.get("crop"), "gate": manifest.get("gate"),
-                        "gate_threshold": manifest.get("gate_threshold"), "gate_rule": manifest.get("gate_rule")}}
 
 
 @dataclass(frozen=True)
@@ -95,17 +78,9 @@ def single_model(params: EnsembleParams, name: str) -> EnsembleParams:
     return EnsembleParams(weights=weights, groups=params.groups)
 
 
-def _auxiliary(path: str | None, output: str, flag: str, allow_incomplete: bool = False) -> dict | None:
-    """A gate or crop run as the ensemble file records it; its stage must predict `output`."""
-    if not path:
-        return None
-    folds = run_folds(path, allow_incomplete)
-    stage = get_stage(next(iter(folds.values())).stage)
-    if stage.output != output:
-        raise DataError(f"{flag} {path}: a {stage.name} run predicts {stage.output}, {flag} needs {output}")
-    manifest = prediction_manifest(path, "oof") or {}
-    return {"path": str(path), "stage": stage.name,
-            "folds": [f for f in folds if f != "all"], "tta": manifest.get("tta", [])}
+def _auxiliary_run(path: Path | str | None, output: str, flag: str, allow_incomplete: bool) -> TrainedRun | None:
+    """A gate or crop run, loaded; its stage must predict `output`."""
+    return TrainedRun.load(path, allow_incomplete).require(output, flag) if path else None
 
 
 def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
@@ -116,14 +91,20 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
     one (no held-out folds, or a single fold) there is none, since in-sample a component's gain is
     partly fitted noise."""
     check_writable(opts.out)  # fail now, not after the search
-    members = [describe_run(r, opts.allow_incomplete) for r in opts.runs]
-    gate = _auxiliary(opts.gate, "presence", "--gate", opts.allow_incomplete)
-    crop = _auxiliary(opts.crop, "box", "--crop", opts.allow_incomplete)
-    cache_dir = Path(opts.cache_dir) if opts.cache_dir else resolve_cache_dir(
-        next(iter(run_folds(opts.runs[0], opts.allow_incomplete).values())), None, None)
-    sources = case_sources(members, cache_dir, str(opts.gate) if opts.gate else None,
-                           str(opts.crop) if opts.crop else None, log, opts.allow_incomplete)
-    groups = {m["name"]: m["group"] for m in members}
+    runs = [TrainedRun.load(r, opts.allow_incomplete) for r in opts.runs]
+    members = [EnsembleMember.of(r) for r in runs]
+    gate_run = _auxiliary_run(opts.gate, "presence", "--gate", opts.allow_incomplete)
+    crop_run = _auxiliary_run(opts.crop, "box", "--crop", opts.allow_incomplete)
+    gate, crop = (AuxiliaryRun.of(r) if r else None for r in (gate_run, crop_run))
+    used = [AuxiliaryRun.of(_auxiliary_run(path, output, f"{m.path}: predicted with", opts.allow_incomplete))
+            for m in members for path, output in ((m.predict.gate, "presence"), (m.predict.crop, "box")) if path]
+    cache_dir = Path(opts.cache_dir) if opts.cache_dir else runs[0].cache_dir()
+    sources = case_sources(runs, cache_dir, gate_run, crop_run, log)
+    unknown = sorted(set(opts.holdout_folds or ()) - {s.fold for s in sources})
+    if unknown:
+        raise DataError(f"--holdout-folds {unknown[0]}: no OOF case-day is in that fold "
+                        f"(folds: {', '.join(map(str, sorted({s.fold for s in sources})))})")
+    groups = {m.name: m.group for m in members}
     workers = min(opts.workers, len(sources))
     stride = opts.stride or choose_stride([s.shape for s in sources], len(members), opts.memory_gb, workers)
     plain = EnsembleParams.plain_mean(groups)
@@ -160,16 +141,15 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
         scores["gap"] = round(scores["tuned_in_sample"]["score"] - scores["tuned_held_out"]["score"], 6)
         scores[contributions.KEY] = contributions.rows(
             ablated, scores["tuned_held_out"]["score"], [summary(aggregate(s))["score"] for s in without])
-    record = {"runs": members, "gate": gate, "crop": crop,
-              "params": found.params.to_dict(), "scores": scores,
-              "oof": {"case_days": len(sources), "folds": sorted({s.fold for s in sources}), "cache_dir": str(cache_dir)},
-              "search": {"passes": found.passes, "min_gain": opts.min_gain, "evaluations": evaluations,
-                         "held_out_folds": sorted(by_fold) if by_fold else [],
-                         "proxy": {"stride": stride, "quantised": "uint8", "bytes": int(proxy_bytes),
-                                   "in_sample_score": round(found.result.score, 6)},
-                         "screen": opts.screen, "workers": workers, "workers_peak_rss_gb": round(workers_peak, 3),
-                         "seconds": clock.laps}}
-    write_ensemble(opts.out, record)
+    search = {"passes": found.passes, "min_gain": opts.min_gain, "evaluations": evaluations,
+              "held_out_folds": sorted(by_fold) if by_fold else [],
+              "proxy": {"stride": stride, "quantised": "uint8", "bytes": int(proxy_bytes),
+                        "in_sample_score": round(found.result.score, 6)},
+              "screen": opts.screen, "workers": workers, "workers_peak_rss_gb": round(workers_peak, 3),
+              "seconds": clock.laps}
+    oof = {"case_days": len(sources), "folds": sorted({s.fold for s in sources}), "cache_dir": str(cache_dir)}
+    record = write_ensemble_file(opts.out, members, [a for a in (gate, crop) if a] + used, gate, crop,
+                                 found.params, scores=scores, oof=oof, search=search)
     log(score_table(record))
     if scores.get(contributions.KEY):
         log("\n" + contributions.table(scores[contributions.KEY]))

@@ -11,15 +11,17 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from src.core.artifacts import Prediction, PredictionDir, RunDir
+from src.core.artifacts import Prediction, PredictionDir
 from src.core.errors import DataError
 from src.data.preparation import prepare
 from src.data.volumes import CaseDay, VolumeCache
 from src.engine.trainer import select_device
 from src.inference.fold_model import FoldModel
-from src.inference.gating import gated, parse_gate_rule
-from src.inference.runs import TrainedFold, resolve_cache_dir, select_folds, split_predictions
+from src.inference.gating import gated
+from src.inference.runs import TrainedFold, TrainedRun
+from src.inference.settings import PredictSettings
 from src.inference.tta import merge, parse_tta, predict_tta
 
 SPLITS = ("oof", "test")
@@ -32,19 +34,17 @@ class RunPredictor:
     shared forward passes (`batch_tta`), and each fold's weights on the GPU only while it predicts
     (`offload`). On the CPU nothing of that changes a prediction: fp32, one flip after the other."""
 
-    def __init__(self, run_dir: str | Path, folds: str | list[str] | None = None, split: str = "test",
+    def __init__(self, run: TrainedRun, folds: str | list[str] | tuple[str, ...] | None = None, split: str = "test",
                  tta=(), device: str = "auto", batch_size: int | None = None, cache_dir: str | Path = "cache",
-                 amp: bool | None = None, batch_tta: bool | None = None, offload: bool | None = None,
-                 allow_incomplete: bool = False):
-        self.run_dir = Path(run_dir)
+                 amp: bool | None = None, batch_tta: bool | None = None, offload: bool | None = None):
+        self.run = run
         self.tta = parse_tta(tta)
         self.batch_size = batch_size
         self.device = select_device(device)
         cuda = self.device.type == "cuda"
         self.batch_tta = cuda if batch_tta is None else batch_tta
-        chosen = select_folds(run_dir, folds, split, allow_incomplete)
         self.folds = [FoldModel.load(info, self.device, Path(cache_dir), amp, cuda if offload is None else offload)
-                      for info in chosen]
+                      for info in run.select(folds, split)]
         self.stage = self.folds[0].info.stage
 
     @property
@@ -58,8 +58,24 @@ class RunPredictor:
         """The prediction of the fold model that validated this case-day."""
         fold = next((f for f in self.folds if vol.case_day in f.info.val_case_days), None)
         if fold is None:
-            raise DataError(f"{self.run_dir}: no chosen fold validated {vol.case_day}")
+            raise DataError(f"{self.run.path}: no chosen fold validated {vol.case_day}")
         return predict_tta(fold, vol, self.tta, box, self.batch_size, self.batch_tta)
+
+
+Auxiliary = Callable[[str, CaseDay], Prediction]  # (crop or gate run path, case-day) -> its prediction
+
+
+def predict_member(predictor: RunPredictor, settings: PredictSettings, vol: CaseDay, auxiliary: Auxiliary,
+                   oof: bool = False) -> Prediction:
+    """One case-day predicted as `settings` say, the one path for prediction, submission and benchmarks:
+    the crop run's box first, then the model (its chosen folds' mean, or with `oof` the fold that
+    validated the case-day), then the gate (the gate run's presence and/or the pixel rule)."""
+    box = auxiliary(settings.crop, vol)["box"] if settings.crop else None
+    pred = predictor.predict_oof(vol, box) if oof else predictor.predict(vol, box)
+    if settings.gates and not isinstance(pred, dict) and pred.ndim == 4:
+        presence = auxiliary(settings.gate, vol) if settings.gate else None
+        pred = gated(pred, presence, settings.gate_threshold, settings.rule)
+    return pred
 
 
 @dataclass(frozen=True)
@@ -87,10 +103,12 @@ class PredictOptions:
         object.__setattr__(self, "tta", parse_tta(self.tta))
         if self.batch_size is not None and self.batch_size < 1:
             raise DataError(f"--batch-size {self.batch_size}: must be at least 1")
-        if not 0 <= self.gate_threshold < 1:
-            raise DataError(f"--gate-threshold {self.gate_threshold}: expected a probability in [0, 1)")
-        if self.gate_rule:
-            parse_gate_rule(self.gate_rule)
+        self.settings  # noqa: B018 - validates the gate threshold and rule now
+
+    @property
+    def settings(self) -> PredictSettings:
+        return PredictSettings(self.tta, str(self.crop) if self.crop else None, str(self.gate) if self.gate else None,
+                               self.gate_threshold, self.gate_rule or None)
 
 
 def split_case_days(split: str, folds: list[TrainedFold], cache: VolumeCache, data_dir: Path) -> list[str]:
@@ -109,33 +127,27 @@ def split_case_days(split: str, folds: list[TrainedFold], cache: VolumeCache, da
 
 def predict_run(opts: PredictOptions) -> Path:
     """Predict a split with a run; write every case-day's prediction, then the manifest."""
-    chosen = select_folds(opts.run, opts.folds, opts.split, opts.allow_incomplete)
-    cache_dir = resolve_cache_dir(chosen[0], opts.data_dir, opts.cache_dir)
-    data_dir = Path(opts.data_dir or chosen[0].record.config.get("data_dir", "data"))
+    run = TrainedRun.load(opts.run, opts.allow_incomplete)
+    settings = opts.settings
+    chosen = run.select(opts.folds, opts.split)
+    cache_dir = run.cache_dir(opts.data_dir, opts.cache_dir)
     cache = VolumeCache(cache_dir)
-    case_days = split_case_days(opts.split, chosen, cache, data_dir)
-    predictor = RunPredictor(opts.run, [f.fold for f in chosen], opts.split, opts.tta, opts.device,
-                             opts.batch_size, cache_dir, allow_incomplete=opts.allow_incomplete)
-    gate_probs = split_predictions(opts.gate, opts.split, case_days, opts.allow_incomplete) if opts.gate else None
-    boxes = split_predictions(opts.crop, opts.split, case_days, opts.allow_incomplete) if opts.crop else {}
-    rule = parse_gate_rule(opts.gate_rule) if opts.gate_rule else None
-    out = PredictionDir(opts.out) if opts.out else RunDir(opts.run).predictions(opts.split)
+    case_days = split_case_days(opts.split, chosen, cache, run.data_dir(opts.data_dir))
+    predictor = RunPredictor(run, [f.fold for f in chosen], opts.split, settings.tta, opts.device,
+                             opts.batch_size, cache_dir)
+    saved = {path: TrainedRun.load(path, opts.allow_incomplete).predictions(opts.split, case_days)
+             for path in settings.runs()}
+    out = PredictionDir(opts.out) if opts.out else run.dir.predictions(opts.split)
     out.begin()
     cache_split = "train" if opts.split == "oof" else "test"
     try:
         for cd in case_days:
-            vol = cache.load(cd, cache_split)
-            box = boxes[cd]["box"] if cd in boxes else None
-            pred = predictor.predict_oof(vol, box) if opts.split == "oof" else predictor.predict(vol, box)
-            if not isinstance(pred, dict) and pred.ndim == 4 and (gate_probs is not None or rule is not None):
-                pred = gated(pred, None if gate_probs is None else gate_probs[cd], opts.gate_threshold, rule)
+            pred = predict_member(predictor, settings, cache.load(cd, cache_split),
+                                  lambda path, vol: saved[path][vol.case_day], oof=opts.split == "oof")
             out.save(cd, pred)
-        out.commit({
-            "run": str(opts.run), "split": opts.split, "stage": predictor.stage, "folds": predictor.fold_names,
-            "tta": list(predictor.tta), "gate": str(opts.gate) if opts.gate else None,
-            "gate_threshold": opts.gate_threshold if opts.gate else None, "gate_rule": opts.gate_rule,
-            "crop": str(opts.crop) if opts.crop else None, "case_days": case_days})
+        out.commit({"run": str(opts.run), "split": opts.split, "stage": predictor.stage,
+                    "folds": predictor.fold_names, **settings.to_dict(), "case_days": case_days})
     finally:  # a failed prediction leaves the previous one as it was
         shutil.rmtree(out.staging, ignore_errors=True)
-    print(f"predict: {Path(opts.run).name} {opts.split}: {len(case_days)} case-days -> {out.path}")
+    print(f"predict: {run.name} {opts.split}: {len(case_days)} case-days -> {out.path}")
     return out.path

@@ -1,5 +1,10 @@
-"""A trained run as prediction sees it: its folds, which case-day each fold validated, and the
-predictions it has saved (through the artifact layout of src.core.artifacts)."""
+"""A trained run, loaded once from its folder: `TrainedRun.load(path)`.
+
+It owns what every later stage asks of a run: its stage, its folds and their saved configs (the
+done-or-allowed-incomplete check is applied here, once, at load), which fold validated each
+case-day, the one cache-folder rule, and its saved predictions and their manifests (through the
+artifact layout of src.core.artifacts).
+"""
 from __future__ import annotations
 
 import sys
@@ -8,7 +13,8 @@ from pathlib import Path
 
 from src.core.artifacts import FoldDir, FoldRecord, Prediction, RunDir, load_prediction
 from src.core.errors import DataError
-from src.data.volumes import default_cache_dir
+from src.data.volumes import cache_dir_for
+from src.engine.stages import StageSpec, get_stage
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,7 @@ class TrainedFold:
         return self.record.val_case_days
 
 
-def check_complete(fold: FoldDir, allow_incomplete: bool = False) -> None:
+def _check_complete(fold: FoldDir, allow_incomplete: bool) -> None:
     """A fold without its done marker (killed, or still training) is refused, unless allowed."""
     if fold.is_done():
         return
@@ -41,77 +47,106 @@ def check_complete(fold: FoldDir, allow_incomplete: bool = False) -> None:
     print(f"warning: {fold.path}: incomplete fold used (--allow-incomplete)", file=sys.stderr)
 
 
-def run_folds(run_dir: str | Path, allow_incomplete: bool = False) -> dict[str, TrainedFold]:
-    """The folds of a run that have weights, keyed "0", "1", ..., "all"; all of one stage, all
-    complete (or `allow_incomplete`)."""
-    folds = RunDir(run_dir).folds()
-    for fold in folds.values():
-        check_complete(fold, allow_incomplete)
-    out = {k: TrainedFold(f, f.read_config()) for k, f in folds.items()}
-    stages = {info.stage for info in out.values()}
-    if len(stages) > 1:
-        raise DataError(f"{run_dir}: folds of different stages {sorted(stages)}")
-    return out
+@dataclass(frozen=True)
+class TrainedRun:
+    """A run folder with its trained folds ("0", "1", ..., then "all"), all of one stage."""
 
+    dir: RunDir
+    folds: dict[str, TrainedFold]
 
-def run_stage(run_dir: str | Path) -> str:
-    return next(iter(run_folds(run_dir).values())).stage
+    @classmethod
+    def load(cls, path: str | Path, allow_incomplete: bool = False, require_weights: bool = True) -> TrainedRun:
+        """The run at `path`: every fold with weights (or, without `require_weights`, a config: the
+        report reads logs and OOF only), each complete (or `allow_incomplete`, with a warning)."""
+        run = RunDir(path)
+        found = run.folds(require_weights)
+        for fold in found.values():
+            _check_complete(fold, allow_incomplete)
+        folds = {k: TrainedFold(f, f.read_config()) for k, f in found.items()}
+        stages = sorted({f.stage for f in folds.values()})
+        if len(stages) > 1:
+            raise DataError(f"{run.path}: folds of different stages {stages}")
+        get_stage(stages[0])  # an unknown stage is refused here
+        return cls(run, folds)
 
+    def __repr__(self) -> str:
+        return f"TrainedRun({str(self.path)!r}, folds={list(self.folds)})"
 
-def select_folds(run_dir: str | Path, folds: str | list[str] | None, split: str,
-                 allow_incomplete: bool = False) -> list[TrainedFold]:
-    """Folds to predict with: the given list, "all" (the fold-all model), or by default every numbered fold."""
-    available = run_folds(run_dir, allow_incomplete)
-    if folds is None or folds == "":
-        names = [f for f in available if f != "all"] or ["all"]
-    else:
-        names = folds.split(",") if isinstance(folds, str) else [str(f) for f in folds]
-    missing = [f for f in names if f not in available]
-    if missing:
-        raise DataError(f"{run_dir}: no trained fold {missing[0]} (has {', '.join(available)})")
-    if split == "oof" and "all" in names:
-        raise DataError(f"{run_dir}: the fold-all model saw every case-day, it has no out-of-fold predictions")
-    return [available[f] for f in names]
+    @property
+    def path(self) -> Path:
+        return self.dir.path
 
+    @property
+    def name(self) -> str:
+        return self.dir.name
 
-def case_day_folds(run_dir: str | Path, allow_incomplete: bool = False) -> dict[str, int]:
-    """case-day -> the numbered fold that validated it."""
-    return {cd: int(info.fold) for info in run_folds(run_dir, allow_incomplete).values() if info.fold != "all"
-            for cd in info.val_case_days}
+    @property
+    def stage(self) -> StageSpec:
+        return get_stage(next(iter(self.folds.values())).stage)
 
+    @property
+    def config(self) -> dict:
+        """The first fold's saved config fields (data and cache folders are the same in every fold)."""
+        return next(iter(self.folds.values())).record.config
 
-def prediction_files(run_dir: str | Path, split: str, allow_incomplete: bool = False) -> dict[str, Path]:
-    """case-day -> prediction file: the run's `split` predictions when complete, else for oof the
-    training-time out-of-fold files of its folds."""
-    files = RunDir(run_dir).predictions(split).files()
-    if files or split != "oof":
-        return files
-    out = {}
-    for info in run_folds(run_dir, allow_incomplete).values():
-        out.update(info.dir.oof_files())
-    return out
+    @property
+    def numbered_folds(self) -> list[str]:
+        return [f for f in self.folds if f != "all"]
 
+    def require(self, output: str, flag: str) -> TrainedRun:
+        """This run, if its stage predicts `output` ("probabilities", "presence", "box"); else a one-line error."""
+        if self.stage.output != output:
+            raise DataError(f"{flag} {self.path}: a {self.stage.name} run predicts {self.stage.output}, "
+                            f"{flag} needs {output}")
+        return self
 
-def prediction_manifest(run_dir: str | Path, split: str) -> dict | None:
-    return RunDir(run_dir).predictions(split).read_manifest()
+    def select(self, folds: str | list[str] | tuple[str, ...] | None, split: str) -> list[TrainedFold]:
+        """Folds to predict with: the given list, "all" (the fold-all model), or by default every numbered fold."""
+        if folds is None or folds == "" or (not isinstance(folds, str) and not folds):
+            names = self.numbered_folds or ["all"]
+        else:
+            names = folds.split(",") if isinstance(folds, str) else [str(f) for f in folds]
+        missing = [f for f in names if f not in self.folds]
+        if missing:
+            raise DataError(f"{self.path}: no trained fold {missing[0]} (has {', '.join(self.folds)})")
+        if split == "oof" and "all" in names:
+            raise DataError(f"{self.path}: the fold-all model saw every case-day, it has no out-of-fold predictions")
+        return [self.folds[f] for f in names]
 
+    def case_day_folds(self) -> dict[str, int]:
+        """case-day -> the numbered fold that validated it."""
+        return {cd: int(f.fold) for f in self.folds.values() if f.fold != "all" for cd in f.val_case_days}
 
-def split_predictions(run_dir: str | Path, split: str, case_days: list[str],
-                      allow_incomplete: bool = False) -> dict[str, Prediction]:
-    """Saved predictions of a run (a classifier gate, a detector's boxes) for the given case-days."""
-    files = prediction_files(run_dir, split, allow_incomplete)
-    missing = [cd for cd in case_days if cd not in files]
-    if missing:
-        raise DataError(f"{run_dir}: no {split} prediction for {missing[0]} "
-                        f"(run python -m src.predict --run {run_dir} --split {split})")
-    return {cd: load_prediction(files[cd]) for cd in case_days}
+    def data_dir(self, data_dir: str | Path | None = None) -> Path:
+        """--data-dir, else the run's."""
+        return Path(data_dir or self.config.get("data_dir", "data"))
 
+    def cache_dir(self, data_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
+        """--cache-dir, else the cache of --data-dir, else the run's own."""
+        if cache_dir or data_dir:
+            return cache_dir_for(cache_dir, data_dir)
+        return cache_dir_for(self.config.get("cache_dir"), self.data_dir())
 
-def resolve_cache_dir(info: TrainedFold, data_dir: str | Path | None, cache_dir: str | Path | None) -> Path:
-    """--cache-dir, else the cache of --data-dir, else the run's own."""
-    if cache_dir:
-        return Path(cache_dir)
-    if data_dir:
-        return default_cache_dir(data_dir)
-    config = info.record.config
-    return Path(config.get("cache_dir") or default_cache_dir(config.get("data_dir", "data")))
+    def manifest(self, split: str) -> dict | None:
+        """The manifest of the run's saved `split` predictions (None when there are none)."""
+        return self.dir.predictions(split).read_manifest()
+
+    def prediction_files(self, split: str) -> dict[str, Path]:
+        """case-day -> prediction file: the run's `split` predictions when complete, else for oof the
+        training-time out-of-fold files of its folds."""
+        files = self.dir.predictions(split).files()
+        if files or split != "oof":
+            return files
+        out = {}
+        for fold in self.folds.values():
+            out.update(fold.dir.oof_files())
+        return out
+
+    def predictions(self, split: str, case_days: list[str]) -> dict[str, Prediction]:
+        """Saved predictions (a classifier gate, a detector's boxes) for the given case-days."""
+        files = self.prediction_files(split)
+        missing = [cd for cd in case_days if cd not in files]
+        if missing:
+            raise DataError(f"{self.path}: no {split} prediction for {missing[0]} "
+                            f"(run python -m src.predict --run {self.path} --split {split})")
+        return {cd: load_prediction(files[cd]) for cd in case_days}

@@ -25,10 +25,10 @@ from typing import Callable
 
 from packaging.utils import canonicalize_name
 
-from src.core.artifacts import RunDir
 from src.core.atomic import atomic_dir, write_json_atomic
 from src.core.errors import DataError
 from src.ensembling.ensemble_file import load_ensemble
+from src.inference.runs import TrainedRun
 from src.kaggle.image import KAGGLE_IMAGE, KERNEL_REQUIREMENTS, ROOT, kernel_pins
 
 # the bundle's own layout (not a training artifact)
@@ -151,26 +151,19 @@ def download_wheels(names: tuple[str, ...] | None, dest: Path) -> dict[str, Path
     return {n: wheels[n] for n in names}
 
 
-def _copy_run(run: Path, dest: Path, allow_incomplete: bool, warn: Callable[[str], None]) -> list[dict]:
-    """Each trained fold's bundle files (no OOF, no optimizer state); a fold without its done marker
-    is an interrupted training: refused, or with allow_incomplete copied with a warning."""
+def _copy_run(run: TrainedRun, dest: Path) -> list[dict]:
+    """Each trained fold's bundle files (no OOF, no optimizer state)."""
     folds = []
-    for fold in RunDir(run).folds().values():
-        if not fold.is_done():
-            if not allow_incomplete:
-                raise DataError(f"{fold.path}: incomplete fold (no done marker; finish its training, "
-                                "or pass --allow-incomplete)")
-            warn(f"warning: {fold.path}: incomplete fold (no done marker), bundled anyway")
-        target = dest / fold.path.name
+    for fold in run.folds.values():
+        target = dest / fold.dir.path.name
         target.mkdir(parents=True)
         files = []
-        for path in fold.bundle_files():
+        for path in fold.dir.bundle_files():
             if path.is_file():
                 shutil.copy2(path, target / path.name)
                 files.append(path.name)
-        record = fold.read_config()
-        folds.append({"fold": fold.fold, "done": fold.is_done(), "stage": record.stage,
-                      "arch": record.config.get("arch"), "files": files})
+        folds.append({"fold": fold.fold, "done": fold.dir.is_done(), "stage": fold.stage,
+                      "arch": fold.record.config.get("arch"), "files": files})
     return folds
 
 
@@ -202,8 +195,7 @@ def write_manifest(staging: Path, runs: dict[str, list[dict]], packages: dict[st
 
 
 def build(ensemble_json: str | Path, out: str | Path, wheels: tuple[str, ...] | None = None,
-          title: str = "GI tract segmentation inference", allow_incomplete: bool = False,
-          warn: Callable[[str], None] = print) -> Path:
+          title: str = "GI tract segmentation inference", allow_incomplete: bool = False) -> Path:
     """Write the bundle to `out` (built beside it, then renamed into place). `wheels`: the packages
     to bundle, default (None) every one kernel-requirements.txt pins; () for none."""
     ensemble_json, out = Path(ensemble_json), Path(out)
@@ -219,7 +211,7 @@ def build(ensemble_json: str | Path, out: str | Path, wheels: tuple[str, ...] | 
         for run in map(Path, ensemble.run_paths()):
             if run.name in runs:
                 raise DataError(f"{run}: two runs of the ensemble are named {run.name}; the bundle keys runs by name")
-            runs[run.name] = _copy_run(run, staging / RUNS_DIR / run.name, allow_incomplete, warn)
+            runs[run.name] = _copy_run(TrainedRun.load(run, allow_incomplete), staging / RUNS_DIR / run.name)
         shutil.copy2(ensemble_json, staging / ENSEMBLE_FILE)
         packages = download_wheels(wheels, staging / WHEELS_DIR) if wheels is None or wheels else {}
         (staging / INFERENCE_FILE).write_text(INFERENCE_SCRIPT)

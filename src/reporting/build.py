@@ -32,7 +32,7 @@ from src.data.samples import intensity_window, normalise
 from src.data.volumes import VolumeCache, default_cache_dir
 from src.ensembling import contributions
 from src.ensembling.ensemble_file import load_ensemble
-from src.inference.runs import check_complete
+from src.inference.runs import TrainedRun
 from src.metrics.competition import (
     DICE_WEIGHT,
     HAUSDORFF_WEIGHT,
@@ -130,11 +130,8 @@ def load_fold(fold: FoldDir) -> Fold:
 
 def load_run(path: str | Path, allow_incomplete: bool = False) -> Run:
     """A run folder runs/<name> with configured folds inside; unfinished ones only if allowed."""
-    run = RunDir(path)
-    folds = run.folds(require_weights=False)
-    for fold in folds.values():
-        check_complete(fold, allow_incomplete)
-    return Run(run.name, run.path, tuple(load_fold(f) for f in folds.values()))
+    run = TrainedRun.load(path, allow_incomplete, require_weights=False)
+    return Run(run.name, run.path, tuple(load_fold(f.dir) for f in run.folds.values()))
 
 
 def resolve_cache(run: Run, cache_dir: str | Path | None, data_dir: str | Path | None) -> VolumeCache:

@@ -23,19 +23,16 @@ from src.core.errors import DataError
 from src.core.ids import CLASSES
 from src.data.volumes import VolumeCache
 from src.engine.cls import presence_table, slice_presence
-from src.inference.runs import prediction_files, resolve_cache_dir, run_folds
+from src.inference.runs import TrainedRun
 
 CSV_NAME, PNG_NAME = "cls_report.csv", "cls_pr_curve.png"
 
 
-def oof_files(run_dir: str | Path, fold: str | None = None) -> dict[str, Path]:
+def oof_files(run: TrainedRun, fold: str | None = None) -> dict[str, Path]:
     """case-day -> OOF presence file of the run (or of one fold)."""
-    folds = run_folds(run_dir)
     if fold is None:
-        return prediction_files(run_dir, "oof")
-    if fold not in folds:
-        raise DataError(f"{run_dir}: no trained fold {fold} (has {', '.join(folds)})")
-    return folds[fold].dir.oof_files()
+        return run.prediction_files("oof")
+    return run.select([fold], "oof")[0].dir.oof_files()
 
 
 def load_presence(files: dict[str, Path], cache: VolumeCache) -> tuple[np.ndarray, np.ndarray]:
@@ -94,9 +91,9 @@ def pr_curve_figure(probs: np.ndarray, truth: np.ndarray, threshold: float, path
 def presence_report(run_dir: str | Path, out_dir: str | Path, fold: str | None = None,
                     cache_dir: str | Path | None = None, threshold: float = 0.5) -> pd.DataFrame:
     """Write cls_report.csv and cls_pr_curve.png under out_dir; return the table."""
-    info = next(iter(run_folds(run_dir).values()))
-    cache = VolumeCache(resolve_cache_dir(info, None, cache_dir))
-    files = oof_files(run_dir, fold)
+    run = TrainedRun.load(run_dir)
+    cache = VolumeCache(run.cache_dir(cache_dir=cache_dir))
+    files = oof_files(run, fold)
     if not files:
         raise DataError(f"{run_dir}: no out-of-fold predictions" + (f" in fold {fold}" if fold else ""))
     probs, truth = load_presence(files, cache)

@@ -120,10 +120,10 @@ class AblationOptions:
 
     @property
     def cache(self) -> Path:
-        from src.data.volumes import default_cache_dir
+        from src.data.volumes import cache_dir_for
 
         args = self.base_args
-        return Path(args["cache-dir"]) if args.get("cache-dir") else default_cache_dir(args.get("data-dir") or "data/synthetic")
+        return cache_dir_for(args.get("cache-dir"), args.get("data-dir") or "data/synthetic")
 
 
 def parse_vary(text: str) -> tuple[str, tuple[str, ...]]:

@@ -87,9 +87,9 @@ class BenchmarkOptions:
 
     @property
     def cache(self) -> Path:
-        from src.data.volumes import default_cache_dir
+        from src.data.volumes import cache_dir_for
 
-        return Path(self.cache_dir) if self.cache_dir else default_cache_dir(self.data_dir)
+        return cache_dir_for(self.cache_dir, self.data_dir)
 
 
 # ---- the worker: one arch in a fresh process -------------------------------------------------------

@@ -118,9 +118,9 @@ def fold_pairs(model: nn.Module, cfg: dict, cache: VolumeCache, case_days: Itera
 
 
 def cache_dir_of(cfg: dict) -> Path:
-    from src.data.volumes import default_cache_dir
+    from src.data.volumes import cache_dir_for
 
-    return Path(cfg["cache_dir"]) if cfg.get("cache_dir") else default_cache_dir(cfg["data_dir"])
+    return cache_dir_for(cfg.get("cache_dir"), cfg["data_dir"])
 
 
 # ---- the train CLI ------------------------------------------------------------------------------
