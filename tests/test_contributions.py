@@ -18,7 +18,7 @@ from src.ensembling.params import EnsembleParams, effective_weights
 from src.ensembling.postprocess import apply_ensemble
 from src.ensembling.tune import TuneOptions, tune
 from src.metrics.competition import score_volumes
-from src.reporting.build import contribution_table, ensemble_tables
+from src.reporting.ensemble import contribution_table, ensemble_tables
 
 GROUPS3 = {"a": "2d", "b": "2d", "c": "3d"}
 # every field away from its neutral value, so an ablation that resets too much shows

@@ -1,4 +1,5 @@
-"""The HTML run report on hand-made runs (no training): page, figures, rankings, atomicity, browser."""
+"""The HTML run report on hand-made runs (no training): page, figures, rankings, template, atomicity, browser."""
+import html
 import json
 import re
 import shutil
@@ -15,7 +16,9 @@ from src.data.layout import slice_id
 from src.data.volumes import write_case_day
 from src.metrics.competition import dice_rows, score_volumes
 from src.report import main
-from src.reporting.build import build_report, case_day_score
+from src.reporting.build import build_report
+from src.reporting.page import tabulate
+from src.reporting.scoring import case_day_score
 
 CASE_DAYS = ("case1_day0", "case1_day2", "case3_day1", "case4_day5")
 FOLD_OF = {"case1_day0": "0", "case1_day2": "0", "case3_day1": "1", "case4_day5": "1"}
@@ -119,7 +122,7 @@ def test_page_references_every_figure_and_each_decodes(work):
 
 def test_case_day_table_is_the_metric_ranked_worst_first(work):
     _, masks, _, report = work
-    seg = report.runs[0].segmentation
+    seg = report.runs[0].segmentation.result
     assert seg.sources == {"0": "oof_scores.csv", "1": "recomputed"}
     expected = score_volumes((cd, prediction(cd, masks[cd]) > 0.5, masks[cd] > 0) for cd in CASE_DAYS).per_case_day
     expected = expected.assign(score=case_day_score(expected)).sort_values("score")
@@ -134,7 +137,7 @@ def test_case_day_table_is_the_metric_ranked_worst_first(work):
 def test_class_dice_is_nanmean_over_all_rows(work):
     _, masks, _, report = work
     rows = np.concatenate([dice_rows(prediction(cd, masks[cd]) > 0.5, masks[cd] > 0) for cd in CASE_DAYS])
-    class_dice = report.runs[0].segmentation.class_dice
+    class_dice = report.runs[0].segmentation.result.class_dice
     np.testing.assert_allclose(class_dice.to_numpy(), np.nanmean(rows, axis=0))
     assert class_dice["small_bowel"] < class_dice["large_bowel"]  # missing in one case-day
 
@@ -144,13 +147,65 @@ def test_summary_classifier_and_ensemble_sections(work):
     page = report.index.read_text()
     assert "0.7500" in page and f"{logs['1']['val_score'].max():.4f}" in page  # done.json, else log.csv
     assert f"{np.mean([0.75, logs['1']['val_score'].max()]):.4f}" in page
-    ap = report.runs[1].presence.set_index("class")["ap"]
+    ap = report.runs[1].presence.table.set_index("class")["ap"]
     assert ap["large_bowel"] == pytest.approx(1.0) and ap["stomach"] < 0.9
     assert report.runs[1].segmentation is None and report.runs[0].presence is None
     for text in ("models / seg", "plain_mean", "held_out_by_fold / 0", "gap", "0.8100", "threshold",
                  "Held-out contribution", "<td>thresholds</td>", "0.7654", "0.0246", "<td>not used</td>"):
         assert text in page, text
-    assert "&#x27;component&#x27;" not in page and ">contributions<" not in page  # not walked as scores
+    assert "'component'" not in html.unescape(page) and ">contributions<" not in page  # not walked as scores
+
+
+def headings(page: str) -> list[str]:
+    return [html.unescape(h) for h in re.findall(r"<h[123]>(.*?)</h[123]>", page)]
+
+
+def test_every_section_in_page_order(work):
+    root, _, _, report = work
+    assert headings(report.index.read_text()) == [
+        "Run report: seg, gate", "Summary",
+        "Run seg", "Training curves", "Score per case-day (out of fold)", "Dice per class", "Worst and best case-days",
+        "Run gate", "Training curves", "Presence precision-recall (out of fold)",
+        f"Ensemble {root / 'ensemble.json'}", "Held-out contribution", "Parameters"]
+    page = report.index.read_text()
+    assert page.count("<table>") == 6  # summary, presence, ensemble metrics and scalars, contribution, parameters
+    assert "4 case-days, worst first (fold 0: oof_scores.csv, fold 1: recomputed)." in page
+    assert "at the run's threshold 0.5." in page and 'data-images-loaded' in page and "border-collapse" in page
+
+
+def test_run_and_title_text_is_escaped_and_empty_sections_say_so(work, tmp_path, monkeypatch):
+    """A run named <script>...: text on the page, never markup; a run without OOF and an ensemble without
+    scores get their sentence; the template is found from any working directory."""
+    root, _, _, _ = work
+    name = "<script>alert(1)"
+    run = tmp_path / "runs" / name
+    shutil.copytree(root / "runs" / "gate", run, ignore=shutil.ignore_patterns("oof"))
+    record = json.loads((root / "ensemble.json").read_text())
+    del record["scores"]
+    (tmp_path / "bare.json").write_text(json.dumps(record))
+    monkeypatch.chdir(tmp_path)
+    report = build_report([run], tmp_path / "out", ensemble=tmp_path / "bare.json", cache_dir=root / "cache",
+                          title="<b>title</b> & <script>x</script>")
+    page = report.index.read_text()
+    assert page.count("<script") == 1 and "<b>" not in page  # only the page's own image check
+    assert "&lt;script&gt;alert(1)" in page
+    assert "<h1>&lt;b&gt;title&lt;/b&gt; &amp; &lt;script&gt;x&lt;/script&gt;</h1>" in page
+    assert report.figures == ["01__script_alert_1__curves.png"]
+    assert f'alt="{html.escape(name)}: training loss' in page
+    assert headings(page)[2:] == [f"Run {name}", "Training curves", f"Ensemble {tmp_path / 'bare.json'}", "Parameters"]
+    assert "<p>No out-of-fold predictions (oof/*.npy) in this run.</p>" in page
+    assert "<p>No scores table in this file (keys: version, runs, params).</p>" in page
+    assert report.runs[0].presence is None and report.runs[0].segmentation is None
+
+
+def test_table_cells_are_pandas_to_html_cells():
+    """Floats to 4 decimals and NaN empty, whatever the column's dtype; anything else as str()."""
+    table = pd.DataFrame({"name": ["a", None], "score": [0.81234, np.nan], "n": [3, 4], "mixed": [0.011, "s"],
+                          "none": [None, None], "flag": [True, False]})
+    expected = re.findall(r"<td>(.*?)</td>", table.to_html(index=False, na_rep="", float_format="{:.4f}".format))
+    assert tabulate(table).columns == list(table.columns)
+    assert [c for row in tabulate(table).rows for c in row] == expected == [
+        "a", "0.8123", "3", "0.0110", "None", "True", "", "", "4", "s", "None", "False"]
 
 
 def test_rebuild_replaces_and_failure_keeps_the_old_report(work, tmp_path):

@@ -1,0 +1,56 @@
+"""The tables of an ensemble file: its scores, its held-out contributions and its parameters."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from src.ensembling import contributions
+
+METRIC_KEYS = ("score", "dice", "hausdorff")
+CONTRIBUTION_COLUMNS = {"component": "component", "score": "held-out score without it",
+                        "delta": "delta (what it wins)", "note": "note"}
+
+
+def ensemble_tables(record: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """From ensemble.json's "scores", whatever keys it has but the contributions (contribution_table):
+    (one row per entry holding score/dice/hausdorff, named by its key path), (every other scalar as
+    name, value)."""
+    metric_rows, other_rows = [], []
+
+    def walk(name: str, value) -> None:
+        if isinstance(value, dict) and any(k in value for k in METRIC_KEYS):
+            metric_rows.append({"name": name, **{k: v for k, v in value.items() if not isinstance(v, (dict, list))}})
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{name} / {key}" if name else str(key), item)
+        else:
+            other_rows.append({"name": name, "value": value})
+
+    scores = record.get("scores", {})
+    walk("", {k: v for k, v in scores.items() if k != contributions.KEY} if isinstance(scores, dict) else scores)
+    metrics = pd.DataFrame(metric_rows)
+    if not metrics.empty:
+        first = ["name"] + [k for k in METRIC_KEYS if k in metrics]
+        metrics = metrics[first + [c for c in metrics if c not in first]]
+    return metrics, pd.DataFrame(other_rows, columns=["name", "value"])
+
+
+def contribution_table(record: dict) -> pd.DataFrame:
+    """ensemble.json's contribution rows (src.ensembling.contributions), empty when it has none."""
+    scores = record.get("scores")
+    rows = scores.get(contributions.KEY) if isinstance(scores, dict) else None
+    rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    table = pd.DataFrame([[r.get(k) for k in CONTRIBUTION_COLUMNS] for r in rows],
+                         columns=list(CONTRIBUTION_COLUMNS.values()))
+    numbers = [CONTRIBUTION_COLUMNS[k] for k in ("score", "delta")]
+    table[numbers] = table[numbers].apply(pd.to_numeric, errors="coerce").astype(float)  # None: an empty cell
+    return table
+
+
+def params_table(record: dict) -> pd.DataFrame | None:
+    """ensemble.json's parameters as (parameter, JSON value); None when it has no params block."""
+    params = record.get("params")
+    if not isinstance(params, dict):
+        return None
+    return pd.DataFrame([(k, json.dumps(v)) for k, v in params.items()], columns=["parameter", "value"])
