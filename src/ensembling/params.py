@@ -3,6 +3,7 @@ gates, component sizes and the z clean-up; every step is off at its neutral valu
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,31 @@ def _per_class(value, kind=float) -> tuple:
     if len(values) != N_CLASSES:
         raise ValueError(f"expected {N_CLASSES} per-class values, got {len(values)}")
     return values
+
+
+# the type and range (inclusive) of each per-class field as an ensemble file holds it; checked when a
+# file is read (the search also builds parameters scaled to its proxies, outside these ranges)
+FILE_FIELDS = {"fusion": (float, 0.0, 1.0), "thresholds": (float, 0.0, 1.0), "gate_threshold": (float, 0.0, 1.0),
+               "gate_pixels": (int, 0, math.inf), "gate_prob": (float, 0.0, 1.0), "min_size": (int, 0, math.inf),
+               "z_min_run": (int, 0, math.inf), "z_largest": (bool, False, True)}
+WEIGHT = (float, 0.0, math.inf)
+
+
+def _check_read(name: str, value, kind: type, low: float, high: float) -> None:
+    """ValueError unless `value` is one `kind` or a list of one per class, finite and in [low, high]."""
+    raw = list(value) if isinstance(value, (list, tuple)) else [value] * N_CLASSES
+    if len(raw) != N_CLASSES:
+        raise ValueError(f"{name}: expected {N_CLASSES} per-class values, got {len(raw)}")
+    if kind is bool:
+        if not all(isinstance(v, bool) for v in raw):
+            raise ValueError(f"{name}: expected true or false per class, got {raw}")
+        return
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
+        raise ValueError(f"{name}: expected numbers, got {raw}")
+    if not all(math.isfinite(v) and low <= v <= high for v in raw):
+        raise ValueError(f"{name}: {raw} not finite or outside [{low}, {high}]")
+    if kind is int and not all(float(v).is_integer() for v in raw):
+        raise ValueError(f"{name}: expected whole numbers, got {raw}")
 
 
 @dataclass(frozen=True)
@@ -38,6 +64,8 @@ class EnsembleParams:
     crop: bool = False  # zero everything outside the detector box
 
     def __post_init__(self):
+        if not isinstance(self.weights, dict) or not isinstance(self.groups, dict):
+            raise ValueError("weights and groups must be objects keyed by model name")
         if set(self.weights) != set(self.groups):
             raise ValueError("weights and groups must name the same models")
         if not self.weights:
@@ -46,8 +74,7 @@ class EnsembleParams:
         if bad:
             raise ValueError(f"unknown blend group(s) {sorted(bad)} (expected {', '.join(GROUPS)})")
         object.__setattr__(self, "weights", {k: _per_class(v) for k, v in self.weights.items()})
-        for name, kind in (("fusion", float), ("thresholds", float), ("gate_threshold", float), ("gate_pixels", int),
-                           ("gate_prob", float), ("min_size", int), ("z_min_run", int), ("z_largest", bool)):
+        for name, (kind, _, _) in FILE_FIELDS.items():
             object.__setattr__(self, name, _per_class(getattr(self, name), kind))
 
     @classmethod
@@ -104,8 +131,19 @@ class EnsembleParams:
         if unknown:
             raise DataError(f"{source}: unknown ensemble parameter(s) {', '.join(unknown)}")
         try:
-            return cls(**data)
-        except (TypeError, ValueError) as exc:
+            if not isinstance(data.get("weights"), dict):
+                raise ValueError("weights: expected an object keyed by model name")
+            for name, value in data["weights"].items():
+                _check_read(f"weights of {name}", value, *WEIGHT)
+            for name, (kind, low, high) in FILE_FIELDS.items():
+                if name in data:
+                    _check_read(name, data[name], kind, low, high)
+            if not isinstance(data.get("crop", False), bool):
+                raise ValueError(f"crop: expected true or false, got {data['crop']!r}")
+            params = cls(**data)
+            effective_weights(params, list(params.weights))  # every class has a model with weight
+            return params
+        except (TypeError, ValueError, AttributeError) as exc:
             raise DataError(f"{source}: bad ensemble parameters ({exc})") from None
 
 
