@@ -1,4 +1,4 @@
-"""Synthetic dataset generator (src.data.synthetic, src.make_synthetic): layout, labels, faults, determinism."""
+"""Synthetic dataset generator (the src.data.synthetic package, src.make_synthetic): layout, labels, faults, determinism."""
 from __future__ import annotations
 
 import hashlib
@@ -14,6 +14,7 @@ from scipy import ndimage
 from src.core.errors import DataError, run_cli
 from src.core.ids import CLASSES
 from src.data import synthetic
+from src.data.synthetic import planning, writer
 from src.data.layout import (
     check_labels_match_images,
     masks_for_case_day,
@@ -80,10 +81,10 @@ def test_layout_names_width_first_16bit(tiny):
 
 
 def test_real_sizes_and_spacing_in_names():
-    assert synthetic._sizes(None) == list(synthetic.REAL_SIZES)
-    assert synthetic._sizes([(276, 276), (100, 90)]) == [(276, 276, 1.63), (100, 90, 1.50)]
-    spec = synthetic.CaseDaySpec("train", 3, 1, 0, 360, 310, 1.5, 144)
-    assert synthetic.slice_name(spec, 0) == "slice_0001_360_310_1.50_1.50.png"
+    assert planning.image_sizes(None) == list(planning.REAL_SIZES)
+    assert planning.image_sizes([(276, 276), (100, 90)]) == [(276, 276, 1.63), (100, 90, 1.50)]
+    spec = planning.CaseDaySpec("train", 3, 1, 0, 360, 310, 1.5, 144)
+    assert writer.slice_name(spec, 0) == "slice_0001_360_310_1.50_1.50.png"
 
 
 def test_layout_readers_accept_train_and_test(tiny):
@@ -194,7 +195,7 @@ def test_truth_inside_dataset_is_refused(tmp_path):
 
 def test_same_bytes_for_same_args_any_worker_count(tmp_path, monkeypatch):
     a = make(tmp_path, "a", cases=2, test_cases=1, workers=1)
-    monkeypatch.setattr(synthetic, "INLINE_VOXELS", 0)  # use the process pool even for this tiny set
+    monkeypatch.setattr(writer, "INLINE_VOXELS", 0)  # use the process pool even for this tiny set
     b = make(tmp_path, "b", cases=2, test_cases=1, workers=2)
     assert file_hashes(tmp_path / "a") == file_hashes(tmp_path / "b")
     assert Path(a.truth_path).read_bytes() == Path(b.truth_path).read_bytes()
@@ -223,8 +224,8 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
             raise RuntimeError("interrupted")
         return real(spec, seed, root)
 
-    real = synthetic.write_case_day
-    monkeypatch.setattr(synthetic, "write_case_day", fail_second)
+    real = writer.write_case_day
+    monkeypatch.setattr(writer, "write_case_day", fail_second)
     with pytest.raises(RuntimeError):
         make(tmp_path, cases=3, test_cases=1)
     assert list(tmp_path.iterdir()) == []
