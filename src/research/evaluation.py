@@ -14,7 +14,6 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from src.core.artifacts import FoldDir
 from src.core.atomic import atomic_path, write_text_atomic
 from src.core.checkpoint import load_checkpoint
 from src.core.errors import DataError
@@ -23,6 +22,7 @@ from src.core.memory import status_kib
 from src.data.geometry import Geometry
 from src.data.samples import StackSpec, volume_batches
 from src.data.volumes import CaseDay, VolumeCache
+from src.inference.runs import TrainedFold
 from src.metrics.competition import score_volumes
 from src.models.registry import create_model
 
@@ -81,15 +81,13 @@ def evaluate(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], threshold: flo
 
 
 # ---- a trained fold ----------------------------------------------------------------------------
-def load_fold_model(fold: FoldDir) -> tuple[nn.Module, dict]:
+def load_fold_model(fold: TrainedFold) -> tuple[nn.Module, dict]:
     """The fold's best weights in the model its config names (CPU, eval mode), and that config."""
-    if not fold.weights.is_file():
-        raise DataError(f"{fold.path}: no trained weights (train the run first)")
-    cfg = fold.read_config().config
-    if cfg.get("stage", "seg2d") != "seg2d":
-        raise DataError(f"{fold.config_path}: stage {cfg.get('stage')!r}; only 2.5D (seg2d) runs can be studied")
+    cfg = fold.record.config
+    if fold.stage != "seg2d":
+        raise DataError(f"{fold.dir.config_path}: stage {fold.stage!r}; only 2.5D (seg2d) runs can be studied")
     model = create_model(cfg["arch"], in_channels=cfg["channels"], classes=3, aux_head=cfg.get("aux_weight", 0) > 0)
-    state = load_checkpoint(fold.weights)["model"]
+    state = load_checkpoint(fold.dir.weights)["model"]
     state = {k.removeprefix("module."): v for k, v in state.items() if k != "n_averaged"}  # EMA weights
     model.load_state_dict(state)
     return model.eval(), cfg
@@ -115,12 +113,6 @@ def fold_pairs(model: nn.Module, cfg: dict, cache: VolumeCache, case_days: Itera
     for cd in case_days:
         vol = cache.load(cd)
         yield cd, predict_case_day(model, cfg, vol, batch_size), np.asarray(vol.mask)
-
-
-def cache_dir_of(cfg: dict) -> Path:
-    from src.data.volumes import cache_dir_for
-
-    return cache_dir_for(cfg.get("cache_dir"), cfg["data_dir"])
 
 
 # ---- the train CLI ------------------------------------------------------------------------------

@@ -34,10 +34,10 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
 
-from src.core.artifacts import FoldDir, RunDir
 from src.core.atomic import atomic_path
 from src.core.errors import DataError
 from src.core.ids import CLASSES
+from src.inference.runs import TrainedFold, TrainedRun
 
 METHODS = ("l1_unstructured", "random_unstructured", "random_structured", "global_unstructured")
 CONV_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
@@ -120,17 +120,14 @@ def checkpoint_bytes(model: nn.Module) -> tuple[int, int]:
     return len(raw), len(gzip.compress(raw, compresslevel=6))
 
 
-def _pick_fold(opts: PruneOptions) -> FoldDir:
-    run = RunDir(opts.run)
-    if opts.fold:
-        fold = run.fold(opts.fold)
-        if not fold.weights.is_file():
-            raise DataError(f"--fold: {fold.path} has no trained weights")
-        return fold
-    for fold in run.folds().values():
-        if fold.read_config().val_case_days:
-            return fold
-    raise DataError(f"--run: {opts.run} has no fold with validation case-days (a fold-all run cannot be scored)")
+def _pick_fold(run: TrainedRun, fold: str) -> TrainedFold:
+    """--fold, else the first fold with validation case-days."""
+    if fold:
+        return run.select([fold], "test")[0]
+    found = next((f for f in run.folds.values() if f.val_case_days), None)
+    if found is None:
+        raise DataError(f"--run: {run.path} has no fold with validation case-days (a fold-all run cannot be scored)")
+    return found
 
 
 def _scores(model: nn.Module, cfg: dict, cache, case_days, batch_size: int) -> dict[str, float]:
@@ -143,16 +140,17 @@ def _scores(model: nn.Module, cfg: dict, cache, case_days, batch_size: int) -> d
 def run_pruning(opts: PruneOptions, log=print) -> pd.DataFrame:
     """The sensitivity table (also <out>/prune.csv, prune.md) and <out>/prune_heatmap.png."""
     from src.data.volumes import VolumeCache
-    from src.research.evaluation import cache_dir_of, load_fold_model, write_tables
+    from src.research.evaluation import load_fold_model, write_tables
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    fold = _pick_fold(opts)
+    run = TrainedRun.load(opts.run)
+    fold = _pick_fold(run, opts.fold)
     model, cfg = load_fold_model(fold)
-    case_days = list(fold.read_config().val_case_days)
+    case_days = list(fold.val_case_days)
     if not case_days:
-        raise DataError(f"--fold: {fold.path} has no validation case-days to score on")
-    cache = VolumeCache(Path(opts.cache_dir) if opts.cache_dir else cache_dir_of(cfg))
+        raise DataError(f"--fold: {fold.dir.path} has no validation case-days to score on")
+    cache = VolumeCache(run.cache_dir(cache_dir=opts.cache_dir))
     all_convs = targets(model)
     base = _scores(model, cfg, cache, case_days, opts.batch_size)
     rows = [{"module": "none", "amount": 0.0, "method": opts.method, "sparsity": sparsity(all_convs),
