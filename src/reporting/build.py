@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from src.core.artifacts import CaseDayFiles, FoldDir, RunDir
+from src.core.artifacts import CaseDayFiles, FoldDir, RunDir, load_prediction
 from src.core.atomic import atomic_dir
 from src.core.errors import DataError
 from src.core.ids import CLASSES
@@ -152,10 +152,7 @@ def resolve_cache(run: Run, cache_dir: str | Path | None, data_dir: str | Path |
 
 
 def _load_oof(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    try:
-        probs = np.load(path)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read the OOF array ({exc})") from None
+    probs = load_prediction(path)
     if probs.shape != shape:
         raise DataError(f"{path}: OOF shape {probs.shape}, expected {shape} from the cache")
     return probs
