@@ -146,7 +146,7 @@ CASES = [
     Case("prepare: a folder named like a slice", prepare.main, _prepare_args, "not a regular file (a folder)",
          lambda w: _first_train_slice(w).name, setup=lambda w: _replace_slice(w, Path.mkdir)),
     Case("prepare: a link out of the data folder", prepare.main, _prepare_args,
-         "a link pointing outside the data folder", lambda w: _first_train_slice(w).name,
+         "a link pointing outside its split folder", lambda w: _first_train_slice(w).name,
          setup=lambda w: (shutil.copy2(_first_train_slice(w), w.root / "outside.png"),
                           _replace_slice(w, lambda p: p.symlink_to(w.root / "outside.png")))),
     # ---- sample_submission.csv on the empty-test path

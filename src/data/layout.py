@@ -43,14 +43,14 @@ def scan_split(data_dir: str | Path, split: str = "train", max_pixels: int = MAX
 
     Returns an empty frame (with the columns) when the split folder is missing or empty, as
     Kaggle's `test/` is during development. Raises DataError on a misnamed file, one that is not a
-    regular file inside `data_dir` (a FIFO, a device, a folder, a link pointing out), a slice whose
+    regular file inside the split's folder (a FIFO, a device, a folder, a link pointing out), a slice whose
     name gives more than `max_pixels` pixels, a case-day whose slices differ in size or spacing, a
     duplicated or missing slice number.
     """
     root = Path(data_dir) / split
     rows = []
     if root.is_dir():
-        inside = Path(data_dir).resolve()
+        inside = root.resolve()  # a linked split folder is the user's choice; links below it stay inside
         for path in sorted(root.glob("*/*/scans/*")):
             case_day = path.parent.parent.name
             cd = CASE_DAY_RE.match(case_day)
@@ -76,7 +76,7 @@ def scan_split(data_dir: str | Path, split: str = "train", max_pixels: int = MAX
 def _check_regular_file(path: Path, inside: Path) -> None:
     """DataError unless `path` is a regular file whose real path (links followed) lies in `inside`."""
     if not path.resolve().is_relative_to(inside):
-        raise DataError(f"{path}: a link pointing outside the data folder {inside}")
+        raise DataError(f"{path}: a link pointing outside its split folder {inside}")
     mode = path.stat().st_mode
     if not stat.S_ISREG(mode):
         kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
