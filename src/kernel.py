@@ -3,8 +3,9 @@
 The bundle is a folder to upload as a Kaggle dataset: the code, every run the ensemble needs (each
 complete fold's config and weights), the ensemble file, the wheels Kaggle's image lacks (pinned in
 kernel-requirements.txt), manifest.json (every file's sha256, the package versions, the size) and
-inference.py, which verifies the checksums, installs the wheels with --no-index and runs src.submit
-(see src.kaggle.bundle). `python -m src.kernel pins` prints the closure kernel-requirements.txt
+inference.py, which verifies that the bundle holds exactly the manifest's files with their checksums
+(before importing anything from it), installs the wheels with --no-index and runs src.submit (see
+src.kaggle.bundle). `python -m src.kernel pins` prints the closure kernel-requirements.txt
 must pin, computed from the installed packages (src.kaggle.image).
 """
 from __future__ import annotations

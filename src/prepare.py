@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from src.core.errors import run_cli
+from src.data.layout import MAX_IMAGE_PIXELS
 from src.data.preparation import SPLITS, prepare
 
 
@@ -16,12 +17,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="cache root (default: cache/<data folder name>)")
     parser.add_argument("--split", choices=[*SPLITS, "all"], default="train", help="which split to cache")
     parser.add_argument("--workers", type=int, default=2, help="case-days read in parallel (default 2)")
+    parser.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                        help=f"refuse a slice of more pixels, from its name and PNG header before decoding "
+                             f"(default {MAX_IMAGE_PIXELS} = 4096 x 4096)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    print(prepare(args.data_dir, args.cache_dir, args.split, args.workers).line())
+    print(prepare(args.data_dir, args.cache_dir, args.split, args.workers, args.max_image_pixels).line())
     return 0
 
 

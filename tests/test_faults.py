@@ -401,6 +401,11 @@ def test_the_catalogue_is_large_and_covers_every_stage():
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_bad_input_is_one_line_exit_2(case, world, capsys):
+    assert_one_line_exit_2(case, world, capsys)
+
+
+def assert_one_line_exit_2(case: Case, world: World, capsys) -> None:
+    """Run `case` through the CLI wrapper and check everything the catalogue promises."""
     case.setup(world)
     kept = case.untouched(world)
     before = kept.read_bytes() if kept is not None else None

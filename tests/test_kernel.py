@@ -17,7 +17,7 @@ from src.core.artifacts import RunDir
 from src.core.errors import DataError
 from src.ensembling.submission import SubmitOptions, submit
 from src.ensembling.tune import TuneOptions, tune
-from src.kaggle.bundle import build, read_manifest, sha256
+from src.kaggle.bundle import UNLISTED, build, read_manifest, sha256
 from src.kaggle.image import (
     KAGGLE_IMAGE,
     KERNEL_PACKAGES,
@@ -169,8 +169,9 @@ def test_manifest_lists_every_fold_and_inference_refuses_a_corrupt_weight(ensemb
             source = RunDir(ensemble_json.parent / "runs" / name).fold(fold["fold"])
             assert fold["done"] and sorted(fold["files"]) == sorted(p.name for p in source.bundle_files())
             assert fold["files"][source.weights.name]["sha256"] == sha256(source.weights)
-    on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} - {"manifest.json"}
-    assert set(manifest["files"]) == on_disk and manifest["packages"] == []
+    on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
+    assert set(UNLISTED) - on_disk == {"dataset-metadata.json"}  # the Kaggle CLI's metadata, written by `init`
+    assert set(manifest["files"]) == on_disk - set(UNLISTED) and manifest["packages"] == []
     assert manifest["bytes"] == sum(f["bytes"] for f in manifest["files"].values()) > manifest["weights_bytes"] > 0
 
     weights = bundle / "runs" / "fpn" / "fold1" / RunDir(bundle / "runs" / "fpn").fold(1).weights.name

@@ -23,6 +23,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -34,6 +35,7 @@ from src.core.atomic import (
     write_text_atomic,
 )
 from src.core.errors import DataError
+from src.core.ids import CLASSES
 
 FOLD_RE = re.compile(r"^fold(\d+|all)$")
 LAYOUT_VERSION = 1  # of fold configs and prediction manifests; a file without one is version 1
@@ -72,14 +74,49 @@ def save_prediction(folder: str | Path, case_day: str, prediction: Prediction) -
 
 
 def load_prediction(path: str | Path, mmap: bool = False) -> Prediction:
-    """A saved prediction: a box (.json) or an array (.npy, memory-mapped read-only with `mmap`)."""
+    """A saved prediction, checked: a box record (.json) or a float16 array of (Z, 3) presence or
+    (Z, 3, H, W) probabilities, all in [0, 1] (.npy, memory-mapped read-only with `mmap`).
+    Anything else is a DataError naming the file."""
     path = Path(path)
+    if path.suffix == ".json":
+        record = _read_json(path, "box prediction")
+        box = record.get("box")
+        if not (isinstance(box, list) and len(box) == 4 and all(type(v) is int for v in box)):
+            raise DataError(f"{path}: box prediction without a 'box' of 4 integers [y0, y1, x0, x1]")
+        return record
+    array = _open_array(path, mmap)
+    if _outside_unit_interval(array.view(np.uint16).reshape(-1)):
+        what = "NaN or inf" if np.isnan(array).any() or np.isinf(array).any() else "outside [0, 1]"
+        raise DataError(f"{path}: holds {what} probabilities")
+    return array
+
+
+def prediction_shape(path: str | Path) -> tuple[int, ...]:
+    """The shape of a saved prediction array from its header (checked as load_prediction does, values aside)."""
+    return _open_array(Path(path), mmap=True).shape
+
+
+def _open_array(path: Path, mmap: bool) -> np.ndarray:
     try:
-        if path.suffix == ".json":
-            return json.loads(path.read_text())
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: unreadable prediction ({type(exc).__name__}: {exc})") from None
+    if not isinstance(array, np.ndarray) or array.dtype != np.float16 or array.ndim not in (2, 4) \
+            or array.shape[1] != len(CLASSES) or 0 in array.shape:
+        raise DataError(f"{path}: prediction of shape {getattr(array, 'shape', None)} and dtype "
+                        f"{getattr(array, 'dtype', type(array).__name__)}; expected float16 (Z, 3) presence or "
+                        "(Z, 3, H, W) probabilities")
+    return array
+
+
+@numba.njit(cache=True, nogil=True)
+def _outside_unit_interval(u) -> bool:
+    """Whether any float16 (as its uint16 bits) is not in [0, 1]: bits above 1.0's (0x3C00) are
+    larger, infinite or NaN, and every sign-bit pattern but -0 (0x8000) is negative or NaN."""
+    bad = False  # branch-free, so that it vectorises
+    for i in range(u.size):
+        bad |= (u[i] > 0x3C00) & (u[i] != 0x8000)
+    return bad
 
 
 def _fold_order(name: str) -> tuple[int, int]:

@@ -6,6 +6,8 @@ names the file or row. The width comes FIRST in the file name: an image has `hei
 from __future__ import annotations
 
 import re
+import stat
+import struct
 from pathlib import Path
 
 import cv2
@@ -20,6 +22,8 @@ SLICE_RE = re.compile(r"^slice_(\d{4})_(\d+)_(\d+)_(\d+(?:\.\d+)?)_(\d+(?:\.\d+)
 CASE_DAY_RE = re.compile(r"^case(\d+)_day(\d+)$")
 ID_RE = re.compile(r"^(case(\d+)_day(\d+))_slice_(\d{4})$")
 INDEX_COLUMNS = ["id", "case", "day", "case_day", "slice", "width", "height", "sx", "sy", "path"]
+MAX_IMAGE_PIXELS = 4096 * 4096  # per slice, checked on the name and the PNG header before decoding
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def slice_id(case_day: str, slice_number: int) -> str:
@@ -34,16 +38,19 @@ def parse_id(sid: str) -> tuple[str, int, int, int]:
     return m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
 
 
-def scan_split(data_dir: str | Path, split: str = "train") -> pd.DataFrame:
+def scan_split(data_dir: str | Path, split: str = "train", max_pixels: int = MAX_IMAGE_PIXELS) -> pd.DataFrame:
     """Index every slice PNG of a split: one row per slice, sorted by case, day, slice.
 
     Returns an empty frame (with the columns) when the split folder is missing or empty, as
-    Kaggle's `test/` is during development. Raises DataError on a misnamed file, a case-day whose
-    slices differ in size or spacing, a duplicated or missing slice number.
+    Kaggle's `test/` is during development. Raises DataError on a misnamed file, one that is not a
+    regular file inside the split's folder (a FIFO, a device, a folder, a link pointing out), a slice whose
+    name gives more than `max_pixels` pixels, a case-day whose slices differ in size or spacing, a
+    duplicated or missing slice number.
     """
     root = Path(data_dir) / split
     rows = []
     if root.is_dir():
+        inside = root.resolve()  # a linked split folder is the user's choice; links below it stay inside
         for path in sorted(root.glob("*/*/scans/*")):
             case_day = path.parent.parent.name
             cd = CASE_DAY_RE.match(case_day)
@@ -52,7 +59,9 @@ def scan_split(data_dir: str | Path, split: str = "train") -> pd.DataFrame:
             m = SLICE_RE.match(path.name)
             if not m:
                 raise DataError(f"{path}: file name is not slice_ZZZZ_W_H_sx_sy.png")
+            _check_regular_file(path, inside)
             z, w, h, sx, sy = m.groups()
+            _check_pixels(path, int(w), int(h), max_pixels)
             rows.append((slice_id(case_day, int(z)), int(cd.group(1)), int(cd.group(2)), case_day,
                          int(z), int(w), int(h), float(sx), float(sy), str(path)))
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
@@ -62,6 +71,26 @@ def scan_split(data_dir: str | Path, split: str = "train") -> pd.DataFrame:
     for case_day, group in index.groupby("case_day", sort=False):
         _check_case_day(case_day, group)
     return index
+
+
+def _check_regular_file(path: Path, inside: Path) -> None:
+    """DataError unless `path` is a regular file whose real path (links followed) lies in `inside`."""
+    if not path.resolve().is_relative_to(inside):
+        raise DataError(f"{path}: a link pointing outside its split folder {inside}")
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+                "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISBLK(mode) or stat.S_ISCHR(mode)
+                else "a special file")
+        raise DataError(f"{path}: not a regular file ({kind})")
+
+
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
+    if width < 1 or height < 1:
+        raise DataError(f"{path}: image of {width}x{height} (WxH) pixels is empty")
+    if width * height > max_pixels:
+        raise DataError(f"{path}: image of {width}x{height} (WxH) = {width * height} pixels is over the cap of "
+                        f"{max_pixels} (raise it with --max-image-pixels)")
 
 
 def _check_case_day(case_day: str, group: pd.DataFrame) -> None:
@@ -78,8 +107,23 @@ def _check_case_day(case_day: str, group: pd.DataFrame) -> None:
             raise DataError(f"{Path(group['path'].iloc[0]).parent}: slices of {case_day} differ in {col}")
 
 
+def png_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) from a PNG's IHDR header, read before anything is decoded; DataError if it has none."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise DataError(f"{path}: unreadable PNG (no PNG signature and IHDR header)")
+    width, height = struct.unpack(">II", head[16:24])
+    return height, width
+
+
 def read_slice(path: str | Path, height: int, width: int) -> np.ndarray:
-    """Load one 16-bit grayscale PNG as uint16 (height, width); DataError if unreadable, 8-bit or misshaped."""
+    """Load one 16-bit grayscale PNG as uint16 (height, width); DataError if unreadable, 8-bit or misshaped.
+
+    The header's size must equal the name's (capped by scan_split) before the pixels are decoded."""
+    size = png_size(path)
+    if size != (height, width):
+        raise DataError(f"{path}: image is {size[0]}x{size[1]} (HxW) but its name says {height}x{width}")
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise DataError(f"{path}: unreadable PNG")
@@ -87,9 +131,32 @@ def read_slice(path: str | Path, height: int, width: int) -> np.ndarray:
         raise DataError(f"{path}: expected a 16-bit grayscale PNG, got {img.dtype}")
     if img.ndim != 2:
         raise DataError(f"{path}: expected one channel, got shape {img.shape}")
-    if img.shape != (height, width):
-        raise DataError(f"{path}: image is {img.shape[0]}x{img.shape[1]} (HxW) but its name says {height}x{width}")
     return img
+
+
+def read_csv_text(csv_path: Path) -> pd.DataFrame:
+    """A CSV of text cells ('' for empty); DataError naming the file if it is empty, binary or malformed."""
+    try:
+        return pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        raise DataError(f"{csv_path}: cannot read CSV ({lines[0]})") from None
+
+
+def check_id_class_rows(df: pd.DataFrame, csv_path: Path) -> None:
+    """DataError naming the row unless every class is known, every id well formed, every (id, class) once."""
+    bad_class = ~df["class"].isin(CLASSES)
+    if bad_class.any():
+        i = int(np.flatnonzero(bad_class)[0])
+        raise DataError(f"{csv_path} row {i + 2}: unknown class {df['class'].iloc[i]!r} (expected one of {', '.join(CLASSES)})")
+    bad_id = ~df["id"].str.fullmatch(ID_RE.pattern)
+    if bad_id.any():
+        i = int(np.flatnonzero(bad_id)[0])
+        raise DataError(f"{csv_path} row {i + 2}: malformed id {df['id'].iloc[i]!r}")
+    dup = df.duplicated(["id", "class"])
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise DataError(f"{csv_path} row {i + 2}: duplicate row for id {df['id'].iloc[i]} class {df['class'].iloc[i]}")
 
 
 def read_labels(csv_path: str | Path) -> pd.DataFrame:
@@ -99,26 +166,12 @@ def read_labels(csv_path: str | Path) -> pd.DataFrame:
     classes, malformed ids, duplicate (id, class) rows, or malformed RLE (naming the CSV row).
     """
     csv_path = Path(csv_path)
-    try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{csv_path}: cannot read CSV ({str(exc).splitlines()[0]})") from None
+    df = read_csv_text(csv_path)
     rle_col = next((c for c in ("segmentation", "predicted") if c in df.columns), None)
     if "id" not in df.columns or "class" not in df.columns or rle_col is None:
         raise DataError(f"{csv_path}: needs columns id, class and segmentation (or predicted); has {list(df.columns)}")
     df = df.rename(columns={rle_col: "rle"})[["id", "class", "rle"]]
-    bad_class = ~df["class"].isin(CLASSES)
-    if bad_class.any():
-        i = int(np.flatnonzero(bad_class)[0])
-        raise DataError(f"{csv_path} row {i + 2}: unknown class {df['class'].iloc[i]!r} (expected one of {', '.join(CLASSES)})")
-    bad_id = ~df["id"].str.match(ID_RE.pattern)
-    if bad_id.any():
-        i = int(np.flatnonzero(bad_id)[0])
-        raise DataError(f"{csv_path} row {i + 2}: malformed id {df['id'].iloc[i]!r}")
-    dup = df.duplicated(["id", "class"])
-    if dup.any():
-        i = int(np.flatnonzero(dup)[0])
-        raise DataError(f"{csv_path} row {i + 2}: duplicate row for id {df['id'].iloc[i]} class {df['class'].iloc[i]}")
+    check_id_class_rows(df, csv_path)
     for i, text in enumerate(df["rle"].tolist()):
         if text:
             try:

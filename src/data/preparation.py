@@ -25,6 +25,7 @@ from src.core.atomic import ensure_folder
 from src.core.errors import DataError
 from src.data.layout import (
     CASE_DAY_RE,
+    MAX_IMAGE_PIXELS,
     check_labels_match_images,
     masks_for_case_day,
     read_labels,
@@ -70,8 +71,9 @@ class _Source:
 
 
 def prepare(data_dir: str | Path, cache_dir: str | Path | None = None, split: str = "train",
-            workers: int = 2) -> PrepareSummary:
-    """Cache every case-day of `split` ("train", "test" or "all"); DataError on any bad input."""
+            workers: int = 2, max_pixels: int = MAX_IMAGE_PIXELS) -> PrepareSummary:
+    """Cache every case-day of `split` ("train", "test" or "all"); DataError on any bad input, a slice
+    of more than `max_pixels` pixels included."""
     start = time.perf_counter()
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -80,16 +82,18 @@ def prepare(data_dir: str | Path, cache_dir: str | Path | None = None, split: st
         raise DataError(f"unknown split {split!r} (expected train, test or all)")
     if workers < 1:
         raise DataError(f"--workers must be at least 1, got {workers}")
+    if max_pixels < 1:
+        raise DataError(f"--max-image-pixels {max_pixels}: must be at least 1")
     cache_dir = ensure_folder(Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir))
     counts: Counter[str] = Counter()
     for name in SPLITS if split == "all" else (split,):
-        counts += _prepare_split(data_dir, cache_dir, name, workers)
+        counts += _prepare_split(data_dir, cache_dir, name, workers, max_pixels)
     return PrepareSummary(cache_dir, counts["written"], counts["skipped"], counts["removed"],
                           time.perf_counter() - start)
 
 
-def _prepare_split(data_dir: Path, cache_dir: Path, split: str, workers: int) -> Counter[str]:
-    sources = _sources(data_dir, split)
+def _prepare_split(data_dir: Path, cache_dir: Path, split: str, workers: int, max_pixels: int) -> Counter[str]:
+    sources = _sources(data_dir, split, max_pixels)
     if not sources:
         print(f"prepare: nothing to cache in {data_dir / split}")
     pool = ThreadPoolExecutor(max_workers=workers)
@@ -102,9 +106,9 @@ def _prepare_split(data_dir: Path, cache_dir: Path, split: str, workers: int) ->
     return outcomes
 
 
-def _sources(data_dir: Path, split: str) -> list[_Source]:
+def _sources(data_dir: Path, split: str, max_pixels: int) -> list[_Source]:
     """Validate the split's images (and train.csv for train) and group them by case-day."""
-    index = scan_split(data_dir, split)
+    index = scan_split(data_dir, split, max_pixels)
     if split != "train":
         return [_Source(split, cd, group, None, None, None) for cd, group in index.groupby("case_day", sort=False)]
     csv_path = data_dir / "train.csv"

@@ -5,8 +5,12 @@ the fast one must match byte for byte (tests and `src.bench.metric` compare them
 """
 from __future__ import annotations
 
+import re
+
 import numba
 import numpy as np
+
+_DIGITS = re.compile(r"[0-9]+(?:\s+[0-9]+)*", re.ASCII)
 
 
 def encode_reference(mask: np.ndarray) -> str:
@@ -64,13 +68,13 @@ def encode(mask: np.ndarray) -> str:
 
 @numba.njit(cache=True)
 def _paint(out: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> int:
-    """Paint runs into `out`; return -1 on success or the index of the first invalid run."""
-    n = out.size
+    """Paint runs (inside `out`, as check_runs ensures) into `out`; return -1 on success or the index
+    of the first run that does not start after the previous one."""
     prev_end = 0
     for r in range(starts.size):
         s = starts[r] - 1
         e = s + lengths[r]
-        if s < prev_end or lengths[r] <= 0 or e > n:
+        if s < prev_end:
             return r
         out[s:e] = 1
         prev_end = e
@@ -78,17 +82,39 @@ def _paint(out: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> int:
 
 
 def parse_runs(rle: str) -> tuple[np.ndarray, np.ndarray]:
-    """Split an RLE string into (starts, lengths); ValueError names what is wrong."""
+    """Split an RLE string into (starts, lengths); ValueError names what is wrong.
+
+    Every token must be a plain decimal integer (digits only: no sign, no point) that fits an int64.
+    """
     text = "" if rle is None else str(rle).strip()
     if not text or text.lower() == "nan":
         return np.empty(0, np.int64), np.empty(0, np.int64)
+    if not _DIGITS.fullmatch(text):
+        bad = next(t for t in text.split() if not _DIGITS.fullmatch(t))
+        raise ValueError(f"non-integer token {bad[:20]!r} in RLE (tokens are non-negative integers)")
     try:
         numbers = np.array(text.split(), dtype=np.int64)
-    except ValueError:
-        raise ValueError(f"non-integer token in RLE {text[:40]!r}") from None
+    except OverflowError:
+        raise ValueError(f"RLE value too large in {text[:40]!r}") from None
     if numbers.size % 2:
         raise ValueError("odd number of values in RLE (need start/length pairs)")
     return numbers[0::2], numbers[1::2]
+
+
+def check_runs(starts: np.ndarray, lengths: np.ndarray, size: int, shape: tuple[int, int]) -> None:
+    """ValueError unless every run lies in 1..size: start >= 1, length >= 1, start + length - 1 <= size,
+    compared without overflow (a start near 2**63 must not wrap around)."""
+    if not starts.size:
+        return
+    if starts.min() < 1:
+        raise ValueError("RLE start below 1 (starts are 1-indexed)")
+    if lengths.min() < 1:
+        r = int(np.argmin(lengths))
+        raise ValueError(f"RLE run {starts[r]} {lengths[r]} has a non-positive length")
+    past = (starts > size) | (lengths > size - np.minimum(starts, size) + 1)
+    if past.any():
+        r = int(np.flatnonzero(past)[0])
+        raise ValueError(f"RLE run {starts[r]} {lengths[r]} runs past the image of {shape[0]}x{shape[1]} pixels")
 
 
 def decode(rle: str, shape: tuple[int, int], order: str = "C") -> np.ndarray:
@@ -98,13 +124,8 @@ def decode(rle: str, shape: tuple[int, int], order: str = "C") -> np.ndarray:
     """
     starts, lengths = parse_runs(rle)
     flat = np.zeros(int(shape[0]) * int(shape[1]), dtype=np.uint8)
-    if starts.size:
-        if starts.min() < 1:
-            raise ValueError("RLE start below 1 (starts are 1-indexed)")
-        bad = _paint(flat, starts, lengths)
-        if bad >= 0:
-            s, ln = int(starts[bad]), int(lengths[bad])
-            if s - 1 + ln > flat.size:
-                raise ValueError(f"RLE run {s} {ln} runs past the image of {shape[0]}x{shape[1]} pixels")
-            raise ValueError(f"RLE run {s} {ln} is not increasing or has a non-positive length")
+    check_runs(starts, lengths, flat.size, shape)
+    bad = _paint(flat, starts, lengths) if starts.size else -1
+    if bad >= 0:
+        raise ValueError(f"RLE run {starts[bad]} {lengths[bad]} does not start after the previous run (not increasing)")
     return flat.reshape(shape, order=order)

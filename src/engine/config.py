@@ -21,6 +21,7 @@ from src.data.samples import ANCHORS
 SCHEDULES = ("cosine", "poly")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
+MAX_IMG_SIZE = 4096  # --img-size above this is a typo, not a model (a batch of it would not fit in memory)
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,9 @@ class Seg2DConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("channels", "stride", "img_size"):
+        for name in ("channels", "stride"):
             _check(self, getattr(self, name) >= 1, name, "must be at least 1")
+        _check_img_size(self)
         _check(self, self.anchor in ANCHORS, "anchor", f"expected one of {', '.join(ANCHORS)}")
         _check(self, self.geometry in GEOMETRIES, "geometry", f"expected one of {', '.join(GEOMETRIES)}")
         _check(self, self.augment in AUGMENTS, "augment", f"expected one of {', '.join(AUGMENTS)}")
@@ -189,7 +191,8 @@ class DetConfig(TrainConfig):
         changed = [name for name in DET_UNUSED_FIELDS if getattr(self, name) != defaults[name]]
         if changed:
             raise DataError(f"--{changed[0].replace('_', '-')} does not apply to the det stage")
-        _check(self, self.img_size > 0 and self.img_size % 32 == 0, "img_size", "YOLO needs a positive multiple of 32")
+        _check_img_size(self)
+        _check(self, self.img_size % 32 == 0, "img_size", "YOLO needs a positive multiple of 32")
         for name in ("stride", "margin", "margin_px"):
             _check(self, getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("slice_step", "predict_step"):
@@ -206,6 +209,10 @@ def _check_types(config) -> None:
         value, kinds = getattr(config, field.name), _TYPES[str(field.type)]
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             raise DataError(f"--{field.name.replace('_', '-')} {value!r}: expected {field.type}")
+
+
+def _check_img_size(config) -> None:
+    _check(config, 1 <= config.img_size <= MAX_IMG_SIZE, "img_size", f"must be between 1 and {MAX_IMG_SIZE}")
 
 
 def _check(config, ok: bool, name: str, what: str) -> None:

@@ -9,9 +9,8 @@ from typing import Callable
 
 import numpy as np
 
-from src.core.artifacts import load_prediction
+from src.core.artifacts import load_prediction, prediction_shape
 from src.core.errors import DataError
-from src.data.half import all_finite
 from src.data.volumes import VolumeCache
 from src.ensembling.search import OOFCase, make_case, region_of_interest
 from src.inference.runs import TrainedRun
@@ -50,12 +49,10 @@ class CaseSource:
 
 
 def check_probs(array: np.ndarray, shape: tuple, source: Path) -> np.ndarray:
-    """`array` if it has `shape` and only finite values, else a DataError naming `source`."""
+    """`array` (values checked by load_prediction) if it has `shape`, else a DataError naming `source`."""
     if array.shape != shape:
         hint = " (a classifier? pass it with --gate)" if array.ndim == 2 else ""
         raise DataError(f"{source}: probabilities of shape {array.shape}, expected {shape}{hint}")
-    if not all_finite(array):
-        raise DataError(f"{source}: holds NaN or inf probabilities")
     return array
 
 
@@ -86,7 +83,7 @@ def case_sources(runs: list[TrainedRun], cache_dir: Path, gate: TrainedRun | Non
     skipped = len(set().union(*map(set, files.values()))) - len(ordered)
     left_out = f" ({skipped} without every prediction left out)" if skipped else ""
     log(f"ensemble: {len(ordered)} OOF case-days{left_out}")
-    return [CaseSource(cd, folds[cd], tuple(load_prediction(next(iter(files.values()))[cd], mmap=True).shape),
+    return [CaseSource(cd, folds[cd], prediction_shape(next(iter(files.values()))[cd]),
                        {name: Path(f[cd]) for name, f in files.items()}, Path(cache_dir),
                        Path(extra["gate"][cd]) if gate else None, Path(extra["crop"][cd]) if crop else None)
             for cd in ordered]

@@ -25,7 +25,7 @@ from src.core.atomic import atomic_path, check_writable
 from src.core.errors import DataError
 from src.core.ids import CLASSES
 from src.data import rle
-from src.data.layout import read_slice, scan_split
+from src.data.layout import check_id_class_rows, read_csv_text, read_slice, scan_split
 from src.data.volumes import CaseDay
 from src.ensembling.ensemble_file import Ensemble, load_ensemble
 from src.ensembling.postprocess import apply_ensemble
@@ -141,9 +141,10 @@ def _read_sample(data_dir: Path) -> pd.DataFrame | None:
     path = data_dir / "sample_submission.csv"
     if not path.is_file():
         return None
-    sample = pd.read_csv(path, dtype=str, keep_default_na=False)
+    sample = read_csv_text(path)
     if not {"id", "class"} <= set(sample.columns):
-        raise DataError(f"{path}: needs columns id and class; has {list(sample.columns)}")
+        raise DataError(f"{path}: needs columns id and class; has {list(sample.columns)[:5]}")
+    check_id_class_rows(sample, path)
     return sample
 
 

@@ -8,7 +8,8 @@ The bundle is a folder to upload as a Kaggle dataset:
   ensemble.json   the tuned ensemble
   wheels/         the wheels pinned in kernel-requirements.txt (what Kaggle's image lacks, see
                   src.kaggle.image), installed with --no-index so the kernel runs with the internet off
-  inference.py    the kernel's script: verifies the manifest's checksums, installs the wheels, runs src.submit
+  inference.py    the kernel's script: verifies that the bundle holds exactly the manifest's files, each with
+                  its sha256 (before importing anything from it), installs the wheels, runs src.submit
   manifest.json   every run, fold and file with its sha256 and size, the package versions, the bundle size
   kernel-metadata.json, README.txt
 A fold without its done marker is refused (an interrupted training), unless allow_incomplete.
@@ -34,20 +35,35 @@ from src.kaggle.image import KAGGLE_IMAGE, KERNEL_REQUIREMENTS, ROOT, kernel_pin
 CODE_DIR, RUNS_DIR, WHEELS_DIR = "code", "runs", "wheels"
 ENSEMBLE_FILE, MANIFEST_FILE, INFERENCE_FILE = "ensemble.json", "manifest.json", "inference.py"
 METADATA_FILE, README_FILE = "kernel-metadata.json", "README.txt"
+# at the bundle's root, outside the manifest: the manifest itself, and the Kaggle CLI's metadata files
+# (edited by the user, never uploaded); inference.py accepts them and nothing else unlisted
+UNLISTED = (MANIFEST_FILE, METADATA_FILE, "dataset-metadata.json")
 MANIFEST_VERSION = 1
 COMPETITION = "uw-madison-gi-tract-image-segmentation"
 
 INFERENCE_SCRIPT = '''"""Kaggle inference with the internet off: verify the bundle, install its wheels, write submission.csv."""
-import argparse
-import hashlib
-import json
-import os
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
-BUNDLE = Path(__file__).resolve().parent
+# Python put this script's folder (the bundle) first on sys.path: drop it before any other import, so
+# that no file of the bundle is imported before the bundle is verified.
+import os  # noqa: E402  (loaded with the interpreter, before sys.path[0] was set: never the bundle's)
+
+HERE = os.path.dirname(os.path.realpath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != HERE]
+
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import stat  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path, PurePosixPath  # noqa: E402
+
+BUNDLE = Path(HERE)
+MANIFEST = "manifest.json"
+UNLISTED = UNLISTED_NAMES  # manifest.json and the Kaggle CLI's metadata files (never uploaded)
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def fail(message: str) -> None:
@@ -55,23 +71,68 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def verify(bundle: Path) -> dict:
-    """Every file of manifest.json present with its sha256; the manifest, else a one-line error."""
+def read_manifest(bundle: Path) -> dict:
+    """manifest.json, its shape checked: {"files": {relative path: {"sha256", "bytes"}}, "packages":
+    [{"wheel": a listed file}], "bytes"}; a one-line error naming the file otherwise."""
+    path = bundle / MANIFEST
     try:
-        manifest = json.loads((bundle / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        fail(f"{bundle / 'manifest.json'}: unreadable bundle manifest ({exc})")
-    for rel, entry in manifest["files"].items():
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        fail(f"{path}: unreadable bundle manifest ({' '.join(str(exc).split())})")
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not isinstance(manifest.get("packages"), list) \\
+            or type(manifest.get("bytes")) is not int:
+        fail(f"{path}: malformed bundle manifest (needs files, packages and bytes)")
+    for rel, entry in files.items():
+        parts = PurePosixPath(rel).parts
+        if rel.startswith("/") or not parts or ".." in parts or "." in parts or rel != "/".join(parts) \\
+                or rel in UNLISTED or "\\\\" in rel:
+            fail(f"{path}: malformed bundle manifest (file {rel[:80]!r} is not a plain path inside the bundle)")
+        if not isinstance(entry, dict) or not SHA256.fullmatch(str(entry.get("sha256"))) \\
+                or type(entry.get("bytes")) is not int:
+            fail(f"{path}: malformed bundle manifest (file {rel[:80]!r} needs a sha256 and a size in bytes)")
+    for package in manifest["packages"]:
+        if not isinstance(package, dict) or package.get("wheel") not in files:
+            fail(f"{path}: malformed bundle manifest (a package whose wheel is not a listed file)")
+    return manifest
+
+
+def verify(bundle: Path) -> dict:
+    """The bundle holds exactly the files manifest.json lists (regular files, no links, no other file
+    or folder but UNLISTED), each with its size and sha256; the manifest, else a one-line error."""
+    manifest = read_manifest(bundle)
+    files = manifest["files"]
+    folders = {str(PurePosixPath(rel).parent) for rel in files} | {"."}
+    folders |= {str(parent) for rel in folders for parent in PurePosixPath(rel).parents}
+    found = set()
+    for top, dirs, names in os.walk(bundle):
+        for name in dirs + names:
+            path = Path(top) / name
+            rel = path.relative_to(bundle).as_posix()
+            mode = os.lstat(path).st_mode
+            expected = stat.S_ISDIR(mode) and rel in folders or stat.S_ISREG(mode) and (rel in files or rel in UNLISTED)
+            if not expected:
+                fail(f"{path}: not in manifest.json (an added or changed upload); nothing of the bundle was run")
+            found.add(rel)
+    for rel, entry in files.items():
         path = bundle / rel
-        if not path.is_file():
+        if rel not in found:
             fail(f"{path}: listed in manifest.json but missing from the bundle")
         digest = hashlib.sha256()
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
-        if digest.hexdigest() != entry["sha256"]:
+        if digest.hexdigest() != entry["sha256"] or path.stat().st_size != entry["bytes"]:
             fail(f"{path}: sha256 does not match manifest.json (corrupt or changed upload)")
     return manifest
+
+
+def run(cmd: list, what: str, **kwargs) -> None:
+    """Run a step; a failure exits with the step's own code (its error line already printed)."""
+    code = subprocess.run(cmd, **kwargs).returncode
+    if code:
+        print(f"inference: {what} failed (exit code {code})", flush=True)
+        sys.exit(code)
 
 
 def main() -> None:
@@ -88,15 +149,17 @@ def main() -> None:
     if wheels:
         # no index: only the bundled wheels and what the image has; pip resolves each wheel's
         # dependencies against them, so a missing one or a version clash fails here, by name
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-index", "--quiet",
-                               "--find-links", str(args.bundle / "wheels"), *wheels])
-    # /kaggle/input is read-only: ultralytics' settings and Python's bytecode go elsewhere
-    env = {"YOLO_CONFIG_DIR": str(Path(tempfile.gettempdir()) / "yolo_config"), **os.environ,
-           "PYTHONDONTWRITEBYTECODE": "1"}
-    subprocess.check_call([sys.executable, "-m", "src.submit", "--ensemble", str(args.bundle / "ensemble.json"),
-                           "--runs-root", str(args.bundle / "runs"), "--data-dir", args.data_dir, "--out", args.out,
-                           "--allow-train-fallback", args.allow_train_fallback, "--device", args.device],
-                          cwd=args.bundle / "code", env=env)
+        run([sys.executable, "-m", "pip", "install", "--no-index", "--quiet",
+             "--find-links", str(args.bundle / "wheels"), *wheels], "installing the bundled wheels")
+    # /kaggle/input is read-only, and the bundle must stay as verified: ultralytics' settings, numba's
+    # cache and Python's bytecode go elsewhere
+    scratch = Path(tempfile.gettempdir())
+    env = {"YOLO_CONFIG_DIR": str(scratch / "yolo_config"), **os.environ, "PYTHONDONTWRITEBYTECODE": "1",
+           "NUMBA_CACHE_DIR": str(scratch / "numba_cache")}
+    run([sys.executable, "-m", "src.submit", "--ensemble", str(args.bundle / "ensemble.json"),
+         "--runs-root", str(args.bundle / "runs"), "--data-dir", args.data_dir, "--out", args.out,
+         "--allow-train-fallback", args.allow_train_fallback, "--device", args.device], "src.submit",
+        cwd=args.bundle / "code", env=env)
 
 
 if __name__ == "__main__":
@@ -107,8 +170,8 @@ README_TEXT = """Offline inference bundle for the UW-Madison GI Tract Image Segm
 1. Upload this folder as a private Kaggle dataset (kaggle datasets create -p THIS_FOLDER --dir-mode zip).
 2. Create a script kernel whose code is inference.py (or run `python /kaggle/input/<dataset>/inference.py`),
    add the competition and the dataset as inputs, turn the internet off, pick a GPU.
-3. It checks every file against manifest.json, installs wheels/ with --no-index and writes
-   /kaggle/working/submission.csv.
+3. It checks that the folder holds exactly the files of manifest.json, each with its sha256 (nothing
+   added, nothing missing), installs wheels/ with --no-index and writes /kaggle/working/submission.csv.
 """
 
 
@@ -168,11 +231,11 @@ def _copy_run(run: TrainedRun, dest: Path) -> list[dict]:
 
 def write_manifest(staging: Path, runs: dict[str, list[dict]], packages: dict[str, Path]) -> dict:
     """manifest.json: every run and fold with its files' sha256 and size, the bundled packages and
-    the versions the image must provide, the bundle size (all but the manifest itself)."""
+    the versions the image must provide, the bundle size (every file but the UNLISTED ones)."""
     files = {}
     for path in sorted(p for p in staging.rglob("*") if p.is_file()):
         rel = path.relative_to(staging).as_posix()
-        if rel != MANIFEST_FILE:
+        if rel not in UNLISTED:
             files[rel] = {"sha256": sha256(path), "bytes": path.stat().st_size}
     pins = kernel_pins()
     manifest = {
@@ -208,12 +271,14 @@ def build(ensemble_json: str | Path, out: str | Path, wheels: tuple[str, ...] | 
             shutil.copy2(ROOT / name, staging / CODE_DIR / name)
         runs = {}
         for run in map(Path, ensemble.run_paths()):
+            if run.name in ("", ".", ".."):
+                raise DataError(f"{run}: a run path must end in the run's folder name (the bundle keys runs by name)")
             if run.name in runs:
                 raise DataError(f"{run}: two runs of the ensemble are named {run.name}; the bundle keys runs by name")
             runs[run.name] = _copy_run(TrainedRun.load(run, allow_incomplete), staging / RUNS_DIR / run.name)
         shutil.copy2(ensemble_json, staging / ENSEMBLE_FILE)
         packages = download_wheels(wheels, staging / WHEELS_DIR) if wheels is None or wheels else {}
-        (staging / INFERENCE_FILE).write_text(INFERENCE_SCRIPT)
+        (staging / INFERENCE_FILE).write_text(INFERENCE_SCRIPT.replace("UNLISTED_NAMES", repr(sorted(UNLISTED))))
         (staging / README_FILE).write_text(README_TEXT)
         slug = out.name.lower().replace("_", "-")
         write_json_atomic(staging / METADATA_FILE, {

@@ -36,6 +36,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = obj[key]
     if not isinstance(obj, dict):
         raise DataError(f"{path}: not a state dict")
+    bad = next(((k, v) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise DataError(f"{path}: not a state dict of tensors (entry {str(bad[0])[:60]!r} holds a "
+                        f"{type(bad[1]).__name__})")
     return obj
 
 

@@ -6,7 +6,7 @@ from typing import Iterator
 
 import numpy as np
 
-from src.core.artifacts import CaseDayFiles
+from src.core.artifacts import CaseDayFiles, load_prediction
 from src.core.errors import DataError
 from src.data.samples import intensity_window, normalise
 from src.data.volumes import VolumeCache
@@ -18,10 +18,7 @@ SLICES_PER_CASE_DAY = 3  # overlay panels of one case-day
 
 
 def load_oof(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    try:
-        probs = np.load(path)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read the OOF array ({exc})") from None
+    probs = load_prediction(path)
     if probs.shape != shape:
         raise DataError(f"{path}: OOF shape {probs.shape}, expected {shape} from the cache")
     return probs

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.core.artifacts import CaseDayFiles, fold_dir
+from src.core.artifacts import CaseDayFiles, fold_dir, load_prediction
 from src.core.atomic import atomic_path, write_json_atomic
 from src.core.errors import DataError
 from src.core.ids import CLASSES, case_day_key
@@ -219,7 +219,7 @@ def _score_cell(fold, cache_dir: Path) -> dict[str, float]:
     missing = [cd for cd in val if cd not in files]
     if missing or not val:
         raise DataError(f"{fold.path}: no OOF prediction for {missing[0] if missing else 'any case-day'}")
-    return evaluate((cd, np.load(files[cd]).astype(np.float32), np.asarray(cache.load(cd).mask)) for cd in val)
+    return evaluate((cd, load_prediction(files[cd]).astype(np.float32), np.asarray(cache.load(cd).mask)) for cd in val)
 
 
 def run_ablation(opts: AblationOptions, log=print) -> pd.DataFrame:
