@@ -23,6 +23,7 @@ import pandas as pd
 
 from src.core.atomic import atomic_path, check_writable
 from src.core.errors import DataError
+from src.core.outputs import check_output
 from src.core.ids import CLASSES
 from src.data import rle
 from src.data.layout import read_slice, scan_split
@@ -185,6 +186,7 @@ def submit(opts: SubmitOptions) -> Path:
     predictions; with no sample submission either, it is an error (or --allow-train-fallback).
     """
     data_dir, out = Path(opts.data_dir), Path(opts.out)
+    check_output(out, "--out", (opts.ensemble,), data_dir)
     ensemble = load_ensemble(opts.ensemble)
     check_writable(out)
     index = scan_split(data_dir, "test")

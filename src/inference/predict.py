@@ -8,12 +8,12 @@ box record) and the manifest, written last, saying what was predicted and how.
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from src.core.artifacts import Prediction, PredictionDir, RunDir
 from src.core.errors import DataError
+from src.core.outputs import check_output
 from src.data.preparation import prepare
 from src.data.volumes import CaseDay, VolumeCache
 from src.engine.trainer import select_device
@@ -112,6 +112,9 @@ def predict_run(opts: PredictOptions) -> Path:
     chosen = select_folds(opts.run, opts.folds, opts.split, opts.allow_incomplete)
     cache_dir = resolve_cache_dir(chosen[0], opts.data_dir, opts.cache_dir)
     data_dir = Path(opts.data_dir or chosen[0].record.config.get("data_dir", "data"))
+    out = PredictionDir(opts.out) if opts.out else RunDir(opts.run).predictions(opts.split)
+    check_output(out.path, "--out", (opts.run, opts.gate, opts.crop, cache_dir), data_dir,
+                 (out.manifest_path.name,), "prediction folder")
     cache = VolumeCache(cache_dir)
     case_days = split_case_days(opts.split, chosen, cache, data_dir)
     predictor = RunPredictor(opts.run, [f.fold for f in chosen], opts.split, opts.tta, opts.device,
@@ -119,7 +122,6 @@ def predict_run(opts: PredictOptions) -> Path:
     gate_probs = split_predictions(opts.gate, opts.split, case_days, opts.allow_incomplete) if opts.gate else None
     boxes = split_predictions(opts.crop, opts.split, case_days, opts.allow_incomplete) if opts.crop else {}
     rule = parse_gate_rule(opts.gate_rule) if opts.gate_rule else None
-    out = PredictionDir(opts.out) if opts.out else RunDir(opts.run).predictions(opts.split)
     out.begin()
     cache_split = "train" if opts.split == "oof" else "test"
     try:
@@ -136,6 +138,6 @@ def predict_run(opts: PredictOptions) -> Path:
             "gate_threshold": opts.gate_threshold if opts.gate else None, "gate_rule": opts.gate_rule,
             "crop": str(opts.crop) if opts.crop else None, "case_days": case_days})
     finally:  # a failed prediction leaves the previous one as it was
-        shutil.rmtree(out.staging, ignore_errors=True)
+        out.discard()
     print(f"predict: {Path(opts.run).name} {opts.split}: {len(case_days)} case-days -> {out.path}")
     return out.path

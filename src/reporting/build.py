@@ -25,8 +25,9 @@ import numpy as np
 import pandas as pd
 
 from src.core.artifacts import CaseDayFiles, FoldDir, RunDir
-from src.core.atomic import atomic_dir
+from src.core.atomic import atomic_dir, write_json_atomic
 from src.core.errors import DataError
+from src.core.outputs import check_output
 from src.core.ids import CLASSES
 from src.data.samples import intensity_window, normalise
 from src.data.volumes import VolumeCache, default_cache_dir
@@ -41,6 +42,7 @@ from src.metrics.competition import (
 )
 from src.reporting import figures, presence
 
+INDEX_FILE, MARKER_FILE = "index.html", "report.json"  # a report folder: its page, and its marker (last)
 CLS_STAGE = "cls"
 WORST_BEST = 2  # case-days shown at each end of the ranking
 SLICES_PER_CASE_DAY = 3
@@ -439,8 +441,10 @@ class Report:
 def build_report(runs: list[str | Path], out: str | Path, ensemble: str | Path | None = None,
                  cache_dir: str | Path | None = None, data_dir: str | Path | None = None,
                  title: str | None = None, allow_incomplete: bool = False) -> Report:
-    """Write `out`/index.html and its PNG figures (atomically); return what was computed."""
+    """Write `out`/index.html, its PNG figures and the report marker (atomically, replacing only an
+    earlier report); return what was computed."""
     out = Path(out)
+    check_output(out, "--out", (*runs, ensemble, cache_dir), data_dir, (INDEX_FILE, MARKER_FILE), "report")
     loaded = [load_run(r, allow_incomplete) for r in runs]
     record = load_ensemble(ensemble).record if ensemble is not None else None
     title = title or f"Run report: {', '.join(r.name for r in loaded)}"
@@ -452,5 +456,7 @@ def build_report(runs: list[str | Path], out: str | Path, ensemble: str | Path |
         reports = [_run_section(page, i, run, resolve_cache(run, cache_dir, data_dir)) for i, run in enumerate(loaded, 1)]
         if record is not None:
             _ensemble_section(page, Path(ensemble), record)
-        (folder / "index.html").write_text(page.render(title), encoding="utf-8")
-    return Report(out / "index.html", page.figures, reports)
+        (folder / INDEX_FILE).write_text(page.render(title), encoding="utf-8")
+        write_json_atomic(folder / MARKER_FILE, {"title": title, "runs": [str(r) for r in runs],
+                                                 "ensemble": str(ensemble) if ensemble is not None else None})
+    return Report(out / INDEX_FILE, page.figures, reports)
