@@ -24,6 +24,7 @@ from test_faults import (  # noqa: F401  (base and world are fixtures)
     _train_args,
     base,
     run_cli_ok,
+    temporaries,
     world,
 )
 
@@ -179,8 +180,7 @@ def test_bad_output_is_one_line_exit_2_and_keeps_the_users_files(case, world, ca
     absent = case.absent(world)
     if absent is not None:
         assert not absent.exists(), f"{absent} was written"
-    leftovers = [p for p in world.root.rglob(".*") if p.name.endswith((".staging", ".old", ".tmp"))]
-    assert not leftovers, leftovers
+    assert not temporaries(world.root), temporaries(world.root)
 
 
 def test_the_outputs_catalogue_covers_every_writer():
@@ -226,4 +226,4 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_the_previous_prediction(world, c
     err = capsys.readouterr().err
     assert exit_info.value.code == 130 and err.strip() == "error: interrupted", err
     assert previous.read_text() == PREVIOUS
-    assert not [p for p in (world.runs / "unet").iterdir() if p.name.startswith(".pred_oof")]
+    assert not temporaries(world.root)
