@@ -27,8 +27,8 @@ import pandas as pd
 from src.core.artifacts import CaseDayFiles, FoldDir, RunDir
 from src.core.atomic import atomic_dir, write_json_atomic
 from src.core.errors import DataError
-from src.core.outputs import check_output
 from src.core.ids import CLASSES
+from src.core.outputs import check_output
 from src.data.samples import intensity_window, normalise
 from src.data.volumes import VolumeCache, default_cache_dir
 from src.ensembling import contributions
