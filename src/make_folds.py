@@ -7,6 +7,7 @@ from pathlib import Path
 
 from src.core.atomic import check_writable, write_text_atomic
 from src.core.errors import run_cli
+from src.core.outputs import check_output
 from src.data.folds import fold_table, make_folds
 
 
@@ -22,6 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_output(args.out, "--out", data_dir=args.data_dir)
     check_writable(args.out)
     exclude = [name.strip() for name in args.exclude.split(",") if name.strip()]
     folds = make_folds(args.data_dir, args.n_folds, args.seed, exclude)

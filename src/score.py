@@ -8,6 +8,7 @@ from pathlib import Path
 
 from src.core.atomic import atomic_path, check_writable, write_json_atomic
 from src.core.errors import run_cli
+from src.core.outputs import check_output
 from src.metrics.competition import PROTOCOLS
 from src.metrics.scoring import SPLITS, score_with_split, summary_record
 
@@ -23,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--summary", type=Path, metavar="OUT.json", help="also write the JSON object here")
     args = parser.parse_args(argv)
-    for out in (args.per_case_day, args.summary):
+    for flag, out in (("--per-case-day", args.per_case_day), ("--summary", args.summary)):
         if out:
+            check_output(out, flag, (args.truth, args.pred), args.data_dir)
             check_writable(out)
     result, split = score_with_split(args.data_dir, args.truth, args.pred, args.protocol, args.split)
     if args.per_case_day:

@@ -1,2 +1,3 @@
-"""The bottom layer: errors and the CLI wrapper, atomic writes, ids and classes, seeding, and the
-one owner of every artifact's on-disk layout (src.core.artifacts). Imports nothing of the project."""
+"""The bottom layer: errors and the CLI wrapper, atomic writes, ids and classes, seeding, the output
+guard (src.core.outputs), the JSON/TOML reader (src.core.readers), and the one owner of every
+artifact's on-disk layout (src.core.artifacts). Imports nothing of the project."""

@@ -17,7 +17,6 @@ No other module spells a file name of an artifact; they all read and write throu
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -30,36 +29,32 @@ import pandas as pd
 from src.core.atomic import (
     atomic_path,
     save_npy_atomic,
+    staging_dir,
     swap_dir,
     write_json_atomic,
     write_text_atomic,
 )
 from src.core.errors import DataError
 from src.core.ids import CLASSES
+from src.core.readers import read_json_object
 
 FOLD_RE = re.compile(r"^fold(\d+|all)$")
 LAYOUT_VERSION = 1  # of fold configs and prediction manifests; a file without one is version 1
 PREDICTION_SUFFIXES = (".npy", ".json")  # probability arrays; a detector's box records
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable {what} ({type(exc).__name__}: {exc})") from None
-    if not isinstance(value, dict):
-        raise DataError(f"{path}: {what} is not a JSON object")
-    return value
-
-
 Prediction = np.ndarray | dict  # probabilities, or a detector's box record
 
 
+def _check_version(value, expected: int, path: Path, what: str, hint: str = "") -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DataError(f"{path}: {what} {value!r} is not an integer (this code reads {expected}){hint}")
+    if value != expected:
+        raise DataError(f"{path}: {what} {value}, this code reads {expected}{hint}")
+
+
 def _check_layout(record: dict, path: Path) -> None:
-    if record.get("layout", 1) != LAYOUT_VERSION:
-        raise DataError(f"{path}: layout version {record.get('layout')}, this code reads {LAYOUT_VERSION}")
+    _check_version(record.get("layout", 1), LAYOUT_VERSION, path, "layout version")
 
 
 def save_prediction(folder: str | Path, case_day: str, prediction: Prediction) -> Path:
@@ -79,7 +74,7 @@ def load_prediction(path: str | Path, mmap: bool = False) -> Prediction:
     Anything else is a DataError naming the file."""
     path = Path(path)
     if path.suffix == ".json":
-        record = _read_json(path, "box prediction")
+        record = read_json_object(path, "box prediction")
         box = record.get("box")
         if not (isinstance(box, list) and len(box) == 4 and all(type(v) is int for v in box)):
             raise DataError(f"{path}: box prediction without a 'box' of 4 integers [y0, y1, x0, x1]")
@@ -176,7 +171,7 @@ class FoldDir:
             "versions": record.versions})
 
     def read_config(self) -> FoldRecord:
-        raw = _read_json(self.config_path, "run config")
+        raw = read_json_object(self.config_path, "run config")
         _check_layout(raw, self.config_path)
         if not isinstance(raw.get("config"), dict):
             raise DataError(f"{self.config_path}: run config has no 'config' object")
@@ -194,7 +189,7 @@ class FoldDir:
         write_json_atomic(self.done_path, record)
 
     def read_done(self) -> dict | None:
-        return _read_json(self.done_path, "done marker") if self.done_path.is_file() else None
+        return read_json_object(self.done_path, "done marker") if self.done_path.is_file() else None
 
     # out-of-fold predictions and scores
     def begin_oof(self) -> None:
@@ -288,15 +283,15 @@ class PredictionDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.manifest_path = self.path / "predict.json"
-        self.staging = self.path.with_name(self.path.name + ".staging")
+        self.staging: Path | None = None
 
     def file(self, case_day: str, suffix: str = ".npy") -> Path:
         return self.path / f"{case_day}{suffix}"
 
     def begin(self) -> None:
         """An empty staging folder for a new prediction."""
-        shutil.rmtree(self.staging, ignore_errors=True)
-        self.staging.mkdir(parents=True)
+        self.discard()
+        self.staging = staging_dir(self.path)
 
     def save(self, case_day: str, prediction: Prediction) -> Path:
         return save_prediction(self.staging, case_day, prediction)
@@ -305,11 +300,18 @@ class PredictionDir:
         """Write the manifest last and make the staged predictions the folder."""
         write_json_atomic(self.staging / self.manifest_path.name, {"layout": LAYOUT_VERSION, **manifest})
         swap_dir(self.staging, self.path)
+        self.staging = None
+
+    def discard(self) -> None:
+        """Remove the staging folder of an unfinished prediction."""
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
 
     def read_manifest(self) -> dict | None:
         if not self.manifest_path.is_file():
             return None
-        manifest = _read_json(self.manifest_path, "prediction manifest")
+        manifest = read_json_object(self.manifest_path, "prediction manifest")
         _check_layout(manifest, self.manifest_path)
         return manifest
 
@@ -374,13 +376,12 @@ def read_ensemble(path: str | Path) -> EnsembleRecord:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: ensemble file not found (run python -m src.ensemble tune)")
-    record = _read_json(path, "ensemble file")
+    record = read_json_object(path, "ensemble file")
     missing = [k for k in ("version", "runs", "params") if k not in record]
     if missing:
         raise DataError(f"{path}: missing key(s) {', '.join(missing)}")
-    if record["version"] != ENSEMBLE_VERSION:
-        raise DataError(f"{path}: ensemble file version {record['version']!r}, this code reads {ENSEMBLE_VERSION}: "
-                        "rebuild it with python -m src.ensemble tune --runs ... (the runs' OOF predictions are reused)")
+    _check_version(record["version"], ENSEMBLE_VERSION, path, "ensemble file version",
+                   ": rebuild it with python -m src.ensemble tune --runs ... (the runs' OOF predictions are reused)")
     return EnsembleRecord(path, record)
 
 

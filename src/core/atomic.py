@@ -63,14 +63,32 @@ def save_npy_atomic(target: str | os.PathLike, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
+def staging_dir(target: str | os.PathLike, suffix: str = ".staging") -> Path:
+    """A new empty hidden sibling folder of `target`, named uniquely, with the permissions mkdir gives:
+    where a complete output is built before swap_dir puts it in place. Never an existing folder."""
+    target = Path(target)
+    ensure_folder(target.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700
+    return tmp
+
+
 def swap_dir(staging: str | os.PathLike, final: str | os.PathLike) -> None:
-    """Make the complete folder `staging` the new `final` by renames; the old `final` goes last."""
+    """Make the complete folder `staging` the new `final` by renames; the old `final` goes last.
+    The old one waits in a new uniquely named hidden sibling, so no other folder is ever removed."""
     staging, final = Path(staging), Path(final)
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    staging.rename(final)
+    if not final.exists():
+        staging.rename(final)
+        return
+    old = staging_dir(final, suffix=".old")
+    final.rename(old)  # onto the empty folder just made
+    try:
+        staging.rename(final)
+    except BaseException:
+        old.rename(final)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -80,16 +98,22 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise DataError(f"{target}: exists and is not a folder")
-    ensure_folder(target.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = staging_dir(target)
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; give it what mkdir would
         swap_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_dir(folder: str | os.PathLike) -> None:
+    """Delete a folder the project wrote; a symbolic link or a file in its place is a one-line error
+    naming it (never followed, never deleted)."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        raise DataError(f"{folder}: expected a folder, found {'a symbolic link' if folder.is_symlink() else 'a file'}; "
+                        "remove it")
+    shutil.rmtree(folder)
 
 
 def check_writable(target: str | os.PathLike) -> None:

@@ -20,7 +20,9 @@ def os_error_line(exc: OSError) -> str:
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run a stage's main; an expected failure (a DataError, or an OSError of the file system) becomes
-    one line `error: <file>: <what>` on stderr and exit code 2. Anything else is a bug: a traceback."""
+    one line `error: <file>: <what>` on stderr and exit code 2; Ctrl-C is `error: interrupted` and exit
+    code 130 (the atomic writers have removed their temporaries on the way out). Anything else is a
+    bug: a traceback."""
     try:
         code = main(argv)
     except DataError as exc:
@@ -29,4 +31,7 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except OSError as exc:
         print(f"error: {' '.join(os_error_line(exc).split())}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
     sys.exit(code or 0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from src.core.artifacts import CaseDayFiles
-from src.core.atomic import ensure_folder
+from src.core.atomic import ensure_folder, remove_dir
 from src.core.errors import DataError
 from src.data.layout import (
     CASE_DAY_RE,
@@ -152,8 +151,8 @@ def _cache_case_day(cache_dir: Path, source: _Source) -> str:
     try:
         image, mask = _read_volume(source)
     finally:  # the old entry is stale whether or not the new source reads cleanly
-        if folder.exists():
-            shutil.rmtree(folder)
+        if folder.exists() or folder.is_symlink():
+            remove_dir(folder)
     write_case_day(cache_dir, source.split, source.case_day, image, mask, _meta(source, fingerprint))
     return "written"
 
@@ -185,5 +184,5 @@ def _remove_vanished(split_dir: Path, keep: set[str]) -> int:
         return 0
     stale = [p for p in split_dir.iterdir() if p.is_dir() and CASE_DAY_RE.match(p.name) and p.name not in keep]
     for path in stale:
-        shutil.rmtree(path)
+        remove_dir(path)
     return len(stale)

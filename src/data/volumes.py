@@ -6,7 +6,6 @@ the case-day complete.
 """
 from __future__ import annotations
 
-import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from src.core.artifacts import CaseDayFiles, cached_case_days
 from src.core.atomic import save_npy_atomic, write_json_atomic
 from src.core.errors import DataError
 from src.core.ids import case_day_key
+from src.core.readers import read_json
 
 
 def default_cache_dir(data_dir: str | Path) -> Path:
@@ -70,9 +70,10 @@ def read_meta(cache_dir: str | Path, split: str, case_day: str) -> dict | None:
     if not path.exists():
         return None
     try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: corrupt cache entry ({type(exc).__name__}); run python -m src.prepare to rewrite it") from None
+        meta = read_json(path, "cache entry")
+    except DataError as exc:  # "<path>: unreadable cache entry (why)"
+        why = str(exc).removeprefix(f"{path}: unreadable cache entry ")
+        raise DataError(f"{path}: corrupt cache entry {why}; run python -m src.prepare to rewrite it") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("ids"), list):
         raise DataError(f"{path}: corrupt cache entry (no ids); run python -m src.prepare to rewrite it")
     return meta

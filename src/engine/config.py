@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from src.core.errors import DataError
+from src.core.outputs import check_name
 from src.data.augment import PRESETS as AUGMENTS
 from src.data.geometry import MODES as GEOMETRIES
 from src.data.samples import ANCHORS
+from src.engine.losses import parse_loss_spec
 
 SCHEDULES = ("cosine", "poly")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -81,6 +83,11 @@ class TrainConfig:
         _check(self, 0 < self.threshold < 1, "threshold", "expected a probability in (0, 1)")
         _check(self, 0 <= self.bn_momentum <= 1, "bn_momentum", "expected a momentum in [0, 1]")
         _check(self, bool(self.arch), "arch", "must name an architecture")
+        check_name(self.run_name, "--name" if self.name else "--arch")
+        try:
+            parse_loss_spec(self.loss)
+        except ValueError as exc:
+            _check(self, False, "loss", str(exc))
 
     @property
     def run_name(self) -> str:

@@ -24,6 +24,7 @@ import pandas as pd
 from src.core.atomic import atomic_path, check_writable
 from src.core.errors import DataError
 from src.core.ids import CLASSES
+from src.core.outputs import check_output
 from src.data import rle
 from src.data.layout import check_id_class_rows, read_csv_text, read_slice, scan_split
 from src.data.volumes import CaseDay
@@ -175,6 +176,7 @@ def submit(opts: SubmitOptions) -> Path:
     predictions; with no sample submission either, it is an error (or --allow-train-fallback).
     """
     data_dir, out = Path(opts.data_dir), Path(opts.out)
+    check_output(out, "--out", (opts.ensemble,), data_dir)
     ensemble = load_ensemble(opts.ensemble)
     check_writable(out)
     index = scan_split(data_dir, "test")

@@ -8,13 +8,13 @@ box record) and the manifest, written last, saying what was predicted and how.
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from src.core.artifacts import Prediction, PredictionDir
 from src.core.errors import DataError
+from src.core.outputs import check_output
 from src.data.preparation import prepare
 from src.data.volumes import CaseDay, VolumeCache
 from src.engine.trainer import select_device
@@ -138,6 +138,8 @@ def predict_run(opts: PredictOptions) -> Path:
     saved = {path: TrainedRun.load(path, opts.allow_incomplete).predictions(opts.split, case_days)
              for path in settings.runs()}
     out = PredictionDir(opts.out) if opts.out else run.dir.predictions(opts.split)
+    check_output(out.path, "--out", (opts.run, opts.gate, opts.crop, cache_dir), run.data_dir(opts.data_dir),
+                 (out.manifest_path.name,), "prediction folder")
     out.begin()
     cache_split = "train" if opts.split == "oof" else "test"
     try:
@@ -148,6 +150,6 @@ def predict_run(opts: PredictOptions) -> Path:
         out.commit({"run": str(opts.run), "split": opts.split, "stage": predictor.stage,
                     "folds": predictor.fold_names, **settings.to_dict(), "case_days": case_days})
     finally:  # a failed prediction leaves the previous one as it was
-        shutil.rmtree(out.staging, ignore_errors=True)
+        out.discard()
     print(f"predict: {run.name} {opts.split}: {len(case_days)} case-days -> {out.path}")
     return out.path

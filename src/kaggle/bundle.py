@@ -17,7 +17,6 @@ A fold without its done marker is refused (an interrupted training), unless allo
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from packaging.utils import canonicalize_name
 
 from src.core.atomic import atomic_dir, write_json_atomic
 from src.core.errors import DataError
+from src.core.outputs import check_output
+from src.core.readers import read_json_object
 from src.ensembling.ensemble_file import load_ensemble
 from src.inference.runs import TrainedRun
 from src.kaggle.image import KAGGLE_IMAGE, KERNEL_REQUIREMENTS, ROOT, kernel_pins
@@ -265,6 +266,7 @@ def build(ensemble_json: str | Path, out: str | Path, wheels: tuple[str, ...] | 
     if unpinned:  # before any work
         raise DataError(f"{KERNEL_REQUIREMENTS}: no pinned version for {', '.join(unpinned)}")
     ensemble = load_ensemble(ensemble_json)
+    check_output(out, "--out", (ensemble_json, *ensemble.run_paths()), markers=(MANIFEST_FILE,), what="kernel bundle")
     with atomic_dir(out) as staging:
         shutil.copytree(ROOT / "src", staging / CODE_DIR / "src", ignore=_code_ignored)
         for name in ("requirements.txt", KERNEL_REQUIREMENTS.name):
@@ -290,8 +292,4 @@ def build(ensemble_json: str | Path, out: str | Path, wheels: tuple[str, ...] | 
 
 
 def read_manifest(bundle: str | Path) -> dict:
-    path = Path(bundle) / MANIFEST_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable bundle manifest ({exc})") from None
+    return read_json_object(Path(bundle) / MANIFEST_FILE, "bundle manifest")

@@ -11,13 +11,14 @@ import hashlib
 import importlib
 import json
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from src.core.artifacts import fold_dir, read_ensemble
 from src.core.atomic import write_json_atomic, write_text_atomic
 from src.core.errors import DataError
+from src.core.outputs import check_name
+from src.core.readers import read_json_object, read_toml
 from src.engine.stages import get_stage
 from src.ensembling import contributions
 from src.orchestration.schema import validate_recipe
@@ -74,18 +75,11 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.exists() and path.with_suffix(".toml").exists():
         path = path.with_suffix(".toml")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: recipe not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise DataError(f"{path}: not valid TOML ({exc})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the recipe ({exc})") from None
+    raw = read_toml(path, "recipe")
     validate_recipe(path, raw)
     compare = tuple(str(path.parent / c if not Path(c).exists() and (path.parent / c).with_suffix(".toml").exists()
                         else c) for c in raw.get("compare", []))
-    return Recipe(name=raw.get("name", path.stem), data_dir=raw["data"]["dir"],
+    return Recipe(name=check_name(raw.get("name", path.stem), f"{path}: name"), data_dir=raw["data"]["dir"],
                   synthetic=raw["data"].get("synthetic"), folds=raw["folds"], models=tuple(raw["models"]),
                   ensemble=raw.get("ensemble"), submit=raw.get("submit", {}), report=raw.get("report", {}),
                   compare=compare)
@@ -195,7 +189,7 @@ def results(recipe: Recipe, runs_dir: str = "runs") -> dict:
         row["oof final (in-sample)"] = scores["tuned_in_sample"]["score"]
         row["oof final (held-out)"] = scores.get("tuned_held_out", {}).get("score")
     if Path(out.score).exists():
-        test = json.loads(Path(out.score).read_text())
+        test = read_json_object(out.score, "score summary")
         row.update({"test score": test["score"], "test dice": test["dice"], "test hausdorff": test["hausdorff"]})
     return row
 
@@ -231,7 +225,7 @@ def _state_path(recipe: Recipe, runs_dir: str) -> Path:
 
 def run_steps(steps: list[Step], state_path: Path) -> list[tuple[str, str, float]]:
     """Run the steps that are not up to date; return (step, status, seconds) rows."""
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    state = read_json_object(state_path, "pipeline state") if state_path.exists() else {}
     rows = []
     for i, step in enumerate(steps, 1):
         stamp = step.stamp()

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from src.core.errors import DataError
+from src.core.outputs import check_name
 from src.engine.stages import get_stage, stage_names
 
 ANY_FOLDS = (list,)
@@ -72,6 +73,7 @@ def validate_recipe(path: Path, raw: dict) -> None:
             raise DataError(f"{path}: {where} is not a table")
         _check_table(path, where, {k: v for k, v in model.items() if k in MODEL_KEYS}, MODEL_KEYS,
                      ("name", "stage", "arch"))
+        check_name(model["name"], f"{path}: {where} name")
         if model["stage"] not in stage_names():
             raise DataError(f"{path}: {where} stage {model['stage']!r}: valid stages are {', '.join(stage_names())}")
         _check_table(path, f"{where} ({model['name']})", model, model_schema(model["stage"]))

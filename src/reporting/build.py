@@ -19,13 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.core.atomic import atomic_dir
+from src.core.atomic import atomic_dir, write_json_atomic
+from src.core.outputs import check_output
 from src.data.volumes import VolumeCache
 from src.ensembling.ensemble_file import load_ensemble
 from src.inference.runs import TrainedRun
 from src.reporting.page import FigureWriter, render_page
 from src.reporting.scoring import summary_table
 from src.reporting.sections import RunSection, ensemble_section, run_section
+
+INDEX_FILE, MARKER_FILE = "index.html", "report.json"  # a report folder: its page, and its marker (last)
 
 
 @dataclass
@@ -38,8 +41,10 @@ class Report:
 def build_report(runs: list[str | Path], out: str | Path, ensemble: str | Path | None = None,
                  cache_dir: str | Path | None = None, data_dir: str | Path | None = None,
                  title: str | None = None, allow_incomplete: bool = False) -> Report:
-    """Write `out`/index.html and its PNG figures (atomically); return what was computed."""
+    """Write `out`/index.html, its PNG figures and the report marker (atomically, replacing only an
+    earlier report); return what was computed."""
     out = Path(out)
+    check_output(out, "--out", (*runs, ensemble, cache_dir), data_dir, (INDEX_FILE, MARKER_FILE), "report")
     loaded = [TrainedRun.load(r, allow_incomplete, require_weights=False) for r in runs]
     record = load_ensemble(ensemble).record if ensemble is not None else None
     title = title or f"Run report: {', '.join(r.name for r in loaded)}"
@@ -49,5 +54,7 @@ def build_report(runs: list[str | Path], out: str | Path, ensemble: str | Path |
                     for i, run in enumerate(loaded, 1)]
         page = render_page(title=title, summary=summary_table(loaded), runs=sections,
                            ensemble=ensemble_section(Path(ensemble), record) if record is not None else None)
-        (folder / "index.html").write_text(page, encoding="utf-8")
-    return Report(out / "index.html", figures.names, sections)
+        (folder / INDEX_FILE).write_text(page, encoding="utf-8")
+        write_json_atomic(folder / MARKER_FILE, {"title": title, "runs": [str(r) for r in runs],
+                                                 "ensemble": str(ensemble) if ensemble is not None else None})
+    return Report(out / INDEX_FILE, figures.names, sections)

@@ -36,6 +36,7 @@ from src.core.artifacts import CaseDayFiles, fold_dir, load_prediction
 from src.core.atomic import atomic_path, write_json_atomic
 from src.core.errors import DataError
 from src.core.ids import CLASSES, case_day_key
+from src.core.readers import read_json_object
 
 SPLITS = ("random", "grouped")
 OWNED = ("fold", "folds-csv", "out", "name", "seed", "resume", "stage", "list-archs")  # set by the ablation
@@ -253,7 +254,7 @@ def run_ablation(opts: AblationOptions, log=print) -> pd.DataFrame:
             name = f"{_slug(label)}-{hashlib.sha1(key.encode()).hexdigest()[:8]}-r{r}"
             record_path = out / "cells" / f"{name}.json"
             if record_path.is_file():
-                record = json.loads(record_path.read_text())
+                record = read_json_object(record_path, "ablation cell")
                 log(f"[{k}/{total}] {label} split {r}: score {record['score']:.4f} (finished earlier)")
                 cells.append(record)
                 continue
