@@ -157,7 +157,7 @@ def run_pruning(opts: PruneOptions, log=print) -> pd.DataFrame:
              "model_sparsity": sparsity(all_convs), **base}]
     if opts.remove:
         rows[0]["checkpoint_mb"], rows[0]["checkpoint_gz_mb"] = (b / 2**20 for b in checkpoint_bytes(model))
-    log(f"{fold.path}: unpruned score {base['score']:.4f} on {len(case_days)} validation case-days")
+    log(f"{fold.dir.path}: unpruned score {base['score']:.4f} on {len(case_days)} validation case-days")
     names = list(conv_blocks(model)) if opts.per_module else ["all"]
     for name in names:
         for amount in opts.amounts:
