@@ -28,7 +28,7 @@ from src.core.artifacts import RunDir
 from src.core.errors import DataError, run_cli
 from src.data import rle
 from src.data.layout import MAX_IMAGE_PIXELS, parse_id, scan_split
-from src.inference.runs import prediction_files
+from src.inference.runs import TrainedRun
 
 BIG_START = "9223372036854775800"  # start + length wraps an int64 around
 
@@ -65,7 +65,7 @@ def _empty_test_with_sample(w: World, content: bytes) -> None:
 
 
 def _oof(w: World) -> Path:
-    return sorted(prediction_files(w.runs / "unet", "oof").values())[0]
+    return sorted(TrainedRun.load(w.runs / "unet").prediction_files("oof").values())[0]
 
 
 def _save_oof(w: World, change) -> None:
