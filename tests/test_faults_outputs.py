@@ -154,7 +154,7 @@ CASES = [
          "layout version '1' is not an integer", lambda w: "config.json",
          setup=lambda w: _edit_json(w.fold().config_path, lambda r: r.update(layout="1"))),
     Case("submit: ensemble version as a string", submit.main, lambda w: _submit_args(w),
-         "ensemble version '1' is not an integer", lambda w: "ensemble.json",
+         "ensemble file version '1' is not an integer", lambda w: "ensemble.json",
          setup=lambda w: _edit_json(w.ensemble, lambda r: r.update(version="1"))),
     # ---- a cache entry replaced by a symbolic link: named, neither followed nor deleted
     Case("prepare: cache entry is a symbolic link", prepare.main,
