@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import shutil
@@ -63,14 +65,33 @@ def save_npy_atomic(target: str | os.PathLike, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EPERM):  # a file system or kernel without it
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
 def swap_dir(staging: str | os.PathLike, final: str | os.PathLike) -> None:
-    """Make the complete folder `staging` the new `final` by renames; the old `final` goes last."""
+    """Make the complete folder `staging` the new `final`; the old `final` goes last. Where the OS
+    can, the two are exchanged in one step, so `final` is at every moment the old or the new folder
+    (after a kill in between, `staging` may hold the old one); elsewhere by two renames."""
     staging, final = Path(staging), Path(final)
     old = final.with_name(final.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    staging.rename(final)
+    if final.exists() and _exchange(staging, final):
+        staging.rename(old)
+    else:
+        if final.exists():
+            final.rename(old)
+        staging.rename(final)
     shutil.rmtree(old, ignore_errors=True)
 
 

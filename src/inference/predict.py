@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from src.core.artifacts import Prediction, PredictionDir, RunDir
+from src.core.device import select_device
 from src.core.errors import DataError
 from src.data.preparation import prepare
 from src.data.volumes import CaseDay, VolumeCache
-from src.engine.trainer import select_device
 from src.inference.fold_model import FoldModel
 from src.inference.gating import gated, parse_gate_rule
 from src.inference.runs import TrainedFold, resolve_cache_dir, select_folds, split_predictions
@@ -91,6 +91,7 @@ class PredictOptions:
             raise DataError(f"--gate-threshold {self.gate_threshold}: expected a probability in [0, 1)")
         if self.gate_rule:
             parse_gate_rule(self.gate_rule)
+        select_device(self.device)
 
 
 def split_case_days(split: str, folds: list[TrainedFold], cache: VolumeCache, data_dir: Path) -> list[str]:
