@@ -139,11 +139,12 @@ def test_a_retrain_killed_mid_training_leaves_the_fold_intact_and_used_by_predic
     before, predicted = snapshot(fold.path), predict_oof(work)
     proc = subprocess.Popen([sys.executable, "-m", "src.train", *train_args(work, "--epochs", "3")], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 1800  # a loaded machine can take minutes to the first epoch
     while not fold.staging.last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert proc.poll() is None, f"the training ended before it could be killed: {proc.stderr.read()[-2000:]!r}"
+    alive = proc.poll() is None
     os.kill(proc.pid, signal.SIGKILL)
+    assert alive and fold.staging.last.exists(), f"no epoch saved before the kill: {proc.stderr.read()[-2000:]!r}"
     proc.wait()
     proc.stderr.close()
     assert snapshot(fold.path) == before and fold.staging.last.is_file()
