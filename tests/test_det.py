@@ -267,3 +267,21 @@ def test_resume_after_a_kill_in_the_oof_step_retrains_offline(work, det_run):
     assert proc.returncode == 0 and "NETWORK_TRIED []" in proc.stdout, (proc.stdout + proc.stderr)[-3000:]
     assert "coco8" not in proc.stdout + proc.stderr
     assert (killed / "done.json").is_file() and sorted(p.name for p in (killed / "oof").iterdir())
+
+
+def test_a_failed_retrain_leaves_the_finished_detector_fold_as_it_was(work, det_run, monkeypatch):
+    """The det stage trains into fold<k>.staging/ too: YOLO failing mid re-train keeps the old fold."""
+    import src.engine.det as det
+
+    fold = work / "runs" / "kept" / "fold0"
+    shutil.copytree(det_run.fold, fold)
+    before = {p.relative_to(fold): p.read_bytes() for p in sorted(fold.rglob("*")) if p.is_file()}
+
+    def fail(cfg, data_yaml, staging, device):
+        assert staging.path.name == "fold0.staging" and data_yaml.is_file()
+        raise DataError("yolo failed")
+
+    monkeypatch.setattr(det, "train_yolo", fail)
+    with pytest.raises(DataError, match="yolo failed"):
+        main(det_args(work, "kept", "--fold", "0"))
+    assert {p.relative_to(fold): p.read_bytes() for p in sorted(fold.rglob("*")) if p.is_file()} == before

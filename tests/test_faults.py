@@ -194,6 +194,14 @@ def _retarget(w: World) -> None:
         _set_config_field(w, key, str(value))
 
 
+def _interrupted_retrain(w: World):
+    """A re-train of the unet fold 0 interrupted after an epoch: its staging folder, not done."""
+    staging = w.fold().staging
+    shutil.copytree(w.fold().path, staging.path)
+    staging.done_path.unlink()
+    return staging
+
+
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -261,9 +269,12 @@ CASES = [
     Case("train: cuda without a GPU", train.main, lambda w: _train_args(w, "--device", "cuda", "--name", "x"),
          "no CUDA device", lambda w: "--device cuda", absent=lambda w: w.runs / "x"),
     Case("train: resume from a crafted last.pt", train.main, lambda w: [*_trained_unet_args(w), "--resume"],
-         "not a loadable checkpoint", lambda w: "last.pt", setup=lambda w: (_retarget(w), w.evil(w.fold().last))),
+         "not a loadable checkpoint", lambda w: "fold0.staging/last.pt",
+         setup=lambda w: (_retarget(w), w.evil(_interrupted_retrain(w).last)), untouched=lambda w: w.fold().weights),
     Case("train: resume from a truncated last.pt", train.main, lambda w: [*_trained_unet_args(w), "--resume"],
-         "not a loadable checkpoint", lambda w: "last.pt", setup=lambda w: (_retarget(w), _truncate(w.fold().last))),
+         "not a loadable checkpoint", lambda w: "fold0/last.pt",
+         setup=lambda w: (_retarget(w), w.fold().done_path.unlink(), _truncate(w.fold().last)),
+         untouched=lambda w: w.fold().weights),
     Case("train: resume with another config", train.main,
          lambda w: [*_trained_unet_args(w), "--resume", "--lr", "0.5"], "--resume with a different config (changed: lr)",
          lambda w: "config.json", setup=_retarget),

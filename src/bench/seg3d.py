@@ -25,6 +25,7 @@ import torch
 
 from src.core.artifacts import fold_dir
 from src.core.checkpoint import load_checkpoint
+from src.core.device import select_device
 from src.core.errors import DataError, run_cli
 from src.core.memory import reset_peak_rss, status_kib
 from src.data.folds import make_folds
@@ -32,7 +33,7 @@ from src.data.synthetic import generate
 from src.engine.config import Seg3DConfig
 from src.engine.run import ensure_cache
 from src.engine.seg3d import Seg3DTask
-from src.engine.trainer import Trainer, select_device
+from src.engine.trainer import Trainer
 from src.models.registry import count_parameters, get_arch
 
 SYNTHETIC_SIZES = [(120, 104), (88, 88)]  # W, H: about a third of the real sizes

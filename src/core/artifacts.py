@@ -11,6 +11,8 @@ No other module spells a file name of an artifact; they all read and write throu
             oof/<case_day>.npy|.json      out-of-fold predictions of the best epoch (oof.staging/ while written)
             oof_scores.csv                the best epoch's validation table
             done.json                     written last: the fold is complete
+        fold<k>.staging/                  a training in progress (same files); replaces fold<k>/ when done
+        fold<k>.lock                      the lock of the one process training fold<k> (src.core.lock)
         pred_<split>/                     PredictionDir: <case_day>.npy|.json, predict.json written last
     cache/<data>/<split>/<case_day>/      CaseDayFiles: image.npy, mask.npy, meta.json (last)
     ensemble.json                         EnsembleRecord (versioned)
@@ -39,6 +41,8 @@ from src.core.ids import CLASSES
 from src.core.readers import read_json_object
 
 FOLD_RE = re.compile(r"^fold(\d+|all)$")
+STAGING_SUFFIX = ".staging"  # a folder being written, beside the one it replaces when complete
+FOLD_LOCK_SUFFIX = ".lock"
 LAYOUT_VERSION = 1  # of fold configs and prediction manifests; a file without one is version 1
 PREDICTION_SUFFIXES = (".npy", ".json")  # probability arrays; a detector's box records
 
@@ -136,14 +140,18 @@ class FoldRecord:
 
 
 class FoldDir:
-    """One trained fold, `runs/<name>/fold<k>/`."""
+    """One trained fold, `runs/<name>/fold<k>/`, or the staging folder a training writes into,
+    `fold<k>.staging/` (same files), which replaces the fold only once complete (`commit_staging`)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        match = FOLD_RE.match(self.path.name)
+        name = self.path.name.removesuffix(STAGING_SUFFIX)
+        match = FOLD_RE.match(name)
         if not match:
             raise DataError(f"{self.path}: not a fold folder (expected fold<k> or foldall)")
         self.fold = match.group(1)
+        self.is_staging = name != self.path.name
+        self.final_path = self.path.with_name(name)
         self.config_path = self.path / "config.json"
         self.weights = self.path / "best.pt"
         self.last = self.path / "last.pt"
@@ -162,6 +170,31 @@ class FoldDir:
     @property
     def run(self) -> RunDir:
         return RunDir(self.path.parent)
+
+    # training into a staging folder, one writer at a time
+    @property
+    def staging(self) -> FoldDir:
+        return FoldDir(self.final_path.with_name(self.final_path.name + STAGING_SUFFIX))
+
+    @property
+    def final(self) -> FoldDir:
+        return FoldDir(self.final_path)
+
+    @property
+    def lock_path(self) -> Path:
+        return self.final_path.with_name(self.final_path.name + FOLD_LOCK_SUFFIX)
+
+    def has_resume_state(self) -> bool:
+        """An interrupted training's state is here: the staging folder's last.pt, or the fold's own
+        when it is not done (a fold trained in place by older code)."""
+        return self.staging.last.is_file() or (self.final.last.is_file() and not self.final.is_done())
+
+    def commit_staging(self) -> None:
+        """Make the complete staging folder (done marker written) the fold, by renames."""
+        staging = self.staging
+        if not staging.is_done():
+            raise DataError(f"{staging.path}: not complete (no done marker); the fold is left as it was")
+        swap_dir(staging.path, self.final_path)
 
     # config
     def write_config(self, record: FoldRecord) -> None:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import shutil
@@ -75,12 +77,30 @@ def staging_dir(target: str | os.PathLike, suffix: str = ".staging") -> Path:
     return tmp
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EPERM):  # a file system or kernel without it
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
 def swap_dir(staging: str | os.PathLike, final: str | os.PathLike) -> None:
-    """Make the complete folder `staging` the new `final` by renames; the old `final` goes last.
-    The old one waits in a new uniquely named hidden sibling, so no other folder is ever removed."""
+    """Make the complete folder `staging` the new `final`; the old `final` goes last. Where the OS
+    can, the two are exchanged in one step, so `final` is at every moment the old or the new folder;
+    elsewhere the old one waits in a new uniquely named hidden sibling. No other folder is ever removed."""
     staging, final = Path(staging), Path(final)
     if not final.exists():
         staging.rename(final)
+        return
+    if _exchange(staging, final):  # `staging` now holds the old folder
+        shutil.rmtree(staging, ignore_errors=True)
         return
     old = staging_dir(final, suffix=".old")
     final.rename(old)  # onto the empty folder just made

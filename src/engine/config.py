@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from src.core.device import DEVICE_NAMES, is_device_name
 from src.core.errors import DataError
 from src.core.outputs import check_name
 from src.data.augment import PRESETS as AUGMENTS
@@ -22,7 +23,6 @@ from src.engine.losses import parse_loss_spec
 
 SCHEDULES = ("cosine", "poly")
 OPTIMIZERS = ("adamw", "adam", "sgd")
-DEVICES = ("auto", "cpu", "cuda")
 MAX_IMG_SIZE = 4096  # --img-size above this is a typo, not a model (a batch of it would not fit in memory)
 
 
@@ -78,7 +78,7 @@ class TrainConfig:
             _check(self, math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "must be a number >= 0")
         _check(self, self.schedule in SCHEDULES, "schedule", f"expected one of {', '.join(SCHEDULES)}")
         _check(self, self.optimizer in OPTIMIZERS, "optimizer", f"expected one of {', '.join(OPTIMIZERS)}")
-        _check(self, self.device in DEVICES or self.device.startswith("cuda:"), "device", f"expected one of {', '.join(DEVICES)}")
+        _check(self, is_device_name(self.device), "device", DEVICE_NAMES)
         _check(self, 0 <= self.ema < 1, "ema", "expected a decay in [0, 1)")
         _check(self, 0 < self.threshold < 1, "threshold", "expected a probability in (0, 1)")
         _check(self, 0 <= self.bn_momentum <= 1, "bn_momentum", "expected a momentum in [0, 1]")

@@ -17,7 +17,8 @@ plus `margin_px` on each side and clip to the image; nothing detected: the whole
 "class", "detections"} and scores the crop by its recall (fraction of the truth organ pixels
 inside the box, mean over case-days: the checkpoint score) and its area fraction (the cost).
 
-Run folder runs/<name>/fold<k>/: config.json, yolo/ (ultralytics' own folder: weights/best.pt,
+Run folder runs/<name>/fold<k>/ (written as fold<k>.staging/, which replaces it when complete, under
+the fold's lock: src.engine.fold_writer): config.json, yolo/ (ultralytics' own folder: weights/best.pt,
 last.pt, results.csv), best.pt ({"model": state_dict} of the DetectionModel, like every stage),
 log.csv (ultralytics' per-epoch results), oof/, oof_scores.csv, done.json (last).
 """
@@ -38,6 +39,7 @@ import yaml
 from src.core.artifacts import FoldDir, FoldRecord, fold_dir
 from src.core.atomic import atomic_path, write_text_atomic
 from src.core.checkpoint import load_checkpoint, save_checkpoint
+from src.core.device import select_device
 from src.core.errors import DataError
 from src.data.boxes import (
     Box,
@@ -54,12 +56,8 @@ from src.data.samples import StackSpec, intensity_window, normalise
 from src.data.volumes import CaseDay, VolumeCache
 from src.engine.config import DetConfig
 from src.engine.stages import StageSpec, register_stage
-from src.engine.trainer import (
-    Evaluation,
-    prepare_fold_dir,
-    select_device,
-    split_case_days,
-)
+from src.engine.fold_writer import Plan, fold_lock, open_staging, plan_training
+from src.engine.trainer import Evaluation, split_case_days
 from src.models.detector import keep_torch_state, ultralytics_offline, yolo_yaml
 from src.models.registry import create_model
 
@@ -239,24 +237,27 @@ class YoloTrainer:
         self.fold = fold_dir(self.cfg.out, self.cfg.run_name, self.cfg.fold)
 
     def fit(self, resume: bool = False) -> float:
-        """Train; return the detected recall on the validation fold (NaN for fold 'all'). A resumed
-        unfinished fold is retrained from its own data (YOLO's state is not resumed: see train_yolo)."""
-        cfg, fold = self.cfg, self.fold
-        if resume and fold.is_done():
-            score = fold.read_done()["best_score"]
-            return float("nan") if score is None else score
-        prepare_fold_dir(fold, cfg, resume)
-        fold.path.mkdir(parents=True, exist_ok=True)
+        """Train; return the detected recall on the validation fold (NaN for fold 'all'). With `resume`
+        a done fold returns its score and an unfinished one is retrained from its own data (YOLO's
+        state is not resumed: see train_yolo)."""
+        with fold_lock(self.fold):
+            plan = plan_training(self.fold, self.cfg, resume)
+            score = self.fold.read_done()["best_score"] if plan is Plan.DONE else self._train()
+        return float("nan") if score is None else score
+
+    def _train(self) -> float | None:
+        """Train into a fresh staging folder, validate, mark it done and make it the fold."""
+        cfg = self.cfg
         ultralytics = ultralytics_offline()
+        fold = open_staging(self.fold, Plan.FRESH)
         fold.write_config(FoldRecord(dataclasses.asdict(cfg), tuple(self.train_cds), tuple(self.val_cds), cfg.seed, 1,
                                      {"torch": torch.__version__, "ultralytics": ultralytics.__version__}))
-        shutil.rmtree(fold.det_dataset, ignore_errors=True)  # always the run's own data, exported now
         data_yaml = export_dataset(self.task.cache, {"train": self.train_cds, "val": self.val_cds},
                                    fold.det_dataset, self.task.spec, cfg.slice_step)
         save_state_dict(train_yolo(cfg, data_yaml, fold, self.device), fold.weights)
         log = pd.read_csv(fold.yolo_results)
         fold.write_log(log)
-        score, metrics = float("nan"), {}
+        score, metrics = None, {}
         if self.val_cds:
             model = self.task.build_model()  # reloaded from best.pt: the path every later prediction takes
             model.load_state_dict(load_checkpoint(fold.weights)["model"])
@@ -265,13 +266,14 @@ class YoloTrainer:
             with torch.no_grad():
                 evaluation = self.task.evaluate(model, self.val_cds, self.device, fold.stage_oof)
             fold.promote_oof(evaluation.per_case_day)
-            score, metrics = evaluation.score, evaluation.metrics
+            score = None if np.isnan(evaluation.score) else evaluation.score
+            metrics = evaluation.metrics
             print("det: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if not cfg.keep_dataset:
             shutil.rmtree(fold.det_dataset, ignore_errors=True)
-        fold.write_done({"best_score": None if np.isnan(score) else score,
-                         "metrics": {k: (None if np.isnan(v) else v) for k, v in metrics.items()},
+        fold.write_done({"best_score": score, "metrics": {k: (None if np.isnan(v) else v) for k, v in metrics.items()},
                          "epochs_run": len(log)})
+        self.fold.commit_staging()
         return score
 
 

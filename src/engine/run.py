@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from src.core.device import select_device
 from src.core.errors import DataError
 from src.data.preparation import prepare
 from src.data.volumes import VolumeCache, cache_dir_for
@@ -27,6 +28,7 @@ def ensure_cache(cfg: TrainConfig) -> tuple[Path, list[str]]:
 
 def train(cfg: TrainConfig, resume: bool = False) -> float:
     """Train one fold of cfg.stage; return its best validation score (NaN for fold 'all')."""
+    select_device(cfg.device)  # before any work (ensure_cache may prepare the cache)
     spec = get_stage(cfg.stage)
     if not isinstance(cfg, spec.config):
         raise DataError(f"stage {cfg.stage}: expected a {spec.config.__name__}, got {type(cfg).__name__}")

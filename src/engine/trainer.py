@@ -4,15 +4,18 @@ A stage supplies a `Task` (model, dataset, loss, whole-volume prediction and sco
 owns everything else: the optimizer (AdamW, Adam or SGD) with warm-up then cosine/poly decay, mixed precision on CUDA, gradient
 accumulation, EMA, channels_last, DDP under torchrun, validation every epoch with the competition
 metric, best checkpoint, early stopping, out-of-fold predictions, a CSV log, and exact resume.
-What it writes goes into the fold folder (src.core.artifacts.FoldDir), done marker last. The resume
+What it writes goes into the fold's staging folder under the fold's lock, done marker last, and the
+staging folder then replaces the fold (src.engine.fold_writer: also the --resume rule). The resume
 state in last.pt is tensors and plain containers only, so it loads with `weights_only=True`.
+
+`fit` is three steps around a `TrainingState`: restore (build, read the resume state, open the
+staging folder), one epoch at a time, finish (done marker, swap).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -26,8 +29,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from src.core.artifacts import FoldDir, FoldRecord, Prediction, fold_dir
+from src.core.artifacts import FoldRecord, Prediction, fold_dir
 from src.core.checkpoint import load_checkpoint, save_checkpoint
+from src.core.device import select_device
 from src.core.errors import DataError
 from src.core.seed import seed_everything
 from src.engine.config import TrainConfig
@@ -39,6 +43,7 @@ from src.engine.distributed import (
     shutdown,
     sum_over_ranks,
 )
+from src.engine.fold_writer import Plan, fold_lock, open_staging, plan_training
 from src.models.weights import load_encoder_weights
 
 
@@ -72,14 +77,6 @@ class TrainableTask(Task, Protocol):
     def train_dataset(self, case_days: list[str]) -> Dataset: ...  # with set_epoch(epoch)
 
     def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor: ...
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DataError("--device cuda: no CUDA device is available")
-    return torch.device(name)
 
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -150,20 +147,6 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def prepare_fold_dir(fold: FoldDir, cfg, resume: bool) -> None:
-    """--resume needs the saved config to match; a fresh run replaces the old fold folder."""
-    if fold.config_path.exists():
-        previous = fold.read_config().config
-        current = dataclasses.asdict(cfg)
-        defaults = {f.name: f.default for f in dataclasses.fields(cfg)}  # a field added since: its default
-        changed = sorted(k for k in set(previous) | set(current)
-                         if previous.get(k, defaults.get(k)) != current.get(k))
-        if resume and changed:
-            raise DataError(f"{fold.config_path}: --resume with a different config (changed: {', '.join(changed)})")
-    if not resume and fold.path.exists():
-        shutil.rmtree(fold.path)
-
-
 def _epoch_order(cfg: TrainConfig, n: int, epoch: int, dist_info: DistInfo,
                  weights: np.ndarray | None = None) -> list[int]:
     """This rank's sample indices for an epoch, in loader order.
@@ -192,6 +175,77 @@ def _epoch_order(cfg: TrainConfig, n: int, epoch: int, dist_info: DistInfo,
     return order
 
 
+@dataclass
+class TrainingState:
+    """What the loop carries from one epoch to the next; saved in last.pt as a plain dict."""
+
+    epoch: int = 0  # epochs completed
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0  # validated epochs since the best one (early stopping)
+
+    def observe(self, epoch: int, score: float) -> bool:
+        """Count a validation score; True when it is the best so far."""
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    def stops(self, patience: int) -> bool:
+        return patience > 0 and self.bad_epochs >= patience
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw, path) -> TrainingState:
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(raw, dict) or sorted(raw) != sorted(names):
+            found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+            raise DataError(f"{path}: not a resume state of this trainer (state {found}, expected {names}); "
+                            "train again without --resume")
+        return cls(**raw)
+
+
+@dataclass
+class Parts:
+    """The objects a training updates; last.pt holds their states with the TrainingState and the RNGs."""
+
+    model: nn.Module
+    ema: AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is validated and saved as best.pt: the EMA weights when there are some."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def checkpoint(self, state: TrainingState) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "state": state.to_dict(), "rng": _rng_state()}
+
+    def restore(self, ckpt: dict, path) -> TrainingState:
+        """Load a checkpoint of `checkpoint` (the RNGs too); return its TrainingState."""
+        missing = [k for k in ("optimizer", "scheduler", "scaler", "state", "rng") if k not in ckpt]
+        if missing or (self.ema is not None and ckpt.get("ema") is None):
+            raise DataError(f"{path}: not a resume state (lacks {', '.join(missing) or 'ema'}); "
+                            "train again without --resume")
+        state = TrainingState.from_dict(ckpt["state"], path)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        _set_rng_state(ckpt["rng"])
+        return state
+
+
 class Trainer:
     """Fits one fold of one run; `fit()` returns the best validation score (NaN for fold 'all')."""
 
@@ -207,7 +261,8 @@ class Trainer:
         if self.cfg.batch_size % self.dist.world:
             raise DataError(f"--batch-size {self.cfg.batch_size} is the global batch: it must divide by the {self.dist.world} processes")
         self.batch_per_rank = self.cfg.batch_size // self.dist.world
-        self.fold = fold_dir(self.cfg.out, self.cfg.run_name, self.cfg.fold)
+        self.fold = fold_dir(self.cfg.out, self.cfg.run_name, self.cfg.fold)  # replaced only when complete
+        self.work = self.fold.staging  # where this training writes
         self.use_amp = self.cfg.amp and self.device.type == "cuda"
 
     # ---- setup -------------------------------------------------------------------------
@@ -228,11 +283,25 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------
     def fit(self, resume: bool = False) -> float:
-        """Train (or continue from last.pt with `resume`); return the best validation score."""
+        """Train (or, with `resume`, continue or return a finished fold's score: the rule in
+        src.engine.fold_writer); return the best validation score."""
+        with fold_lock(self.fold, held=self.dist.is_main):
+            plan = broadcast_object(self.dist, plan_training(self.fold, self.cfg, resume) if self.dist.is_main else None)
+            if plan is Plan.DONE:
+                score = self.fold.read_done()["best_score"]
+            else:
+                dataset, parts, state = self._restore(plan)
+                net = self._wrap(parts)
+                while state.epoch < self.cfg.epochs and not state.stops(self.cfg.patience):
+                    state = self._epoch(net, parts, dataset, state)
+                score = self._finish(state)
+        shutdown(self.dist)
+        return float("nan") if score is None or not self.val_cds else score
+
+    def _restore(self, plan: Plan):
+        """Build everything and read the resume state (any bad input fails here, before a write), then
+        open the staging folder and write the config: (dataset, parts, state)."""
         cfg = self.cfg
-        if self.dist.is_main:
-            prepare_fold_dir(self.fold, cfg, resume)
-        barrier(self.dist)
         seed_everything(cfg.seed)
         dataset = self.task.train_dataset(self.train_cds)
         model, ema, optimizer = self._build()
@@ -240,68 +309,63 @@ class Trainer:
         steps_per_epoch = max(1, len(_epoch_order(cfg, len(dataset), 0, self.dist, weights))
                               // self.batch_per_rank // cfg.accum_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch * cfg.epochs, steps_per_epoch))
-        scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0}
-        last = self.fold.last
-        if resume and last.exists():
-            ckpt = load_checkpoint(last, self.device)
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
-            if ema is not None:
-                ema.load_state_dict(ckpt["ema"])
-            state = ckpt["state"]
-            _set_rng_state(ckpt["rng"])
+        parts = Parts(model, ema, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=self.use_amp))
+        state = TrainingState()
+        source = {Plan.CONTINUE: self.fold.staging, Plan.ADOPT: self.fold.final}.get(plan)
+        if source is not None:
+            state = parts.restore(load_checkpoint(source.last, self.device), source.last)
+        barrier(self.dist)  # every rank has read the resume state before the main one moves it
         if self.dist.is_main:
-            self.fold.path.mkdir(parents=True, exist_ok=True)
-            self.fold.write_config(FoldRecord(dataclasses.asdict(cfg), tuple(self.train_cds), tuple(self.val_cds),
+            open_staging(self.fold, plan)
+            self.work.write_config(FoldRecord(dataclasses.asdict(cfg), tuple(self.train_cds), tuple(self.val_cds),
                                               cfg.seed, self.dist.world, {"torch": torch.__version__}))
+        return dataset, parts, state
+
+    def _wrap(self, parts: Parts) -> nn.Module:
+        """The network the epochs train: under DDP, wrapped (and with synchronised BatchNorm on CUDA)."""
         if self.dist.world > 1 and self.device.type == "cuda":
             # BatchNorm statistics over the global batch; gloo on CPU has no SyncBatchNorm, so there
             # each process normalises its share of the batch (the one difference from one process).
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        net = DistributedDataParallel(model) if self.dist.world > 1 else model
-        for epoch in range(state["epoch"], cfg.epochs):
-            dataset.set_epoch(epoch)
-            train_stats = self._train_epoch(net, ema, optimizer, scheduler, scaler, dataset, epoch)
-            eval_model = ema.module if ema is not None else model
-            row = {"epoch": epoch, **train_stats, "lr": optimizer.param_groups[0]["lr"]}
-            improved = False
-            if self.dist.is_main:
-                if self.val_cds and self._validates(epoch):
-                    evaluation = self._validate(eval_model)
-                    row.update(evaluation.metrics)
-                    improved = evaluation.score > state["best_score"]
-                    if improved:
-                        state.update(best_score=evaluation.score, best_epoch=epoch, bad_epochs=0)
-                        self.fold.promote_oof(evaluation.per_case_day)
-                    else:
-                        state["bad_epochs"] += 1
-                if improved or not self.val_cds:
-                    save_checkpoint({"model": eval_model.state_dict(), "epoch": epoch}, self.fold.weights)
-                state["epoch"] = epoch + 1
-                self.fold.append_log(row)
-                self._save_last({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                 "ema": ema.state_dict() if ema is not None else None,
-                                 "state": state, "rng": _rng_state()})
-            state = broadcast_object(self.dist, state)
-            if cfg.patience > 0 and state["bad_epochs"] >= cfg.patience:
-                break
-        if self.val_cds and not math.isfinite(state["best_score"]):
-            raise DataError(f"{self.fold.path}: no epoch gave a finite validation score (best {state['best_score']}); "
-                            "the fold is not marked done")
-        if self.dist.is_main:
-            self.fold.write_done({"best_score": state["best_score"] if self.val_cds else None,
-                                  "best_epoch": state["best_epoch"], "epochs_run": state["epoch"]})
-        self.fold.discard_oof_staging()
-        barrier(self.dist)
-        shutdown(self.dist)
-        return state["best_score"] if self.val_cds else float("nan")
+            parts.model = nn.SyncBatchNorm.convert_sync_batchnorm(parts.model)
+        return DistributedDataParallel(parts.model) if self.dist.world > 1 else parts.model
 
-    def _train_epoch(self, net, ema, optimizer, scheduler, scaler, dataset, epoch) -> dict[str, float]:
+    def _epoch(self, net: nn.Module, parts: Parts, dataset, state: TrainingState) -> TrainingState:
+        """Train one epoch, validate it (when due), save best.pt, log.csv and last.pt; the new state."""
+        epoch = state.epoch
+        dataset.set_epoch(epoch)
+        train_stats = self._train_epoch(net, parts, dataset, epoch)
+        row = {"epoch": epoch, **train_stats, "lr": parts.optimizer.param_groups[0]["lr"]}
+        if self.dist.is_main:
+            improved = False
+            if self.val_cds and self._validates(epoch):
+                evaluation = self._validate(parts.eval_model)
+                row.update(evaluation.metrics)
+                improved = state.observe(epoch, evaluation.score)
+                if improved:
+                    self.work.promote_oof(evaluation.per_case_day)
+            if improved or not self.val_cds:
+                save_checkpoint({"model": parts.eval_model.state_dict(), "epoch": epoch}, self.work.weights)
+            state.epoch = epoch + 1
+            self.work.append_log(row)
+            self._save_last(parts.checkpoint(state))
+        return broadcast_object(self.dist, state)
+
+    def _finish(self, state: TrainingState) -> float | None:
+        """Mark the staging folder done and make it the fold; the best score (None without validation)."""
+        if self.val_cds and not math.isfinite(state.best_score):
+            raise DataError(f"{self.work.path}: no epoch gave a finite validation score (best {state.best_score}); "
+                            f"the fold is not marked done ({self.fold.path} is left as it was)")
+        best = state.best_score if self.val_cds else None
+        if self.dist.is_main:
+            self.work.discard_oof_staging()
+            self.work.write_done({"best_score": best, "best_epoch": state.best_epoch, "epochs_run": state.epoch})
+            self.fold.commit_staging()
+        barrier(self.dist)
+        return best
+
+    def _train_epoch(self, net, parts: Parts, dataset, epoch) -> dict[str, float]:
         cfg = self.cfg
+        ema, optimizer, scheduler, scaler = parts.ema, parts.optimizer, parts.scheduler, parts.scaler
         order = _epoch_order(cfg, len(dataset), epoch, self.dist, self._sample_weights(dataset))
         loader = DataLoader(dataset, batch_size=self.batch_per_rank, sampler=order, num_workers=cfg.workers,
                             drop_last=len(order) >= self.batch_per_rank, pin_memory=self.device.type == "cuda")
@@ -317,7 +381,7 @@ class Trainer:
             with torch.autocast(self.device.type, enabled=self.use_amp):
                 loss = self.task.loss(net, batch, self.device)
             if not torch.isfinite(loss.detach()):
-                raise DataError(f"{self.fold.path}: training loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                raise DataError(f"{self.work.path}: training loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
                                 "(lower --lr or check the data); the last complete epoch stays resumable")
             scaler.scale(loss / cfg.accum_steps).backward()
             if (step + 1) % cfg.accum_steps == 0 or step + 1 == len(loader):
@@ -350,10 +414,10 @@ class Trainer:
         return np.where(positive, 0.5 / positive.sum(), 0.5 / (~positive).sum())
 
     def _save_last(self, checkpoint: dict) -> None:
-        save_checkpoint(checkpoint, self.fold.last)
+        save_checkpoint(checkpoint, self.work.last)
 
     def _validate(self, model: nn.Module) -> Evaluation:
-        self.fold.begin_oof()
+        self.work.begin_oof()
         model.eval()
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.use_amp):
-            return self.task.evaluate(model, self.val_cds, self.device, self.fold.stage_oof)
+            return self.task.evaluate(model, self.val_cds, self.device, self.work.stage_oof)

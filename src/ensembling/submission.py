@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from src.core.atomic import atomic_path, check_writable
+from src.core.device import select_device
 from src.core.errors import DataError
 from src.core.ids import CLASSES
 from src.core.outputs import check_output
@@ -167,6 +168,7 @@ class SubmitOptions:
             raise DataError(f"--allow-train-fallback {self.allow_train_fallback}: must be >= 0")
         if self.batch_size is not None and self.batch_size < 1:
             raise DataError(f"--batch-size {self.batch_size}: must be at least 1")
+        select_device(self.device)
 
 
 def submit(opts: SubmitOptions) -> Path:

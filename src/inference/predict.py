@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Callable
 
 from src.core.artifacts import Prediction, PredictionDir
+from src.core.device import select_device
 from src.core.errors import DataError
 from src.core.outputs import check_output
 from src.data.preparation import prepare
 from src.data.volumes import CaseDay, VolumeCache
-from src.engine.trainer import select_device
 from src.inference.fold_model import FoldModel
 from src.inference.gating import gated
 from src.inference.runs import TrainedFold, TrainedRun
@@ -109,6 +109,7 @@ class PredictOptions:
     def settings(self) -> PredictSettings:
         return PredictSettings(self.tta, str(self.crop) if self.crop else None, str(self.gate) if self.gate else None,
                                self.gate_threshold, self.gate_rule or None)
+        select_device(self.device)
 
 
 def split_case_days(split: str, folds: list[TrainedFold], cache: VolumeCache, data_dir: Path) -> list[str]:

@@ -264,7 +264,7 @@ def run_ablation(opts: AblationOptions, log=print) -> pd.DataFrame:
                 tokens = [*_to_tokens({**args, "cache-dir": str(cache)}), "--stage", "seg2d", "--fold", "0",
                           "--folds-csv", str(split_csv), "--out", str(out / "runs"), "--name", name,
                           "--seed", str(train_seed + r)]
-                if fold.last.is_file():
+                if fold.has_resume_state():
                     tokens.append("--resume")
                 seconds = train(tokens, out / "logs" / f"{name}.log")
             record = {"variant": label, "repeat": r, "run": name, "train_s": seconds, **_score_cell(fold, cache)}

@@ -37,6 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 from src.core.artifacts import cached_case_days, fold_dir
+from src.core.device import select_device
 from src.core.errors import DataError
 from src.core.memory import reset_peak_rss
 
@@ -80,6 +81,7 @@ class BenchmarkOptions:
                 raise DataError(f"{flag}: must be at least {low}, got {value}")
         if self.device not in ("cpu", "cuda"):
             raise DataError(f"--device: expected cpu or cuda, got {self.device!r}")
+        select_device(self.device)
         if self.memory_limit_mb < 0:
             raise DataError(f"--memory-limit: must be >= 0 MB, got {self.memory_limit_mb}")
         if self.train_epochs and not Path(self.folds_csv).is_file():
@@ -295,7 +297,7 @@ def _train_and_score(opts: BenchmarkOptions, arch: str, runs: Path, log) -> dict
                 "--cache-dir", str(opts.cache), "--folds-csv", opts.folds_csv, "--out", str(runs), "--name", name,
                 "--img-size", str(opts.img_size), "--batch-size", str(opts.batch_size), "--channels", str(opts.channels),
                 "--epochs", str(opts.train_epochs), "--device", opts.device, "--workers", str(opts.workers)]
-        if fold.last.is_file():
+        if fold.has_resume_state():
             args.append("--resume")
         try:
             seconds = train(args, runs / f"{name}.log")
