@@ -55,8 +55,8 @@ from src.data.boxes import (
 from src.data.samples import StackSpec, intensity_window, normalise
 from src.data.volumes import CaseDay, VolumeCache
 from src.engine.config import DetConfig
-from src.engine.stages import StageSpec, register_stage
 from src.engine.fold_writer import Plan, fold_lock, open_staging, plan_training
+from src.engine.stages import StageSpec, register_stage
 from src.engine.trainer import Evaluation, split_case_days
 from src.models.detector import keep_torch_state, ultralytics_offline, yolo_yaml
 from src.models.registry import create_model
