@@ -40,6 +40,7 @@ from src.metrics.competition import (
     score_volumes,
 )
 from src.reporting import figures, presence
+from src.reporting.options import ReportOptions
 
 CLS_STAGE = "cls"
 WORST_BEST = 2  # case-days shown at each end of the ranking
@@ -436,14 +437,12 @@ class Report:
     runs: list[RunReport]
 
 
-def build_report(runs: list[str | Path], out: str | Path, ensemble: str | Path | None = None,
-                 cache_dir: str | Path | None = None, data_dir: str | Path | None = None,
-                 title: str | None = None, allow_incomplete: bool = False) -> Report:
-    """Write `out`/index.html and its PNG figures (atomically); return what was computed."""
-    out = Path(out)
-    loaded = [load_run(r, allow_incomplete) for r in runs]
+def build_report(opts: ReportOptions) -> Report:
+    """Write `opts.out`/index.html and its PNG figures (atomically); return what was computed."""
+    out, ensemble, cache_dir, data_dir = opts.out, opts.ensemble, opts.cache_dir, opts.data_dir
+    loaded = [load_run(r, opts.allow_incomplete) for r in opts.runs]
     record = load_ensemble(ensemble).record if ensemble is not None else None
-    title = title or f"Run report: {', '.join(r.name for r in loaded)}"
+    title = opts.title or f"Run report: {', '.join(r.name for r in loaded)}"
     with atomic_dir(out) as folder:
         page = Page(folder)
         page.heading("Summary")
