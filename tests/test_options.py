@@ -31,6 +31,7 @@ class Sample:
     runs: tuple[Path, ...] = field(default=(Path("x"),), metadata={"nargs": "+", "metavar": "RUN"})
     cache: Path | None = None
     batch: int | None = None
+    limit_mb: float = field(default=0.0, metadata={"flag": "--limit", "metavar": "MB"})
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ def test_one_flag_per_field_with_help_from_metadata():
     assert by_dest["mode"].choices == ("a", "b") and by_dest["runs"].metavar == "RUN"
     assert by_dest["amp"].option_strings == ["--amp", "--no-amp"]  # defaults to True: --no-amp turns it off
     assert by_dest["incomplete"].option_strings == ["--incomplete"]  # defaults to False: a plain switch
+    assert by_dest["limit_mb"].option_strings == ["--limit"] and by_dest["limit_mb"].metavar == "MB"
     assert actions(parser_of(Child))["size"].help == "image side" and actions(parser_of(Child))["size"].default == 32
     assert from_args(Sample, parser.parse_args(["--run", "r"])) == Sample(run=Path("r"))
 
@@ -64,10 +66,10 @@ def test_one_flag_per_field_with_help_from_metadata():
 def test_types_from_the_annotations():
     args = parser_of(Sample).parse_args(
         ["--run", "r", "--size", "3", "--lr", "0.5", "--no-amp", "--incomplete", "--tta", "hflip,vflip",
-         "--folds", "1,2", "--runs", "a", "b", "--cache", "c", "--batch", "2", "--mode", "b"])
+         "--folds", "1,2", "--runs", "a", "b", "--cache", "c", "--batch", "2", "--mode", "b", "--limit", "3"])
     opts = from_args(Sample, args)  # by keyword: Sample takes no positional arguments
     assert opts == Sample(run=Path("r"), size=3, lr=0.5, mode="b", amp=False, incomplete=True, tta=("hflip", "vflip"),
-                          folds=(1, 2), runs=(Path("a"), Path("b")), cache=Path("c"), batch=2)
+                          folds=(1, 2), runs=(Path("a"), Path("b")), cache=Path("c"), batch=2, limit_mb=3.0)
     none = from_args(Sample, parser_of(Sample).parse_args(["--run", "r", "--folds", "none", "--tta", ""]))
     assert none.folds == () and none.tta == () and none.cache is None and none.batch is None
     for bad in (["--run", "r", "--folds", "1,x"], ["--run", "r", "--size", "big"], ["--run", "r", "--mode", "c"]):
@@ -123,8 +125,12 @@ def _entry_points():
     from src.orchestration.recipes import PipelineOptions
     from src.reporting.options import ReportOptions
 
+    from src.research.benchmark import BenchmarkOptions
+    from src.research.pruning import PruneOptions
+
     points = [("predict", None, PredictOptions), ("ensemble", "tune", TuneOptions), ("submit", None, SubmitOptions),
-              ("report", None, ReportOptions), ("pipeline", None, PipelineOptions)]
+              ("report", None, ReportOptions), ("pipeline", None, PipelineOptions),
+              ("benchmark", "models", BenchmarkOptions), ("prune", None, PruneOptions)]
     return points + [("train", stage, get_stage(stage).config) for stage in stage_names()]
 
 
@@ -147,10 +153,10 @@ def test_every_entry_point_exposes_every_field(module, sub, options):
             assert by_dest[f.name].help.startswith(f.metadata["help"]), f.name
 
 
-def test_no_entry_point_builds_options_positionally():
+def test_nothing_builds_options_positionally():
     """Options and configs are built by keyword (src.core.options.from_args, or name=value)."""
-    for path in sorted((ROOT / "src").glob("*.py")):
+    for path in sorted((ROOT / "src").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args \
                     and node.func.id.endswith(("Options", "Config")):
-                pytest.fail(f"{path.name}:{node.lineno}: {node.func.id}(...) with positional arguments")
+                pytest.fail(f"{path.relative_to(ROOT)}:{node.lineno}: {node.func.id}(...) with positional arguments")

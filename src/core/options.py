@@ -4,13 +4,15 @@ A field `img_size: int = field(default=256, metadata={"help": "..."})` is the fl
 by its annotation: int, float, str, Path, bool (`--x` when it defaults to False, else `--x/--no-x`),
 optional (`X | None`), tuples (one token, comma-separated; "none" is the empty tuple). Metadata may
 add "help" (inherited from a base class's field of the same name), "choices", "metavar",
-"nargs": "+" (a tuple as one token per element) and "positional". The entry point builds its options
-from the parsed flags by keyword (`from_args`); `to_flags` turns an options dict back into flags.
+"nargs": "+" (a tuple as one token per element), "positional", and "flag" (a name other than the
+field's). The entry point builds its options from the parsed flags by keyword (`from_args`);
+`to_flags` turns an options dict back into flags.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
@@ -36,7 +38,7 @@ def _default(f: dataclasses.Field) -> Any:
 
 def _kind(cls: type, name: str) -> tuple[type, type | None]:
     """(scalar type, None) or (tuple, element type) of a field, optional or not."""
-    hint = typing.get_type_hints(cls)[name]
+    hint = _hints(cls)[name]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if typing.get_origin(hint) is tuple:
@@ -44,6 +46,11 @@ def _kind(cls: type, name: str) -> tuple[type, type | None]:
     if hint not in _SCALARS:
         raise TypeError(f"{cls.__name__}.{name}: no flag for the type {hint}")
     return hint, None
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _help(cls: type, name: str) -> str | None:
@@ -101,7 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, defaults: dict[
         if meta.get("positional"):
             parser.add_argument(f.name, **kwargs)
         else:
-            parser.add_argument(flag(f.name), required=not given_only and not _has_default(f), **kwargs)
+            parser.add_argument(meta.get("flag", flag(f.name)), dest=f.name,
+                                required=not given_only and not _has_default(f), **kwargs)
 
 
 def from_args(cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None):

@@ -37,33 +37,33 @@ import pandas as pd
 from src.core.artifacts import CaseDayFiles, fold_dir
 from src.core.atomic import atomic_path, write_json_atomic
 from src.core.errors import DataError
-from src.core.options import changed, flag, parse_flags, parse_value, to_flags
 from src.core.ids import CLASSES, case_day_key
+from src.core.options import changed, flag, parse_flags, parse_value, to_flags
 
 SPLITS = ("random", "grouped")
 OWNED = ("fold", "folds_csv", "out", "name", "seed", "stage", "resume", "list_archs")  # set per split and cell
 SUMMARY_METRICS = ("score", "comp_dice", "hausdorff", "jaccard", "dice")
 
 
-def _owned(what: str, name: str) -> DataError:
-    return DataError(f"{what}: {flag(name)} is set by the ablation itself (per split and cell)")
+def _owned(name: str) -> DataError:
+    return DataError(f"--base: {flag(name)} is set by the ablation itself (per split and cell)")
 
 
-def base_config(tokens: tuple[str, ...], what: str = "--base"):
+def parse_base(tokens: tuple[str, ...]):
     """The 2.5D train config of `--arch A --lr 1e-3 --no-amp ...` (validated by the config itself)."""
     from src.engine.config import Seg2DConfig
 
-    given, rest = parse_flags(Seg2DConfig, tokens, what)
+    given, rest = parse_flags(Seg2DConfig, tokens, "--base")
     for token in rest:
         if not token.startswith("--"):
-            raise DataError(f"{what}: expected a --flag, got {token!r}")
+            raise DataError(f"--base: expected a --flag, got {token!r}")
         name = token[2:].split("=", 1)[0]
         if name.removeprefix("no-").replace("-", "_") in OWNED:
-            raise _owned(what, name)
-        raise DataError(f"{what}: --{name} is not a flag of python -m src.train (see its --help)")
+            raise _owned(name)
+        raise DataError(f"--base: --{name} is not a flag of python -m src.train (see its --help)")
     owned = [name for name in given if name in OWNED]
     if owned:
-        raise _owned(what, owned[0])
+        raise _owned(owned[0])
     return Seg2DConfig(**given)
 
 
@@ -107,7 +107,7 @@ class AblationOptions:
 
     @cached_property
     def base_config(self):
-        return base_config(self.base)
+        return parse_base(self.base)
 
     @property
     def cache(self) -> Path:
