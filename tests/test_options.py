@@ -72,9 +72,11 @@ def test_types_from_the_annotations():
                           folds=(1, 2), runs=(Path("a"), Path("b")), cache=Path("c"), batch=2, limit_mb=3.0)
     none = from_args(Sample, parser_of(Sample).parse_args(["--run", "r", "--folds", "none", "--tta", ""]))
     assert none.folds == () and none.tta == () and none.cache is None and none.batch is None
-    for bad in (["--run", "r", "--folds", "1,x"], ["--run", "r", "--size", "big"], ["--run", "r", "--mode", "c"]):
+    for bad in (["--run", "r", "--size", "big"], ["--run", "r", "--mode", "c"]):
         with pytest.raises(argparse.ArgumentError):
             parser_of(Sample).parse_args(bad)
+    with pytest.raises(DataError, match=r"^--folds '1,x': expected comma-separated int values or 'none'$"):
+        parser_of(Sample).parse_args(["--run", "r", "--folds", "1,x"])  # one line, as run_cli prints it
 
 
 def test_cli_defaults_and_given_only():
@@ -110,6 +112,8 @@ def test_parse_flags_and_values_are_one_line_errors():
     assert parse_flags(Sample, ("--si", "3"), "--base")[1] == ["--si", "3"]  # no abbreviations
     assert parse_value(Sample, "amp", "false") is False and parse_value(Sample, "folds", "3,4") == (3, 4)
     assert parse_value(Sample, "lr", "1e-2") == 0.01
+    with pytest.raises(DataError, match=r"--folds 'a': expected comma-separated int"):
+        parse_value(Sample, "folds", "a")
     with pytest.raises(DataError, match=r"--lr 'x': expected float"):
         parse_value(Sample, "lr", "x")
     with pytest.raises(DataError, match=r"--amp 'maybe': expected bool"):

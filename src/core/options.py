@@ -62,15 +62,15 @@ def _help(cls: type, name: str) -> str | None:
     return None
 
 
-def _tuple_of(element: type):
+def _tuple_of(element: type, name: str):
+    """A converter of "v1,v2" ("none": empty); a bad value is a one-line DataError naming the flag."""
     def convert(text: str) -> tuple:
         if text.strip().lower() == "none":
             return ()
         try:
             return tuple(element(v.strip()) for v in text.split(",") if v.strip())
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated {element.__name__} values or 'none', got {text!r}") from None
+            raise DataError(f"{name} {text!r}: expected comma-separated {element.__name__} values or 'none'") from None
     return convert
 
 
@@ -84,7 +84,7 @@ def _boolean(text: str) -> bool:
 def _converter(cls: type, name: str):
     kind, element = _kind(cls, name)
     if kind is tuple:
-        return _tuple_of(element)
+        return _tuple_of(element, cls.__dataclass_fields__[name].metadata.get("flag", flag(name)))
     return _boolean if kind is bool else kind
 
 
@@ -144,7 +144,7 @@ def parse_value(cls: type, name: str, text: str) -> Any:
     """One value of the field `name` from its text (a bool from true/false); a DataError names the flag."""
     try:
         return _converter(cls, name)(text)
-    except (ValueError, argparse.ArgumentTypeError):
+    except ValueError:
         raise DataError(f"{flag(name)} {text!r}: expected {_kind(cls, name)[0].__name__}") from None
 
 
