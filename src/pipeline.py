@@ -20,18 +20,19 @@ from __future__ import annotations
 import argparse
 
 from src.core.errors import run_cli
+from src.core.options import add_arguments, from_args
 from src.orchestration.recipes import PipelineOptions, run_pipeline
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m src.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("recipe", help="a recipe file, e.g. recipes/demo")
-    parser.add_argument("--runs-dir", default="runs")
-    parser.add_argument("--dry-run", action="store_true", help="print the steps and exit")
-    parser.add_argument("--no-compare", action="store_true", help="skip the recipes named by the recipe's compare")
-    args = parser.parse_args(argv)
-    run_pipeline(PipelineOptions(args.recipe, args.runs_dir, args.dry_run, args.no_compare))
+    add_arguments(parser, PipelineOptions)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    run_pipeline(from_args(PipelineOptions, build_parser().parse_args(argv)))
     return 0
 
 

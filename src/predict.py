@@ -16,40 +16,21 @@ zeroes those where at most N pixels of the run's own probabilities exceed p.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from src.core.errors import run_cli
-from src.inference.predict import SPLITS, PredictOptions, predict_run
+from src.core.options import add_arguments, from_args
+from src.inference.predict import PredictOptions, predict_run
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m src.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, type=Path, help="run folder, e.g. runs/unet_r18")
-    parser.add_argument("--split", choices=SPLITS, default="oof")
-    parser.add_argument("--folds", default=None, help="comma-separated folds or 'all' (default: every numbered fold)")
-    parser.add_argument("--tta", default="", help="comma-separated flips: hflip, vflip")
-    parser.add_argument("--data-dir", type=Path, default=None, help="dataset root (default: the run's)")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="cache root (default: that of --data-dir, else the run's)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/pred_<split>)")
-    parser.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: the run's)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--gate", type=Path, default=None, help="classifier run whose presence gates the slices")
-    parser.add_argument("--gate-threshold", type=float, default=0.5, help="presence probability kept (default 0.5)")
-    parser.add_argument("--gate-rule", default=None,
-                        help="PIXELS:PROB, keep a slice-class with more than PIXELS above PROB")
-    parser.add_argument("--crop", type=Path, default=None, help="detector run whose boxes crop the model input")
-    parser.add_argument("--allow-incomplete", action="store_true",
-                        help="use folds without their done marker (killed or unfinished runs), with a warning")
-    return parser.parse_args(argv)
+    add_arguments(parser, PredictOptions)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    predict_run(PredictOptions(args.run, args.split, args.folds, args.tta, args.data_dir, args.cache_dir, args.out,
-                               args.batch_size, args.device, args.gate, args.gate_threshold, args.gate_rule,
-                               args.crop, args.allow_incomplete))
+    predict_run(from_args(PredictOptions, build_parser().parse_args(argv)))
     return 0
 
 

@@ -12,34 +12,21 @@ there is one). `--allow-train-fallback N` instead runs on the first N train case
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from src.core.errors import run_cli
+from src.core.options import add_arguments, from_args
 from src.ensembling.submission import SubmitOptions, submit
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m src.submit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ensemble", required=True, type=Path, help="ensemble.json from python -m src.ensemble tune")
-    parser.add_argument("--data-dir", required=True, type=Path,
-                        help="dataset root with test/ (and sample_submission.csv)")
-    parser.add_argument("--out", type=Path, default=Path("submissions/submission.csv"))
-    parser.add_argument("--allow-train-fallback", type=int, default=0, metavar="N",
-                        help="when test/ is empty, predict the first N train case-days instead")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: each run's)")
-    parser.add_argument("--runs-root", type=Path, default=None,
-                        help="find each run as <runs-root>/<run name> instead of its recorded path (e.g. in a kernel)")
-    parser.add_argument("--allow-incomplete", action="store_true",
-                        help="predict with folds without their done marker (killed or unfinished runs), with a warning")
-    return parser.parse_args(argv)
+    add_arguments(parser, SubmitOptions)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    submit(SubmitOptions(args.ensemble, args.data_dir, args.out, args.allow_train_fallback, args.device,
-                         args.batch_size, args.runs_root, args.allow_incomplete))
+    submit(from_args(SubmitOptions, build_parser().parse_args(argv)))
     return 0
 
 

@@ -116,7 +116,7 @@ def test_tuner_records_the_exact_held_out_score_without_each_component(fake, tmp
     seen = {}
     monkeypatch.setattr(tune_module, "cross_tune", lambda *a, **k: seen.setdefault("by_fold", cross(*a, **k)))
     out = tmp_path / "e.json"
-    record = tune(TuneOptions([runs["sharp"], runs["soft"], runs["vol"]], gate=runs["cls"], crop=runs["det"],
+    record = tune(TuneOptions(runs=[runs["sharp"], runs["soft"], runs["vol"]], gate=runs["cls"], crop=runs["det"],
                               out=out, cache_dir=root / "cache", passes=1))
     log = capsys.readouterr().out
     assert log.index("tuned ensemble, held-out") < log.index(contributions.TITLE)

@@ -231,7 +231,8 @@ def fake(tmp_path_factory):
 def test_tune_beats_the_plain_mean_and_reports_held_out(fake, capsys):
     root, runs, _ = fake
     out = root / "ensemble.json"
-    record = tune(TuneOptions([runs["sharp"], runs["soft"], runs["vol"]], out=out, cache_dir=root / "cache", passes=1))
+    record = tune(TuneOptions(runs=[runs["sharp"], runs["soft"], runs["vol"]], out=out, cache_dir=root / "cache",
+                              passes=1))
     scores = record["scores"]
     assert scores["tuned_in_sample"]["score"] >= scores["plain_mean"]["score"]
     assert scores["tuned_in_sample"]["score"] > max(s["score"] for s in scores["models"].values())
@@ -255,7 +256,7 @@ def test_tune_beats_the_plain_mean_and_reports_held_out(fake, capsys):
 
 def test_classifier_gate_is_tuned_when_given(fake, tmp_path):
     root, runs, _ = fake
-    record = tune(TuneOptions([runs["sharp"]], gate=runs["cls"], out=tmp_path / "e.json", cache_dir=root / "cache",
+    record = tune(TuneOptions(runs=[runs["sharp"]], gate=runs["cls"], out=tmp_path / "e.json", cache_dir=root / "cache",
                   holdout_folds=[], passes=1), log=lambda line: None)
     assert record["gate"] == str(runs["cls"]) and "tuned_held_out" not in record["scores"]
     assert load_ensemble(tmp_path / "e.json").gate == AuxiliaryRun(str(runs["cls"]), "cls", ("0", "1", "2"), ())
@@ -265,7 +266,7 @@ def test_classifier_gate_is_tuned_when_given(fake, tmp_path):
 
 def test_detector_crop_is_tried(fake, tmp_path):
     root, runs, _ = fake
-    record = tune(TuneOptions([runs["vol"]], crop=runs["det"], out=tmp_path / "e.json", cache_dir=root / "cache",
+    record = tune(TuneOptions(runs=[runs["vol"]], crop=runs["det"], out=tmp_path / "e.json", cache_dir=root / "cache",
                   holdout_folds=[], passes=1), log=lambda line: None)
     assert record["crop"] == str(runs["det"]) and record["params"]["crop"] is True  # boxes drop spurious blobs
     assert load_ensemble(tmp_path / "e.json").crop.stage == "det"
@@ -301,8 +302,8 @@ def test_a_half_trained_member_is_refused_unless_allowed(fake, tmp_path, capsys)
     shutil.copytree(runs["sharp"], half)
     (half / "fold1" / "done.json").unlink()
     with pytest.raises(DataError, match="half/fold1: incomplete fold"):
-        tune(TuneOptions([half], out=tmp_path / "e.json", cache_dir=root / "cache", holdout_folds=(), passes=0),
+        tune(TuneOptions(runs=[half], out=tmp_path / "e.json", cache_dir=root / "cache", holdout_folds=(), passes=0),
              log=lambda line: None)
-    record = tune(TuneOptions([half], out=tmp_path / "e.json", cache_dir=root / "cache", holdout_folds=(), passes=0,
-                              allow_incomplete=True), log=lambda line: None)
+    record = tune(TuneOptions(runs=[half], out=tmp_path / "e.json", cache_dir=root / "cache", holdout_folds=(),
+                              passes=0, allow_incomplete=True), log=lambda line: None)
     assert record["runs"][0]["name"] == "half" and "incomplete fold used" in capsys.readouterr().err

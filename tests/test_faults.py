@@ -93,7 +93,7 @@ def base(tmp_path_factory) -> Path:
     for name in ("data", "cache", "runs"):
         shutil.copytree(root / name, world / name)
     shutil.copy2(root / "folds.csv", world / "folds.csv")
-    tune(TuneOptions([world / "runs" / "unet", world / "runs" / "fpn"], out=world / "ensemble.json",
+    tune(TuneOptions(runs=[world / "runs" / "unet", world / "runs" / "fpn"], out=world / "ensemble.json",
                      cache_dir=world / "cache", holdout_folds=(), passes=0), log=lambda line: None)
     return world
 

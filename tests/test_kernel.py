@@ -71,7 +71,7 @@ def ensemble(tmp_path_factory, one_thread) -> tuple[Path, Path]:
     shutil.copytree(root / "runs", work / "runs", ignore=shutil.ignore_patterns("pred_*"))
     det = train_detector(root, work / "runs")
     out = work / "ensemble.json"
-    tune(TuneOptions([work / "runs" / "unet", work / "runs" / "fpn"], gate=work / "runs" / "cls", out=out,
+    tune(TuneOptions(runs=[work / "runs" / "unet", work / "runs" / "fpn"], gate=work / "runs" / "cls", out=out,
          cache_dir=root / "cache", holdout_folds=[], passes=1), log=lambda line: None)
     record = json.loads(out.read_text())
     record["params"]["thresholds"][0] = 0.05  # masks in the CSV whatever one epoch learnt
@@ -130,7 +130,7 @@ def _imports(python: Path, module: str) -> subprocess.CompletedProcess:
 def test_default_build_runs_offline_in_a_kaggle_image_and_matches_submit(ensemble, kaggle_image, tmp_path, capsys):
     data, ensemble_json = ensemble
     ensemble_json = relocated(ensemble_json, tmp_path / "moved")
-    expected = submit(SubmitOptions(ensemble_json, data, tmp_path / "expected.csv", device="cpu"))
+    expected = submit(SubmitOptions(ensemble=ensemble_json, data_dir=data, out=tmp_path / "expected.csv", device="cpu"))
     assert main(["build", "--ensemble", str(ensemble_json), "--out", str(tmp_path / "bundle")]) == 0  # the default
     assert "kernel bundle:" in capsys.readouterr().out
     bundle = tmp_path / "bundle"

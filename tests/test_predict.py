@@ -74,9 +74,11 @@ def test_oof_uses_the_fold_model_that_did_not_see_the_case_day(trained):
 
 def test_test_split_is_the_mean_of_the_fold_models(trained, tmp_path):
     run = trained / "runs" / "fpn"
-    both = predict_run(PredictOptions(run, "test", data_dir=trained / "data", cache_dir=trained / "cache", device="cpu"))
-    singles = [predict_run(PredictOptions(run, "test", folds=f, data_dir=trained / "data", cache_dir=trained / "cache",
-                           out=tmp_path / f"fold{f}", device="cpu")) for f in ("0", "1")]
+    both = predict_run(PredictOptions(run=run, split="test", data_dir=trained / "data", cache_dir=trained / "cache",
+                                      device="cpu"))
+    singles = [predict_run(PredictOptions(run=run, split="test", folds=f, data_dir=trained / "data",
+                                          cache_dir=trained / "cache", out=tmp_path / f"fold{f}", device="cpu"))
+               for f in ("0", "1")]
     cache = VolumeCache(trained / "cache")
     case_days = json.loads((both / "predict.json").read_text())["case_days"]
     assert case_days == cache.case_days("test") and case_days
@@ -108,21 +110,23 @@ def test_flip_tta_averages_flipped_predictions_and_is_flip_equivariant(trained):
 
 def test_gates_zero_the_slices_they_mark_empty(trained, tmp_path):
     run, cls = trained / "runs" / "unet", trained / "runs" / "cls"
-    predict_run(PredictOptions(cls, "oof", cache_dir=trained / "cache", device="cpu"))  # the gate: (Z, 3) presence
+    # the gate: (Z, 3) presence
+    predict_run(PredictOptions(run=cls, split="oof", cache_dir=trained / "cache", device="cpu"))
     case_days = json.loads((cls / "pred_oof" / "predict.json").read_text())["case_days"]
     presence = {cd: np.load(cls / "pred_oof" / f"{cd}.npy") for cd in case_days}
     assert all(p.dtype == np.float16 and p.shape == (8, 3) for p in presence.values())
     threshold = float(np.median(np.concatenate(list(presence.values()))))
-    gated = predict_run(PredictOptions(run, "oof", folds="0", cache_dir=trained / "cache", out=tmp_path / "gated", device="cpu",
-                        gate=cls, gate_threshold=threshold))
+    gated = predict_run(PredictOptions(run=run, split="oof", folds="0", cache_dir=trained / "cache",
+                                       out=tmp_path / "gated", device="cpu", gate=cls, gate_threshold=threshold))
     for cd in case_days:
         plain = np.load(next(run.glob(f"fold*/oof/{cd}.npy")))  # the ungated OOF
         after, kept = np.load(gated / f"{cd}.npy"), presence[cd] >= threshold
         assert not after[~kept].any()
         np.testing.assert_allclose(after[kept].astype(np.float32), plain[kept].astype(np.float32), atol=2e-3)
     assert 0 < sum(int((p >= threshold).sum()) for p in presence.values()) < sum(p.size for p in presence.values())
-    ruled = predict_run(PredictOptions(run, "oof", folds="0", cache_dir=trained / "cache", out=tmp_path / "ruled", device="cpu",
-                        gate_rule="100000:0.5"))  # no slice has that many pixels
+    ruled = predict_run(PredictOptions(run=run, split="oof", folds="0", cache_dir=trained / "cache",
+                                       out=tmp_path / "ruled", device="cpu",
+                                       gate_rule="100000:0.5"))  # no slice has that many pixels
     assert all(not np.load(ruled / f"{cd}.npy").any() for cd in case_days)
 
 

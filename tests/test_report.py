@@ -17,6 +17,7 @@ from src.data.volumes import write_case_day
 from src.metrics.competition import dice_rows, score_volumes
 from src.report import main
 from src.reporting.build import build_report
+from src.reporting.options import ReportOptions
 from src.reporting.page import tabulate
 from src.reporting.scoring import case_day_score
 
@@ -99,8 +100,8 @@ def work(tmp_path_factory):
         "version": 2, "runs": [{"name": "seg", "path": str(seg), "stage": "seg2d", "group": "2d", "folds": [], "predict": {}}],
         "scores": scores,
         "params": {"weights": {"seg": [1, 1, 1]}, "groups": {"seg": "2d"}, "thresholds": [0.45] * 3}}))
-    report = build_report([seg, gate], root / "reports" / "r", ensemble=root / "ensemble.json", cache_dir=root / "cache",
-                          allow_incomplete=True)
+    report = build_report(ReportOptions(runs=[seg, gate], out=root / "reports" / "r", ensemble=root / "ensemble.json",
+                                        cache_dir=root / "cache", allow_incomplete=True))
     return root, masks, logs, report
 
 
@@ -184,8 +185,8 @@ def test_run_and_title_text_is_escaped_and_empty_sections_say_so(work, tmp_path,
     del record["scores"]
     (tmp_path / "bare.json").write_text(json.dumps(record))
     monkeypatch.chdir(tmp_path)
-    report = build_report([run], tmp_path / "out", ensemble=tmp_path / "bare.json", cache_dir=root / "cache",
-                          title="<b>title</b> & <script>x</script>")
+    report = build_report(ReportOptions(runs=[run], out=tmp_path / "out", ensemble=tmp_path / "bare.json",
+                                        cache_dir=root / "cache", title="<b>title</b> & <script>x</script>"))
     page = report.index.read_text()
     assert page.count("<script") == 1 and "<b>" not in page  # only the page's own image check
     assert "&lt;script&gt;alert(1)" in page
@@ -211,18 +212,18 @@ def test_table_cells_are_pandas_to_html_cells():
 def test_rebuild_replaces_and_failure_keeps_the_old_report(work, tmp_path):
     root, _, _, _ = work
     out = tmp_path / "out"
-    build_report([root / "runs" / "gate"], out, cache_dir=root / "cache")
+    build_report(ReportOptions(runs=[root / "runs" / "gate"], out=out, cache_dir=root / "cache"))
     (out / "stale.png").write_bytes(b"x")
-    build_report([root / "runs" / "gate"], out, cache_dir=root / "cache")
+    build_report(ReportOptions(runs=[root / "runs" / "gate"], out=out, cache_dir=root / "cache"))
     assert not (out / "stale.png").exists()
     before = sorted(p.name for p in out.iterdir())
     broken = tmp_path / "broken"
     shutil.copytree(root / "runs" / "seg", broken)
     save_npy_atomic(broken / "fold1" / "oof" / "case3_day1.npy", np.zeros((2, 3, 4, 4), np.float16))
     with pytest.raises(DataError, match=r"fold1: incomplete fold .* --allow-incomplete"):
-        build_report([broken], out, cache_dir=root / "cache")  # fold 1 has no done marker
+        build_report(ReportOptions(runs=[broken], out=out, cache_dir=root / "cache"))  # fold 1 has no done marker
     with pytest.raises(DataError, match=r"case3_day1\.npy: OOF shape"):
-        build_report([broken], out, cache_dir=root / "cache", allow_incomplete=True)
+        build_report(ReportOptions(runs=[broken], out=out, cache_dir=root / "cache", allow_incomplete=True))
     assert sorted(p.name for p in out.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "out"]
     with pytest.raises(DataError, match="not a run folder"):

@@ -36,7 +36,7 @@ def work(tmp_path_factory, one_thread) -> tuple[Path, Path]:
     with class 0 ungated at threshold 0.05 so that the submission has masks whatever one epoch learnt)."""
     root = build_trained_runs(tmp_path_factory.getbasetemp() / "trained_runs")
     out = tmp_path_factory.mktemp("submit") / "ensemble.json"
-    tune(TuneOptions([root / "runs" / "unet", root / "runs" / "fpn"], gate=root / "runs" / "cls", out=out,
+    tune(TuneOptions(runs=[root / "runs" / "unet", root / "runs" / "fpn"], gate=root / "runs" / "cls", out=out,
          cache_dir=root / "cache", holdout_folds=[], passes=1), log=lambda line: None)
     record = json.loads(out.read_text())
     params = record["params"]
@@ -48,7 +48,7 @@ def work(tmp_path_factory, one_thread) -> tuple[Path, Path]:
 
 def test_submission_covers_the_sample_in_order_and_round_trips(work, tmp_path):
     root, ensemble = work
-    out = submit(SubmitOptions(ensemble, root / "data", tmp_path / "sub.csv", device="cpu"))
+    out = submit(SubmitOptions(ensemble=ensemble, data_dir=root / "data", out=tmp_path / "sub.csv", device="cpu"))
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
     sample = pd.read_csv(root / "data" / "sample_submission.csv", dtype=str, keep_default_na=False)
     assert list(sub.columns) == ["id", "class", "predicted"]
@@ -69,8 +69,8 @@ def test_submission_covers_the_sample_in_order_and_round_trips(work, tmp_path):
 
 def test_validation_catches_broken_submissions(work, tmp_path):
     root, ensemble = work
-    sub = pd.read_csv(submit(SubmitOptions(ensemble, root / "data", tmp_path / "sub.csv", device="cpu")), dtype=str,
-                      keep_default_na=False)
+    sub = pd.read_csv(submit(SubmitOptions(ensemble=ensemble, data_dir=root / "data", out=tmp_path / "sub.csv",
+                                           device="cpu")), dtype=str, keep_default_na=False)
     index = scan_split(root / "data", "test")
     shapes = {sid: (int(h), int(w)) for sid, h, w in zip(index["id"], index["height"], index["width"])}
     validate_submission(sub, shapes)
@@ -118,7 +118,7 @@ def test_empty_test_split(work, tmp_path, capsys):
     assert empty[["id", "class"]].equals(sample[["id", "class"]]) and (empty["predicted"] == "").all()
     bare = _without_test(root, tmp_path / "bare", sample=False)
     with pytest.raises(DataError, match="no test images and no sample_submission.csv"):
-        submit(SubmitOptions(ensemble, bare, tmp_path / "b.csv", device="cpu"))
+        submit(SubmitOptions(ensemble=ensemble, data_dir=bare, out=tmp_path / "b.csv", device="cpu"))
     assert not (tmp_path / "b.csv").exists()
 
 
@@ -127,7 +127,8 @@ def test_train_fallback_predicts_train_case_days_from_moved_runs(work, tmp_path)
     bare = _without_test(root, tmp_path / "bare", sample=True)
     moved = tmp_path / "kernel_runs"
     shutil.copytree(root / "runs", moved)
-    out = submit(SubmitOptions(ensemble, bare, tmp_path / "fallback.csv", allow_train_fallback=2, device="cpu", runs_root=moved))
+    out = submit(SubmitOptions(ensemble=ensemble, data_dir=bare, out=tmp_path / "fallback.csv", allow_train_fallback=2,
+                               device="cpu", runs_root=moved))
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
     index = scan_split(bare, "train")
     first = index[index["case_day"].isin(list(dict.fromkeys(index["case_day"]))[:2])]
@@ -164,9 +165,11 @@ def _peaks(root: Path, test_cases: int) -> tuple[int, int, int]:
     summary, ensemble = generated_split(root, test_cases, models=2, train_cases=1, arch="unet_tiny", img_size=32,
                                         seed=0, sizes=[(128, 128)], slices=[24])
     data = root / "data"
-    submit_peak = _traced_peak(lambda: submit(SubmitOptions(ensemble, data, root / "sub.csv", device="cpu")))
-    predict_peak = _traced_peak(lambda: predict_run(PredictOptions(root / "runs" / "m0", "test", tta=("hflip",),
-                                                                   data_dir=data, out=root / "pred", device="cpu")))
+    submit_peak = _traced_peak(lambda: submit(SubmitOptions(ensemble=ensemble, data_dir=data, out=root / "sub.csv",
+                                                            device="cpu")))
+    predict_peak = _traced_peak(lambda: predict_run(PredictOptions(run=root / "runs" / "m0", split="test",
+                                                                   tta=("hflip",), data_dir=data, out=root / "pred",
+                                                                   device="cpu")))
     return summary.test_case_days, submit_peak, predict_peak
 
 

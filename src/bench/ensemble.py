@@ -108,9 +108,9 @@ def _tune_once(root: str, runs: list[str], passes: int, holdout: bool, workers: 
     reset_peak_rss()
     base = status_kib("VmRSS")
     start = time.perf_counter()
-    record = tune(TuneOptions(tuple(map(Path, runs)), out=Path(root) / "ensemble.json", cache_dir=Path(root) / "cache",
-                              holdout_folds=None if holdout else (), passes=passes, workers=workers,
-                              memory_gb=memory_gb, screen=screen), log=lambda line: None)
+    record = tune(TuneOptions(runs=tuple(map(Path, runs)), out=Path(root) / "ensemble.json",
+                              cache_dir=Path(root) / "cache", holdout_folds=None if holdout else (), passes=passes,
+                              workers=workers, memory_gb=memory_gb, screen=screen), log=lambda line: None)
     seconds = time.perf_counter() - start
     search, scores = record["search"], record["scores"]
     return {"wall_s": seconds, "evaluations": search["evaluations"], "stride": search["proxy"]["stride"],

@@ -55,12 +55,13 @@ def _measured(fn, *args) -> dict:
 
 
 def _submit(ensemble: str, data: str, out: str) -> dict:
-    return _measured(lambda: submit(SubmitOptions(Path(ensemble), Path(data), Path(out), device="cpu")))
+    return _measured(lambda: submit(SubmitOptions(ensemble=Path(ensemble), data_dir=Path(data), out=Path(out),
+                                                  device="cpu")))
 
 
 def _predict(run: str, data: str, out: str) -> dict:
-    return _measured(lambda: predict_run(PredictOptions(Path(run), "test", tta=("hflip",), data_dir=Path(data),
-                                                        out=Path(out), device="cpu")))
+    return _measured(lambda: predict_run(PredictOptions(run=Path(run), split="test", tta=("hflip",),
+                                                        data_dir=Path(data), out=Path(out), device="cpu")))
 
 
 def _fresh(fn, *args) -> dict:

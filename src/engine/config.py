@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from src.core.device import DEVICE_NAMES, is_device_name
 from src.core.errors import DataError
+from src.core.options import add_arguments, from_args
 from src.core.outputs import check_name
 from src.data.augment import PRESETS as AUGMENTS
 from src.data.geometry import MODES as GEOMETRIES
@@ -32,39 +33,43 @@ class TrainConfig:
 
     stage: str = "seg2d"
     arch: str = "unet_r18"
-    fold: str = "0"  # a fold number, or "all" to fit on every case-day (no validation)
+    fold: str = field(default="0", metadata={
+        "help": "a fold number, or 'all' to fit on every case-day (no validation)"})
     data_dir: str = "data/synthetic"
-    cache_dir: str = ""  # default: src.data.volumes.default_cache_dir(data_dir)
+    cache_dir: str = field(default="", metadata={"help": "default: src.data.volumes.default_cache_dir(data_dir)"})
     folds_csv: str = "folds/folds.csv"
     out: str = "runs"
-    name: str = ""  # run name; default: the arch
-    exclude: str = ""  # comma-separated case-days left out of training and validation
+    name: str = field(default="", metadata={"help": "run name; default: the arch"})
+    exclude: str = field(default="", metadata={"help": "comma-separated case-days left out of training and validation"})
     epochs: int = 10
-    samples_per_epoch: int = 0  # a fresh random subset of this many samples each epoch; 0 = all
+    samples_per_epoch: int = field(default=0, metadata={
+        "help": "a fresh random subset of this many samples each epoch; 0 = all"})
     batch_size: int = 16
     accum_steps: int = 1
     lr: float = 1e-3
     weight_decay: float = 1e-2
-    optimizer: str = "adamw"  # adamw | adam | sgd (momentum 0.9, Nesterov)
+    optimizer: str = field(default="adamw", metadata={"help": "adamw | adam | sgd (momentum 0.9, Nesterov)"})
     warmup_epochs: float = 1.0
-    schedule: str = "cosine"  # cosine | poly
+    schedule: str = field(default="cosine", metadata={"help": "cosine | poly"})
     loss: str = "bce:0.5,dice:0.5"
-    ema: float = 0.0  # EMA decay of the weights; 0 disables
-    amp: bool = True  # mixed precision (CUDA only)
+    ema: float = field(default=0.0, metadata={"help": "EMA decay of the weights; 0 disables"})
+    amp: bool = field(default=True, metadata={"help": "mixed precision (CUDA only)"})
     channels_last: bool = False
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     workers: int = 2
     seed: int = 42
-    patience: int = 0  # early stopping after this many validations without improvement; 0 disables
-    # validate every N epochs (and always after the last): validating a fold costs about as much as
-    # an epoch of a CPU demo, and with a decaying learning rate the late epochs are the ones that win
-    val_every: int = 1
-    threshold: float = 0.5  # pixel threshold of the validation metric
-    encoder_weights: str = ""  # local .safetensors/.pth of the encoder; never downloaded
-    # > 0 sets the momentum of every BatchNorm; 0 keeps the architecture's. smp's efficientnet-b* and
-    # timm's tf_efficientnet_b* use 0.01, whose running statistics lag the weights in a short run
-    # from scratch (0.1 is torch's default).
-    bn_momentum: float = 0.0
+    patience: int = field(default=0, metadata={
+        "help": "early stopping after this many validations without improvement; 0 disables"})
+    # validating a fold costs about as much as an epoch of a CPU demo, and with a decaying learning
+    # rate the late epochs are the ones that win
+    val_every: int = field(default=1, metadata={"help": "validate every N epochs (and always after the last)"})
+    threshold: float = field(default=0.5, metadata={"help": "pixel threshold of the validation metric"})
+    encoder_weights: str = field(default="", metadata={
+        "help": "local .safetensors/.pth of the encoder; never downloaded"})
+    # smp's efficientnet-b* and timm's tf_efficientnet_b* use 0.01, whose running statistics lag the
+    # weights in a short run from scratch (0.1 is torch's default)
+    bn_momentum: float = field(default=0.0, metadata={
+        "help": "> 0 sets the momentum of every BatchNorm; 0 keeps the architecture's"})
 
     def __post_init__(self):
         _check_types(self)
@@ -104,14 +109,16 @@ class Seg2DConfig(TrainConfig):
 
     channels: int = 3
     stride: int = 2
-    anchor: str = "center"  # center: i-s, i, i+s; start: i, i+s, i+2s
+    anchor: str = field(default="center", metadata={"help": "center: i-s, i, i+s; start: i, i+s, i+2s"})
     img_size: int = 256
-    geometry: str = "resize"  # resize | letterbox
-    augment: str = "light"  # none | light | strong
-    positive_only: bool = False  # train on annotated slices only
-    balanced: bool = False  # class-balanced sampling: organ-positive and empty slices drawn equally often
-    tail_drop: int = 0  # drop the N slices after the last annotated one from the loss
-    aux_weight: float = 0.0  # > 0 adds a per-class presence head on the encoder, with this loss weight
+    geometry: str = field(default="resize", metadata={"help": "resize | letterbox"})
+    augment: str = field(default="light", metadata={"help": "none | light | strong"})
+    positive_only: bool = field(default=False, metadata={"help": "train on annotated slices only"})
+    balanced: bool = field(default=False, metadata={
+        "help": "class-balanced sampling: organ-positive and empty slices drawn equally often"})
+    tail_drop: int = field(default=0, metadata={"help": "drop the N slices after the last annotated one from the loss"})
+    aux_weight: float = field(default=0.0, metadata={
+        "help": "> 0 adds a per-class presence head on the encoder, with this loss weight"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -146,15 +153,15 @@ class Seg3DConfig(TrainConfig):
     stage: str = "seg3d"
     arch: str = "segresnet3d"
     batch_size: int = 2
-    roi: str = "160,160,80"  # training crop H,W,D (patch-wise archs use D = slab)
-    sw_roi: str = ""  # H,W,D of the inference window; default: roi
-    sw_overlap: float = 0.5  # sliding-window overlap (the 1st place used 0.7)
+    roi: str = field(default="160,160,80", metadata={"help": "training crop H,W,D (patch-wise archs use D = slab)"})
+    sw_roi: str = field(default="", metadata={"help": "H,W,D of the inference window; default: roi"})
+    sw_overlap: float = field(default=0.5, metadata={"help": "sliding-window overlap (the 1st place used 0.7)"})
     sw_batch_size: int = 2
-    samples_per_volume: int = 4  # crops per case-day and epoch
-    pos_ratio: float = 0.67  # share of crops centred on a labelled voxel
-    augment3d: str = "default"  # none | default
-    slab: int = 16  # slices per slab of the patch-wise nets
-    cascade_scale: int = 4  # the cascade's stage-1 downsampling factor (every axis)
+    samples_per_volume: int = field(default=4, metadata={"help": "crops per case-day and epoch"})
+    pos_ratio: float = field(default=0.67, metadata={"help": "share of crops centred on a labelled voxel"})
+    augment3d: str = field(default="default", metadata={"help": "none | default"})
+    slab: int = field(default=16, metadata={"help": "slices per slab of the patch-wise nets"})
+    cascade_scale: int = field(default=4, metadata={"help": "the cascade's stage-1 downsampling factor (every axis)"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -182,15 +189,17 @@ class DetConfig(TrainConfig):
     batch_size: int = 16
     weight_decay: float = 5e-4
     amp: bool = False
-    img_size: int = 256  # YOLO's imgsz (a multiple of 32)
-    stride: int = 2  # channels are slices z-s, z, z+s; 0: the slice itself three times
-    slice_step: int = 1  # export every k-th slice of the case-days
-    predict_step: int = 1  # detect on every k-th slice of a case-day
-    conf: float = 0.25  # detection confidence kept
-    margin: float = 0.1  # crop margin on each side, as a fraction of the box's size ...
-    margin_px: int = 4  # ... plus this many pixels
-    mosaic: float = 1.0  # ultralytics' mosaic augmentation probability
-    keep_dataset: bool = False  # keep the exported YOLO dataset after training
+    img_size: int = field(default=256, metadata={"help": "YOLO's imgsz (a multiple of 32)"})
+    stride: int = field(default=2, metadata={
+        "help": "channels are slices z-s, z, z+s; 0: the slice itself three times"})
+    slice_step: int = field(default=1, metadata={"help": "export every k-th slice of the case-days"})
+    predict_step: int = field(default=1, metadata={"help": "detect on every k-th slice of a case-day"})
+    conf: float = field(default=0.25, metadata={"help": "detection confidence kept"})
+    margin: float = field(default=0.1, metadata={
+        "help": "crop margin on each side, as a fraction of the box's size ..."})
+    margin_px: int = field(default=4, metadata={"help": "... plus this many pixels"})
+    mosaic: float = field(default=1.0, metadata={"help": "ultralytics' mosaic augmentation probability"})
+    keep_dataset: bool = field(default=False, metadata={"help": "keep the exported YOLO dataset after training"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -212,10 +221,10 @@ _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 
 def _check_types(config) -> None:
     """Every field holds its declared type (a saved config.json or a recipe can hold anything)."""
-    for field in dataclasses.fields(config):
-        value, kinds = getattr(config, field.name), _TYPES[str(field.type)]
+    for f in dataclasses.fields(config):
+        value, kinds = getattr(config, f.name), _TYPES[str(f.type)]
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise DataError(f"--{field.name.replace('_', '-')} {value!r}: expected {field.type}")
+            raise DataError(f"--{f.name.replace('_', '-')} {value!r}: expected {f.type}")
 
 
 def _check_img_size(config) -> None:
@@ -229,22 +238,11 @@ def _check(config, ok: bool, name: str, what: str) -> None:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
-    """One `--kebab-case` flag per field; defaults left as None so only given flags override."""
-    for field in dataclasses.fields(config_cls):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"(default: {field.default})")
-        else:
-            kind = {"int": int, "float": float}.get(str(field.type), str)
-            parser.add_argument(flag, type=kind, default=None, help=f"(default: {field.default})")
+    """The train CLI's flags: one per field (src.core.options), None unless given, so only the flags
+    given override a base."""
+    add_arguments(parser, config_cls, given_only=True)
 
 
 def config_from_args(config_cls: type, args: argparse.Namespace, base: dict[str, Any] | None = None):
     """Build a config from defaults, then `base` (e.g. a recipe), then the flags that were given."""
-    values = dict(base or {})
-    for field in dataclasses.fields(config_cls):
-        given = getattr(args, field.name, None)
-        if given is not None:
-            values[field.name] = given
-    return config_cls(**values)
+    return from_args(config_cls, args, base)

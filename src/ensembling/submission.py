@@ -15,7 +15,7 @@ first N train case-days as a pseudo test split (rows carry their train ids), to 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -154,14 +154,17 @@ def _read_sample(data_dir: Path) -> pd.DataFrame | None:
 class SubmitOptions:
     """What `python -m src.submit` was asked."""
 
-    ensemble: Path
-    data_dir: Path
+    ensemble: Path = field(metadata={"help": "ensemble.json from python -m src.ensemble tune"})
+    data_dir: Path = field(metadata={"help": "dataset root with test/ (and sample_submission.csv)"})
     out: Path = Path("submissions/submission.csv")
-    allow_train_fallback: int = 0  # when test/ is empty: predict the first N train case-days instead
-    device: str = "auto"
-    batch_size: int | None = None
-    runs_root: Path | None = None  # find each run as <runs_root>/<run name> (e.g. in a kernel)
-    allow_incomplete: bool = False  # predict with folds without their done marker (with a warning)
+    allow_train_fallback: int = field(default=0, metadata={
+        "help": "when test/ is empty, predict the first N train case-days instead", "metavar": "N"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    batch_size: int | None = field(default=None, metadata={"help": "slices per forward pass (default: each run's)"})
+    runs_root: Path | None = field(default=None, metadata={
+        "help": "find each run as <runs-root>/<run name> instead of its recorded path (e.g. in a kernel)"})
+    allow_incomplete: bool = field(default=False, metadata={
+        "help": "predict with folds without their done marker (killed or unfinished runs), with a warning"})
 
     def __post_init__(self):
         if self.allow_train_fallback < 0:

@@ -15,7 +15,7 @@ and the tuned ensemble, and the contribution table.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -38,19 +38,30 @@ from src.metrics.competition import aggregate
 class TuneOptions:
     """What `python -m src.ensemble tune` was asked."""
 
-    runs: tuple[Path, ...]
-    gate: Path | None = None  # classifier run: its presence probabilities gate slices
-    crop: Path | None = None  # detector run: its boxes may crop the masks
+    runs: tuple[Path, ...] = field(metadata={"help": "segmentation run folders", "nargs": "+"})
+    gate: Path | None = field(default=None, metadata={
+        "help": "classifier run: its presence probabilities gate slices"})
+    crop: Path | None = field(default=None, metadata={"help": "detector run: its boxes may crop the masks"})
     out: Path = Path("ensemble.json")
-    holdout_folds: tuple[int, ...] | None = None  # None: every fold; (): no held-out estimate
-    cache_dir: Path | None = None  # cache with the truth; default the first run's
-    passes: int = 2
-    min_gain: float = 0.0
-    workers: int = 1  # processes, each holding a shard of the case-days
-    memory_gb: float = 8.0  # the proxies' grid is the finest that fits (src.ensembling.shards)
-    stride: int | None = None  # the proxies' grid, instead of the one memory_gb gives
-    screen: int = 16  # rank each coordinate's candidates on this many case-days first (0: off)
-    allow_incomplete: bool = False  # tune on folds without their done marker (with a warning)
+    holdout_folds: tuple[int, ...] | None = field(default=None, metadata={
+        "help": "folds held out one at a time for the held-out estimate (default: all; 'none' skips)"})
+    cache_dir: Path | None = field(default=None, metadata={
+        "help": "cache with the truth (default: the first run's)"})
+    passes: int = field(default=2, metadata={"help": "coordinate-descent passes at most (default 2)"})
+    min_gain: float = field(default=0.0, metadata={
+        "help": "keep a change only if it raises the OOF score by more than this (default 0)"})
+    workers: int = field(default=1, metadata={
+        "help": "processes, each holding a shard of the case-days (default: CPU count, at most 8)"})
+    memory_gb: float = field(default=8.0, metadata={
+        "help": "memory the tuner may hold: its proxies get the finest grid that fits (default 8)"})
+    stride: int | None = field(default=None, metadata={
+        "help": "the proxies' in-plane grid step (1 = every pixel) instead of the finest of at most 96 px "
+                "a side that fits --memory-gb"})
+    screen: int = field(default=16, metadata={
+        "help": "rank each coordinate's candidates on this many case-days first, then score the best on "
+                "all (with at least twice as many; 0: off; default 16)"})
+    allow_incomplete: bool = field(default=False, metadata={
+        "help": "tune on folds without their done marker (killed or unfinished runs), with a warning"})
 
     def __post_init__(self):
         object.__setattr__(self, "runs", tuple(Path(r) for r in self.runs))

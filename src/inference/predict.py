@@ -8,7 +8,7 @@ box record) and the manifest, written last, saying what was predicted and how.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -82,20 +82,24 @@ def predict_member(predictor: RunPredictor, settings: PredictSettings, vol: Case
 class PredictOptions:
     """What `python -m src.predict` was asked: the run, the split, and how to predict it."""
 
-    run: Path
-    split: str = "oof"
-    folds: str | None = None  # comma-separated, or "all"; default every numbered fold
-    tta: tuple[str, ...] = ()
-    data_dir: Path | None = None  # default: the run's
-    cache_dir: Path | None = None  # default: that of data_dir, else the run's
-    out: Path | None = None  # default: the run's prediction folder of the split
-    batch_size: int | None = None
-    device: str = "auto"
-    gate: Path | None = None  # classifier run whose presence gates the slices
-    gate_threshold: float = 0.5
-    gate_rule: str | None = None  # PIXELS:PROB
-    crop: Path | None = None  # detector run whose boxes crop the model input
-    allow_incomplete: bool = False  # use folds without their done marker (with a warning)
+    run: Path = field(metadata={"help": "run folder, e.g. runs/unet_r18"})
+    split: str = field(default="oof", metadata={"choices": SPLITS})
+    folds: str | None = field(default=None, metadata={
+        "help": "comma-separated folds or 'all' (default: every numbered fold)"})
+    tta: tuple[str, ...] = field(default=(), metadata={"help": "comma-separated flips: hflip, vflip"})
+    data_dir: Path | None = field(default=None, metadata={"help": "dataset root (default: the run's)"})
+    cache_dir: Path | None = field(default=None, metadata={
+        "help": "cache root (default: that of --data-dir, else the run's)"})
+    out: Path | None = field(default=None, metadata={"help": "output folder (default: <run>/pred_<split>)"})
+    batch_size: int | None = field(default=None, metadata={"help": "slices per forward pass (default: the run's)"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    gate: Path | None = field(default=None, metadata={"help": "classifier run whose presence gates the slices"})
+    gate_threshold: float = field(default=0.5, metadata={"help": "presence probability kept (default 0.5)"})
+    gate_rule: str | None = field(default=None, metadata={
+        "help": "PIXELS:PROB, keep a slice-class with more than PIXELS above PROB"})
+    crop: Path | None = field(default=None, metadata={"help": "detector run whose boxes crop the model input"})
+    allow_incomplete: bool = field(default=False, metadata={
+        "help": "use folds without their done marker (killed or unfinished runs), with a warning"})
 
     def __post_init__(self):
         if self.split not in SPLITS:

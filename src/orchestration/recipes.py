@@ -17,6 +17,7 @@ from pathlib import Path
 from src.core.artifacts import fold_dir, read_ensemble
 from src.core.atomic import write_json_atomic, write_text_atomic
 from src.core.errors import DataError
+from src.core.options import to_flags
 from src.core.outputs import check_name
 from src.core.readers import read_json_object, read_toml
 from src.engine.stages import get_stage
@@ -85,20 +86,6 @@ def load_recipe(path: str | Path) -> Recipe:
                   compare=compare)
 
 
-def _flags(options: dict) -> list[str]:
-    """{"img_size": 128, "amp": False} -> ["--img-size", "128", "--no-amp"]."""
-    out = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            out.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, (list, tuple)):
-            out += [flag, ",".join(str(v) for v in value)]
-        else:
-            out += [flag, str(value)]
-    return out
-
-
 @dataclass(frozen=True)
 class Outputs:
     """Where a recipe's final artifacts go."""
@@ -135,11 +122,11 @@ def _final_steps(recipe: Recipe, runs_dir: str) -> list[Step]:
         if ens.get(key):
             argv += [f"--{key}", f"{runs_dir}/{ens.pop(key)}"]
     ens.pop("out", None)
-    steps = [Step("ensemble", "src.ensemble", (*argv, "--out", out.ensemble, *_flags(ens)), (out.ensemble,),
+    steps = [Step("ensemble", "src.ensemble", (*argv, "--out", out.ensemble, *to_flags(ens)), (out.ensemble,),
                   _done_files(recipe, members + helpers, runs_dir))]
     submit_opts = {k: v for k, v in recipe.submit.items() if k not in ("out", "truth")}
     steps.append(Step("submission", "src.submit", ("--ensemble", out.ensemble, "--data-dir", recipe.data_dir,
-                                                   "--out", out.submission, *_flags(submit_opts)),
+                                                   "--out", out.submission, *to_flags(submit_opts)),
                       (out.submission,), (out.ensemble,)))
     if out.truth:
         steps.append(Step("score", "src.score", ("--data-dir", recipe.data_dir, "--truth", out.truth, "--pred",
@@ -160,9 +147,9 @@ def plan(recipe: Recipe, runs_dir: str = "runs") -> list[Step]:
     steps = []
     if recipe.synthetic is not None:
         steps.append(Step("synthetic data", "src.make_synthetic",
-                          ("--out", data, *_flags(recipe.synthetic)), (f"{data}/train.csv",), once=True))
+                          ("--out", data, *to_flags(recipe.synthetic)), (f"{data}/train.csv",), once=True))
     fold_opts = {k: v for k, v in recipe.folds.items() if k != "out"}
-    steps.append(Step("folds", "src.make_folds", ("--data-dir", data, "--out", folds_csv, *_flags(fold_opts)),
+    steps.append(Step("folds", "src.make_folds", ("--data-dir", data, "--out", folds_csv, *to_flags(fold_opts)),
                       (folds_csv,), (f"{data}/train.csv",)))
     steps.append(Step("cache", "src.prepare", ("--data-dir", data, "--split", "all"), (), (f"{data}/train.csv",),
                       always=True))
@@ -170,7 +157,7 @@ def plan(recipe: Recipe, runs_dir: str = "runs") -> list[Step]:
         options = {k: v for k, v in model.items() if k not in ("name", "stage", "arch", "folds")}
         for fold in model.get("folds", [0]):
             argv = ("--stage", model["stage"], "--arch", model["arch"], "--name", model["name"], "--fold", str(fold),
-                    "--data-dir", data, "--folds-csv", folds_csv, "--out", runs_dir, *_flags(options))
+                    "--data-dir", data, "--folds-csv", folds_csv, "--out", runs_dir, *to_flags(options))
             steps.append(Step(f"train {model['name']} fold {fold}", "src.train", argv,
                               (str(fold_dir(runs_dir, model["name"], fold).done_path),), (folds_csv,), resumable=True))
     if recipe.ensemble is not None:
@@ -266,10 +253,10 @@ def run_recipe(recipe: Recipe, runs_dir: str) -> None:
 class PipelineOptions:
     """What `python -m src.pipeline` was asked."""
 
-    recipe: str
+    recipe: str = field(metadata={"help": "a recipe file, e.g. recipes/demo", "positional": True})
     runs_dir: str = "runs"
-    dry_run: bool = False
-    no_compare: bool = False
+    dry_run: bool = field(default=False, metadata={"help": "print the steps and exit"})
+    no_compare: bool = field(default=False, metadata={"help": "skip the recipes named by the recipe's compare"})
 
 
 def run_pipeline(opts: PipelineOptions) -> None:

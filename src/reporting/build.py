@@ -24,6 +24,7 @@ from src.core.outputs import check_output
 from src.data.volumes import VolumeCache
 from src.ensembling.ensemble_file import load_ensemble
 from src.inference.runs import TrainedRun
+from src.reporting.options import ReportOptions
 from src.reporting.page import FigureWriter, render_page
 from src.reporting.scoring import summary_table
 from src.reporting.sections import RunSection, ensemble_section, run_section
@@ -38,16 +39,14 @@ class Report:
     runs: list[RunSection]
 
 
-def build_report(runs: list[str | Path], out: str | Path, ensemble: str | Path | None = None,
-                 cache_dir: str | Path | None = None, data_dir: str | Path | None = None,
-                 title: str | None = None, allow_incomplete: bool = False) -> Report:
+def build_report(opts: ReportOptions) -> Report:
     """Write `out`/index.html, its PNG figures and the report marker (atomically, replacing only an
     earlier report); return what was computed."""
-    out = Path(out)
+    runs, out, ensemble, cache_dir, data_dir = opts.runs, Path(opts.out), opts.ensemble, opts.cache_dir, opts.data_dir
     check_output(out, "--out", (*runs, ensemble, cache_dir), data_dir, (INDEX_FILE, MARKER_FILE), "report")
-    loaded = [TrainedRun.load(r, allow_incomplete, require_weights=False) for r in runs]
+    loaded = [TrainedRun.load(r, opts.allow_incomplete, require_weights=False) for r in runs]
     record = load_ensemble(ensemble).record if ensemble is not None else None
-    title = title or f"Run report: {', '.join(r.name for r in loaded)}"
+    title = opts.title or f"Run report: {', '.join(r.name for r in loaded)}"
     with atomic_dir(out) as folder:
         figures = FigureWriter(folder)
         sections = [run_section(figures, i, run, VolumeCache(run.cache_dir(data_dir, cache_dir)))

@@ -1,8 +1,9 @@
 """Ablation over repeated splits: every variant is trained on the same R seeded 80/20 splits and
 compared with the base on each, so differences come with a paired confidence interval.
 
-A variant is the base train arguments with one flag changed (`--vary lr=1e-3,1e-2` gives two); the
-base is a variant too. A split is `random` (case-days drawn at random: two days of a patient may fall
+A variant is the base train config (its flags parsed into Seg2DConfig) with one field changed by
+`dataclasses.replace`, so the config validates it (`--vary lr=1e-3,1e-2` gives two); the base is a
+variant too. A split is `random` (case-days drawn at random: two days of a patient may fall
 on both sides, as the original studies' image-level splits did) or `grouped` (whole cases). Split r is
 drawn with seed `seed + r` and written as a folds file (fold 0 = validation, fold 1 = training), and
 every (variant, split) cell is trained by `python -m src.train --fold 0` with training seed
@@ -27,6 +28,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -36,50 +38,47 @@ from src.core.artifacts import CaseDayFiles, fold_dir, load_prediction
 from src.core.atomic import atomic_path, write_json_atomic
 from src.core.errors import DataError
 from src.core.ids import CLASSES, case_day_key
+from src.core.options import changed, flag, parse_flags, parse_value, to_flags
 from src.core.readers import read_json_object
 
 SPLITS = ("random", "grouped")
-OWNED = ("fold", "folds-csv", "out", "name", "seed", "resume", "stage", "list-archs")  # set by the ablation
+OWNED = ("fold", "folds_csv", "out", "name", "seed", "stage", "resume", "list_archs")  # set per split and cell
 SUMMARY_METRICS = ("score", "comp_dice", "hausdorff", "jaccard", "dice")
 
 
-def _flag_names() -> set[str]:
+def _owned(name: str) -> DataError:
+    return DataError(f"--base: {flag(name)} is set by the ablation itself (per split and cell)")
+
+
+def parse_base(tokens: tuple[str, ...]):
+    """The 2.5D train config of `--arch A --lr 1e-3 --no-amp ...` (validated by the config itself)."""
     from src.engine.config import Seg2DConfig
 
-    return {f.name.replace("_", "-") for f in dataclasses.fields(Seg2DConfig)}
-
-
-def parse_train_args(tokens: tuple[str, ...], what: str = "--base") -> dict[str, str | None]:
-    """`--lr 1e-3 --amp --no-channels-last` -> {"lr": "1e-3", "amp": None, "no-channels-last": None}."""
-    flags = _flag_names()
-    out: dict[str, str | None] = {}
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
+    given, rest = parse_flags(Seg2DConfig, tokens, "--base")
+    for token in rest:
         if not token.startswith("--"):
-            raise DataError(f"{what}: expected a --flag, got {token!r}")
-        name = token[2:]
-        if "=" in name:
-            name, value = name.split("=", 1)
-            i += 1
-        elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
-            value, i = tokens[i + 1], i + 2
-        else:
-            value, i = None, i + 1
-        bare = name.removeprefix("no-")
-        if name in OWNED or bare in OWNED:
-            raise DataError(f"{what}: --{name} is set by the ablation itself (per split and cell)")
-        if name not in flags and bare not in flags:
-            raise DataError(f"{what}: --{name} is not a flag of python -m src.train (see its --help)")
-        out[name] = value
-    return out
+            raise DataError(f"--base: expected a --flag, got {token!r}")
+        name = token[2:].split("=", 1)[0]
+        if name.removeprefix("no-").replace("-", "_") in OWNED:
+            raise _owned(name)
+        raise DataError(f"--base: --{name} is not a flag of python -m src.train (see its --help)")
+    owned = [name for name in given if name in OWNED]
+    if owned:
+        raise _owned(owned[0])
+    return Seg2DConfig(**given)
 
 
-def _to_tokens(args: dict[str, str | None]) -> list[str]:
-    tokens = []
-    for name, value in args.items():
-        tokens += [f"--{name}"] if value is None else [f"--{name}", value]
-    return tokens
+def varied(base, name: str, value: str):
+    """The base config with the field of the flag `name` set to `value` (its text)."""
+    field = name.replace("-", "_")
+    if field in OWNED:
+        raise DataError(f"--vary: {name} is set by the ablation itself")
+    if field not in {f.name for f in dataclasses.fields(base)}:
+        raise DataError(f"--vary: {name} is not a flag of python -m src.train (see its --help)")
+    try:
+        return dataclasses.replace(base, **{field: parse_value(type(base), field, value)})
+    except DataError as exc:
+        raise DataError(f"--vary: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -94,16 +93,10 @@ class AblationOptions:
     out: str = "reports/ablation"
 
     def __post_init__(self):
-        base = parse_train_args(self.base)
-        flags = _flag_names()
         for name, values in self.vary:
-            bare = name.removeprefix("no-")
-            if name in OWNED or bare in OWNED:
-                raise DataError(f"--vary: {name} is set by the ablation itself")
-            if name not in flags:
-                raise DataError(f"--vary: {name} is not a flag of python -m src.train (see its --help)")
             if not values:
                 raise DataError(f"--vary: {name} has no values (write {name}=v1,v2)")
+        variants(self)
         if self.repeats < 2:
             raise DataError(f"--repeats: at least 2 splits are needed for a confidence interval, got {self.repeats}")
         if self.split not in SPLITS:
@@ -112,19 +105,17 @@ class AblationOptions:
             raise DataError(f"--val-fraction: must be in (0, 1), got {self.val_fraction}")
         if not 0 < self.confidence < 1:
             raise DataError(f"--confidence: must be in (0, 1), got {self.confidence}")
-        if base.get("stage") not in (None, "seg2d"):
-            raise DataError("--base: only the 2.5D stage (seg2d) can be ablated")
 
-    @property
-    def base_args(self) -> dict[str, str | None]:
-        return parse_train_args(self.base)
+    @cached_property
+    def base_config(self):
+        return parse_base(self.base)
 
     @property
     def cache(self) -> Path:
         from src.data.volumes import cache_dir_for
 
-        args = self.base_args
-        return cache_dir_for(args.get("cache-dir"), args.get("data-dir") or "data/synthetic")
+        config = self.base_config
+        return cache_dir_for(config.cache_dir, config.data_dir)
 
 
 def parse_vary(text: str) -> tuple[str, tuple[str, ...]]:
@@ -138,22 +129,15 @@ def parse_vary(text: str) -> tuple[str, tuple[str, ...]]:
 
 
 # ---- variants and splits ---------------------------------------------------------------------------
-def variants(opts: AblationOptions) -> dict[str, dict[str, str | None]]:
-    """label -> train arguments: "base", then "flag=value" per varied value (values equal to the base's skipped)."""
-    base = opts.base_args
+def variants(opts: AblationOptions) -> dict:
+    """label -> train config: "base", then "flag=value" per varied value (values giving the base's config skipped)."""
+    base = opts.base_config
     out = {"base": base}
     for name, values in opts.vary:
         for value in values:
-            args = dict(base)
-            if value.lower() in ("true", "false"):  # a boolean flag
-                args.pop(name, None)
-                args.pop(f"no-{name}", None)
-                args[name if value.lower() == "true" else f"no-{name}"] = None
-            else:
-                if base.get(name) == value:
-                    continue
-                args[name] = value
-            out[f"{name}={value}"] = args
+            config = varied(base, name, value)
+            if config != base:
+                out[f"{name}={value}"] = config
     return out
 
 
@@ -245,12 +229,12 @@ def run_ablation(opts: AblationOptions, log=print) -> pd.DataFrame:
         _write_split(path, case_days, val, aliased)
         splits.append(path)
     table = variants(opts)
-    train_seed = int(opts.base_args.get("seed") or 42)
     cells, total, k = [], len(table) * opts.repeats, 0
-    for label, args in table.items():
+    for label, config in table.items():
+        args = changed(config)
         for r, split_csv in enumerate(splits):
             k += 1
-            key = json.dumps([_to_tokens(args), opts.split, opts.val_fraction, opts.seed + r], sort_keys=True)
+            key = json.dumps([to_flags(args), opts.split, opts.val_fraction, opts.seed + r], sort_keys=True)
             name = f"{_slug(label)}-{hashlib.sha1(key.encode()).hexdigest()[:8]}-r{r}"
             record_path = out / "cells" / f"{name}.json"
             if record_path.is_file():
@@ -261,9 +245,9 @@ def run_ablation(opts: AblationOptions, log=print) -> pd.DataFrame:
             fold = fold_dir(out / "runs", name, 0)
             seconds = 0.0
             if not fold.is_done():
-                tokens = [*_to_tokens({**args, "cache-dir": str(cache)}), "--stage", "seg2d", "--fold", "0",
+                tokens = [*to_flags({**args, "cache_dir": str(cache)}), "--stage", "seg2d", "--fold", "0",
                           "--folds-csv", str(split_csv), "--out", str(out / "runs"), "--name", name,
-                          "--seed", str(train_seed + r)]
+                          "--seed", str(config.seed + r)]
                 if fold.has_resume_state():
                     tokens.append("--resume")
                 seconds = train(tokens, out / "logs" / f"{name}.log")

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -47,20 +47,22 @@ RESULT_TAG = "BENCHMARK_RESULT "
 
 @dataclass(frozen=True)
 class BenchmarkOptions:
-    archs: tuple[str, ...]
+    archs: tuple[str, ...] = field(metadata={"help": "registered arch names", "nargs": "+"})
     img_size: int = 256
     batch_size: int = 8
-    channels: int = 3
-    device: str = "cpu"  # cpu | cuda
-    repeats: int = 5
-    train_epochs: int = 0
+    channels: int = field(default=3, metadata={"help": "2.5D input channels"})
+    device: str = field(default="cpu", metadata={"help": "cpu | cuda"})
+    repeats: int = field(default=5, metadata={"help": "timed batches / steps per measurement (median)"})
+    train_epochs: int = field(default=0, metadata={"help": "also train each arch this long on --fold and score it"})
     fold: str = "0"
     data_dir: str = "data/synthetic"
-    cache_dir: str = ""  # default: cache/<data folder name>
+    cache_dir: str = field(default="", metadata={"help": "default: cache/<data folder name>"})
     folds_csv: str = "folds/folds.csv"
-    memory_limit_mb: float = 0.0  # 0: none
-    workers: int = 0
-    threads: int = 0  # torch CPU threads per worker; 0: torch's default
+    memory_limit_mb: float = field(default=0.0, metadata={
+        "flag": "--memory-limit", "metavar": "MB",
+        "help": "mark an arch OOM when its peak memory passes this (CPU: RSS growth); 0 = none"})
+    workers: int = field(default=0, metadata={"help": "data loader processes"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads; 0 = torch's default"})
     out: str = "reports/benchmark"
 
     def __post_init__(self):

@@ -25,7 +25,7 @@ import gzip
 import io
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,17 +45,18 @@ CONV_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
 
 @dataclass(frozen=True)
 class PruneOptions:
-    run: str
-    method: str = "l1_unstructured"
+    run: str = field(metadata={"help": "runs/NAME"})
+    method: str = field(default="l1_unstructured", metadata={"help": " | ".join(METHODS)})
     amounts: tuple[float, ...] = (0.25, 0.5, 0.75)
-    per_module: bool = False
-    remove: bool = False
-    fold: str = ""  # default: the run's first fold with validation case-days
-    cache_dir: str = ""  # default: the run config's
-    out: str = ""  # default: reports/prune_<run name>
+    per_module: bool = field(default=False, metadata={"help": "prune each convolution block on its own"})
+    remove: bool = field(default=False, metadata={
+        "help": "make the pruning permanent and report the checkpoint size"})
+    fold: str = field(default="", metadata={"help": "default: the first fold with validation case-days"})
+    cache_dir: str = field(default="", metadata={"help": "default: the run config's"})
+    out: str = field(default="", metadata={"help": "default: reports/prune_<run name>"})
     batch_size: int = 16
-    seed: int = 0
-    threads: int = 0
+    seed: int = field(default=0, metadata={"help": "of the random methods"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads; 0 = torch's default"})
 
     def __post_init__(self):
         if not Path(self.run).is_dir():
