@@ -332,7 +332,7 @@ CASES = [
          "pass a classifier with --gate", lambda w: "cls", absent=lambda w: w.root / "e.json"),
     Case("ensemble: bad held-out folds", ensemble.main,
          lambda w: ["tune", "--runs", str(w.runs / "unet"), "--holdout-folds", "first", "--out", str(w.root / "e.json")],
-         "expected comma-separated fold numbers", lambda w: "--holdout-folds"),
+         "expected comma-separated int values", lambda w: "--holdout-folds"),
     Case("ensemble: negative passes", ensemble.main,
          lambda w: ["tune", "--runs", str(w.runs / "unet"), "--passes", "-1", "--out", str(w.root / "e.json")],
          "must be >= 0", lambda w: "--passes -1"),

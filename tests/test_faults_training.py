@@ -54,7 +54,10 @@ def base(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def work(base, tmp_path) -> Path:
+    """A copy of `base` whose run configs name the copy's folders (so --resume sees the same config)."""
     shutil.copytree(base, tmp_path / "w")
+    for path in (tmp_path / "w" / "runs").rglob("config.json"):
+        path.write_text(path.read_text().replace(str(base), str(tmp_path / "w")))
     return tmp_path / "w"
 
 

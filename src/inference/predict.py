@@ -108,12 +108,12 @@ class PredictOptions:
         if self.batch_size is not None and self.batch_size < 1:
             raise DataError(f"--batch-size {self.batch_size}: must be at least 1")
         self.settings  # noqa: B018 - validates the gate threshold and rule now
+        select_device(self.device)
 
     @property
     def settings(self) -> PredictSettings:
         return PredictSettings(self.tta, str(self.crop) if self.crop else None, str(self.gate) if self.gate else None,
                                self.gate_threshold, self.gate_rule or None)
-        select_device(self.device)
 
 
 def split_case_days(split: str, folds: list[TrainedFold], cache: VolumeCache, data_dir: Path) -> list[str]:
