@@ -285,6 +285,10 @@ def test_cli_and_bad_runs(fake, tmp_path, capsys):
         main([*args, "--runs", str(runs["sharp"]), str(other), "--out", str(tmp_path / "y.json")])
     with pytest.raises(DataError, match="run folder not found"):
         main([*args, "--runs", str(tmp_path / "missing")])
+    held = [a for a in args if a not in ("--holdout-folds", "none")]
+    with pytest.raises(DataError, match=r"--holdout-folds 99: no OOF case-day is in that fold \(folds: 0, 1, 2\)"):
+        main([*held, "--holdout-folds", "99", "--runs", str(runs["sharp"]), "--out", str(tmp_path / "z.json")])
+    assert not (tmp_path / "z.json").exists()
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()
 
 

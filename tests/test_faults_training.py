@@ -22,7 +22,7 @@ import torch
 from conftest import fit_until_killed
 
 from src import predict, submit, train
-from src.core.artifacts import fold_dir
+from src.core.artifacts import RunDir, fold_dir
 from src.core.device import DEVICE_NAMES, select_device
 from src.core.errors import DataError, run_cli
 from src.core.lock import exclusive_lock
@@ -97,6 +97,11 @@ def predict_oof(root: Path) -> dict[str, bytes]:
                                "--data-dir", str(root / "data"), "--device", "cpu", "--split", "oof"])
     assert exit_info.value.code == 0
     return snapshot(root / "runs" / "unet" / "pred_oof")
+
+
+def test_a_finished_training_records_its_fold_in_the_run(base):
+    """The record that makes a completed fold that later disappears an error (src.inference.runs)."""
+    assert RunDir(base / "runs" / "unet").completed_folds() == ["0"]
 
 
 # ---- --device ----------------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 """The pipeline's typed nouns: a trained run loaded once (TrainedRun), how a run predicts
 (PredictSettings), and the typed ensemble file (members, auxiliary runs, checked parameters)."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from src import submit
-from src.core.artifacts import FoldRecord, fold_dir
+from src import predict, submit
+from src.core.artifacts import FoldRecord, RunDir, fold_dir
 from src.core.errors import DataError, run_cli
 from src.data.volumes import default_cache_dir
 from src.ensembling.ensemble_file import load_ensemble
@@ -45,6 +46,21 @@ def test_an_incomplete_fold_is_refused_at_load_unless_allowed(tmp_path, capsys):
         TrainedRun.load(path)
     assert list(TrainedRun.load(path, allow_incomplete=True).folds) == ["0", "1"]
     assert capsys.readouterr().err.count("incomplete fold used") == 2
+
+
+def test_a_completed_fold_that_disappears_is_an_error_not_a_smaller_run(tmp_path, capsys):
+    path = _fake_run(tmp_path, "seg", "seg2d")
+    for k in ("1", "0", "1"):
+        RunDir(path).record_completed(k)
+    assert RunDir(path).completed_folds() == ["0", "1"] and list(TrainedRun.load(path).folds) == ["0", "1"]
+    shutil.rmtree(path / "fold1")
+    with pytest.raises(DataError, match=r"seg: fold 1 was completed \(completed_folds.json\) but is gone .* retrain it"):
+        TrainedRun.load(path)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(predict.main, ["--run", str(path), "--device", "cpu", "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "fold 1 was completed" in err[0]
+    assert not (path / "pred_oof").exists()
 
 
 def test_folds_of_two_stages_or_an_unknown_stage_are_refused(tmp_path):

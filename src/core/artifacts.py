@@ -38,6 +38,7 @@ from src.core.atomic import (
 )
 from src.core.errors import DataError
 from src.core.ids import CLASSES
+from src.core.lock import exclusive_lock
 from src.core.readers import read_json_object
 
 FOLD_RE = re.compile(r"^fold(\d+|all)$")
@@ -195,6 +196,7 @@ class FoldDir:
         if not staging.is_done():
             raise DataError(f"{staging.path}: not complete (no done marker); the fold is left as it was")
         swap_dir(staging.path, self.final_path)
+        self.run.record_completed(self.fold)
 
     # config
     def write_config(self, record: FoldRecord) -> None:
@@ -281,6 +283,27 @@ class RunDir:
 
     def fold(self, fold: str | int) -> FoldDir:
         return FoldDir(self.path / f"fold{fold}")
+
+    # the folds completed so far: a fold that disappears afterwards is an error, not a smaller run
+    @property
+    def completed_path(self) -> Path:
+        return self.path / "completed_folds.json"
+
+    def completed_folds(self) -> list[str]:
+        """Every fold ever completed in this run ([] for a run of older code, which has no record)."""
+        if not self.completed_path.is_file():
+            return []
+        folds = read_json_object(self.completed_path, "record of completed folds").get("folds")
+        if not isinstance(folds, list) or not all(isinstance(f, str) and FOLD_RE.match(f"fold{f}") for f in folds):
+            raise DataError(f"{self.completed_path}: 'folds' must be a list of fold names")
+        return folds
+
+    def record_completed(self, fold: str) -> None:
+        """Add `fold` to the record (under the run's lock: two folds may finish at once)."""
+        with exclusive_lock(self.path / "completed_folds.lock", f"the record of run {self.name}", wait=True):
+            folds = self.completed_folds()
+            if fold not in folds:
+                write_json_atomic(self.completed_path, {"folds": sorted(folds + [fold], key=_fold_order)})
 
     def folds(self, require_weights: bool = True) -> dict[str, FoldDir]:
         """The folds that have weights (or, without `require_weights`, a config), keyed "0", "1", ...,

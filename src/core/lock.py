@@ -30,15 +30,15 @@ def holder_line(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
+def exclusive_lock(path: str | os.PathLike, what: str, wait: bool = False) -> Iterator[None]:
     """Hold the lock at `path` for the block. Held by another process: a DataError naming `what`
-    and the holder, at once (never a wait)."""
+    and the holder, at once; with `wait` (for writes of a moment), wait for it instead."""
     path = Path(path)
     ensure_folder(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise DataError(f"{path}: {what} is being written by {holder_line(path)}; "
                             "one writer at a time") from None

@@ -60,6 +60,10 @@ class TrainedRun:
         report reads logs and OOF only), each complete (or `allow_incomplete`, with a warning)."""
         run = RunDir(path)
         found = run.folds(require_weights)
+        gone = [f for f in run.completed_folds() if f not in found]
+        if gone:
+            raise DataError(f"{run.path}: fold {gone[0]} was completed ({run.completed_path.name}) but is gone or has "
+                            f"no weights; retrain it, or remove it from {run.completed_path} to go on without it")
         for fold in found.values():
             _check_complete(fold, allow_incomplete)
         folds = {k: TrainedFold(f, f.read_config()) for k, f in found.items()}
