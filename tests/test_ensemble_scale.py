@@ -13,6 +13,7 @@ from src.ensembling.postprocess import apply_ensemble
 from src.ensembling.search import (
     Evaluator,
     SearchSpace,
+    SearchRules,
     coordinate_descent,
     grid_params,
     make_case,
@@ -87,10 +88,10 @@ def test_screening_sample_and_screened_search():
 
     plain = Counting(cases).score(EnsembleParams.plain_mean(GROUPS2)).score
     counted.clear()
-    full = coordinate_descent(Counting(cases), space, passes=1)
+    full = coordinate_descent(Counting(cases), space, rules=SearchRules(passes=1))
     on_all = counted.count(8)
     counted.clear()
-    screened = coordinate_descent(Counting(cases), space, passes=1, screen=3)
+    screened = coordinate_descent(Counting(cases), space, rules=SearchRules(passes=1, screen=3))
     assert counted.count(3) > 0 and counted.count(8) < on_all / 2  # most candidates only met the sample
     assert screened.result.score >= plain and full.result.score >= screened.result.score - 0.05
 

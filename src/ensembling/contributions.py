@@ -33,17 +33,8 @@ Ablate = Callable[[EnsembleParams], EnsembleParams]
 
 
 def without_model(name: str) -> Ablate:
-    """The ablation of a model: its weights 0, the others renormalised."""
-    def ablate(params: EnsembleParams) -> EnsembleParams:
-        group = params.groups[name]
-        out = params
-        for c in range(N_CLASSES):
-            out = out.replace_weight(name, c, 0.0)
-            left = any(w[c] > 0 for n, w in out.weights.items() if params.groups[n] == group)
-            if params.weights[name][c] > 0 and not left:  # its group is empty now: the other one takes c
-                out = out.replace_class("fusion", c, 1.0 if group == "2d" else 0.0)
-        return out
-    return ablate
+    """The ablation of a model: its weights 0, the others renormalised (EnsembleParams.without_model)."""
+    return lambda params: params.without_model(name)
 
 
 def reset(**values) -> Ablate:

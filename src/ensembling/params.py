@@ -95,6 +95,31 @@ class EnsembleParams:
         weights[name] = tuple(row)
         return dataclasses.replace(self, weights=weights)
 
+    def without_model(self, name: str) -> EnsembleParams:
+        """A copy with `name`'s weights 0 in every class, the others renormalised (where it was the last
+        of its blend group with weight in a class, the other group takes that class whole)."""
+        group = self.groups[name]
+        out = self
+        for c in range(N_CLASSES):
+            out = out.replace_weight(name, c, 0.0)
+            left = any(w[c] > 0 for n, w in out.weights.items() if self.groups[n] == group)
+            if self.weights[name][c] > 0 and not left:
+                out = out.replace_class("fusion", c, 1.0 if group == "2d" else 0.0)
+        return out
+
+    def used_models(self) -> list[str]:
+        """The models with an effective blend weight in some class (see effective_weights)."""
+        names = list(self.weights)
+        return [n for n, row in zip(names, effective_weights(self, names)) if (row > 0).any()]
+
+    def only(self, names: list[str]) -> EnsembleParams:
+        """The same parameters restricted to `names` (the ones left out must have no effective weight)."""
+        unused = sorted(set(self.used_models()) - set(names))
+        if unused:
+            raise ValueError(f"models {unused} have weight: they cannot be left out")
+        return dataclasses.replace(self, weights={n: self.weights[n] for n in names},
+                                   groups={n: self.groups[n] for n in names})
+
     def blend_key(self, c: int) -> tuple:
         """Hashable: everything class c's blend depends on (the models' class-c weights, groups, fusion)."""
         return tuple(sorted((name, w[c]) for name, w in self.weights.items())), \

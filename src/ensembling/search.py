@@ -15,13 +15,15 @@ tuner searches on proxies and rescores its results exactly (src.ensembling.shard
 Blends, masks and Dice rows are kept per class, so a candidate re-runs only its class's
 post-processing, and the Hausdorff only for case-days whose masks changed.
 
-Search: coordinate descent over small candidate grids, in the order post-processing applies them:
-per-model per-class weights, per-class 2.5D/3D fusion, per-class thresholds, per-class gate
-(classifier threshold, or the pixel-count rule), detector crop on/off, per-class minimum component
-size, per-class z clean-up.
-Each coordinate tries all its values with the others fixed and keeps a value only if it raises
-the score; passes repeat until one changes nothing (or `passes` is reached). The start is the
-plain mean (so the result is never below it on the tuning data).
+Search: coordinate descent over small candidate grids: first member selection (each model dropped in
+turn, while the others can blend alone), then in the order post-processing applies them: per-model
+weights, 2.5D/3D fusion, thresholds, the gate (classifier threshold, or the pixel-count rule),
+detector crop on/off, minimum component size, z clean-up; each per class on tuning sets of at least
+PER_CLASS_MIN_CASE_DAYS case-days, one value shared by the classes below that (SearchSpace).
+Each coordinate tries all its values with the others fixed and keeps a value only if it raises the
+score by more than SearchRules' bar (min_gain, and a number of standard errors of the paired gain);
+passes repeat until one changes nothing (or `passes` is reached). The start is the plain mean (so
+the result is never below it on the tuning data).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from src.data.half import HALF_TO_FLOAT, bits, mark_above
 from src.ensembling.params import N_CLASSES, EnsembleParams, effective_weights
 from src.ensembling.postprocess import blend_class, postprocess_class
 from src.ensembling.proxy_distance import ProxyDistance
+from src.ensembling.uncertainty import paired_gain_se
 from src.metrics.competition import (
     CaseDayScore,
     HausdorffToTruth,
@@ -295,61 +298,124 @@ class Evaluator:
         return aggregate(self.case_scores(params, cases))
 
 
+PER_CLASS_MIN_CASE_DAYS = 64  # tuning sets smaller than this share every per-class value across classes
+
+
+@dataclass(frozen=True)
+class Coordinate:
+    """One parameter of the search: its candidate values for class c given the current parameters, and
+    how to set a class's value."""
+
+    label: str
+    values: Callable[[EnsembleParams, int], list]
+    assign: Callable[[EnsembleParams, int, object], EnsembleParams]
+
+    def per_class(self) -> list[tuple[str, Callable[[EnsembleParams], list[EnsembleParams]]]]:
+        """One coordinate per class."""
+        return [(f"{self.label} c{c}", lambda p, c=c: [self.assign(p, c, v) for v in self.values(p, c)])
+                for c in range(N_CLASSES)]
+
+    def shared(self) -> list[tuple[str, Callable[[EnsembleParams], list[EnsembleParams]]]]:
+        """One coordinate setting every class to the same value (the values every class allows)."""
+        def candidates(p: EnsembleParams) -> list[EnsembleParams]:
+            allowed = [self.values(p, c) for c in range(N_CLASSES)]
+            out = []
+            for v in allowed[0]:
+                if all(v in other for other in allowed[1:]):
+                    q = p
+                    for c in range(N_CLASSES):
+                        q = self.assign(q, c, v)
+                    out.append(q)
+            return out
+        return [(self.label, candidates)]
+
+
 @dataclass(frozen=True)
 class SearchSpace:
-    """What the search may change: weights inside groups with several models, fusion when both groups
-    exist, the classifier gate when its probabilities exist (else the pixel rule), the crop when boxes
-    exist; pixel counts and component sizes scale with the median slice area of the data."""
+    """What the search may change: which models take part (with several), weights inside groups with
+    several models, fusion when both groups exist, the classifier gate when its probabilities exist
+    (else the pixel rule), the crop when boxes exist; pixel counts and component sizes scale with the
+    median slice area of the data.
+
+    `per_class` "auto" tunes a value per class only on tuning sets of at least PER_CLASS_MIN_CASE_DAYS
+    case-days and shares one value across the classes below that: a third of the free parameters where
+    there is too little data to tell the classes' optima from noise (on the demo's 17 OOF case-days,
+    per-class values lost held out what they won in-sample)."""
 
     groups: dict[str, str]
     slice_area: float
     classifier: bool = False
     crop: bool = False
+    per_class: str = "auto"  # "auto" | "yes" | "no"
 
     @classmethod
-    def for_cases(cls, cases: list[OOFCase], groups: dict[str, str]) -> SearchSpace:
+    def for_cases(cls, cases: list[OOFCase], groups: dict[str, str], per_class: str = "auto") -> SearchSpace:
         area = float(np.median([c.shape[2] * c.shape[3] for c in cases]))
-        return cls(dict(groups), area, classifier=all(c.has_gate for c in cases), crop=all(c.has_box for c in cases))
+        return cls(dict(groups), area, classifier=all(c.has_gate for c in cases), crop=all(c.has_box for c in cases),
+                   per_class=per_class)
+
+    def tunes_per_class(self, case_days: int) -> bool:
+        """Whether a tuning set of `case_days` gets a value per class."""
+        return self.per_class == "yes" or (self.per_class == "auto" and case_days >= PER_CLASS_MIN_CASE_DAYS)
 
     def _counts(self, fractions) -> tuple[int, ...]:
         return tuple(sorted({max(1, round(f * self.slice_area)) for f in fractions}))
 
-    def coordinates(self) -> list[tuple[str, Callable[[EnsembleParams], list[EnsembleParams]]]]:
-        """(label, params -> candidate params) in search order."""
+    def coordinates(self, case_days: int | None = None) -> list[tuple[str, Callable[[EnsembleParams], list[EnsembleParams]]]]:
+        """(label, params -> candidate params) in search order (members first, then post-processing's
+        order), for a tuning set of `case_days` (None: per class unless per_class is "no")."""
+        per_class = self.per_class != "no" if case_days is None else self.tunes_per_class(case_days)
+        expand = (lambda k: k.per_class()) if per_class else (lambda k: k.shared())  # noqa: E731
         groups = list(self.groups.values())
-        coords = [(f"weight {name} c{c}", _weight_candidates(name, c))
-                  for name, group in self.groups.items() if groups.count(group) > 1 for c in range(N_CLASSES)]
+        coords = [(f"model {name}", _drop_candidates(name)) for name in self.groups] if len(groups) > 1 else []
+        for name, group in self.groups.items():
+            if groups.count(group) > 1:
+                coords += expand(Coordinate(f"weight {name}", _weight_values(name),
+                                            lambda p, c, v, n=name: p.replace_weight(n, c, v)))
         if set(groups) == {"2d", "3d"}:
-            coords += _per_class("fusion", lambda p, c: [p.replace_class("fusion", c, v) for v in FUSION])
-        coords += _per_class("threshold", lambda p, c: [p.replace_class("thresholds", c, v) for v in THRESHOLDS])
-        coords += _per_class("gate", self._gate_candidates)
-        if self.crop:
+            coords += expand(_field("fusion", FUSION))
+        coords += expand(_field("thresholds", THRESHOLDS, "threshold")) + expand(self._gate())
+        if self.crop:  # one switch for every class
             coords.append(("crop", lambda p: [dataclasses.replace(p, crop=v) for v in (False, True)]))
-        sizes = (0,) + self._counts(SIZE_AREA)
-        coords += _per_class("min size", lambda p, c: [p.replace_class("min_size", c, n) for n in sizes])
-        coords += _per_class("z clean-up", lambda p, c: [
-            p.replace_class("z_min_run", c, k).replace_class("z_largest", c, big) for k, big in Z_RULES])
+        coords += expand(_field("min_size", (0,) + self._counts(SIZE_AREA), "min size"))
+        coords += expand(Coordinate("z clean-up", lambda p, c: list(Z_RULES), lambda p, c, v: p.replace_class(
+            "z_min_run", c, v[0]).replace_class("z_largest", c, v[1])))
         return coords
 
-    def _gate_candidates(self, p: EnsembleParams, c: int) -> list[EnsembleParams]:
+    def _gate(self) -> Coordinate:
         """Classifier thresholds when its probabilities exist, else (pixels, probability) of the pixel rule."""
         if self.classifier:
-            return [p.replace_class("gate_threshold", c, v) for v in GATE_THRESHOLDS]
-        return [p.replace_class("gate_pixels", c, n).replace_class("gate_prob", c, q)
-                for n in (0,) + self._counts(GATE_AREA) for q in (GATE_PROBS if n else (0.5,))]
+            return _field("gate_threshold", GATE_THRESHOLDS, "gate")
+        rules = [(n, q) for n in (0,) + self._counts(GATE_AREA) for q in (GATE_PROBS if n else (0.5,))]
+        return Coordinate("gate", lambda p, c: rules,
+                          lambda p, c, v: p.replace_class("gate_pixels", c, v[0]).replace_class("gate_prob", c, v[1]))
 
 
-def _per_class(label: str, make: Callable[[EnsembleParams, int], list[EnsembleParams]]) -> list:
-    """One coordinate per class."""
-    return [(f"{label} c{c}", lambda p, c=c: make(p, c)) for c in range(N_CLASSES)]
+def _field(name: str, values: tuple, label: str | None = None) -> Coordinate:
+    """A per-class field of EnsembleParams over fixed candidate values."""
+    return Coordinate(label or name, lambda p, c: list(values), lambda p, c, v: p.replace_class(name, c, v))
 
 
-def _weight_candidates(name: str, c: int) -> Callable[[EnsembleParams], list[EnsembleParams]]:
+def _drop_candidates(name: str) -> Callable[[EnsembleParams], list[EnsembleParams]]:
+    """Member selection: the parameters without `name` (while it has weight and the others can blend alone)."""
     def candidates(p: EnsembleParams) -> list[EnsembleParams]:
+        if not any(w > 0 for w in p.weights[name]):
+            return []
+        dropped = p.without_model(name)
+        try:
+            effective_weights(dropped, list(dropped.weights))
+        except ValueError:  # it was the only model with weight for some class
+            return []
+        return [dropped]
+    return candidates
+
+
+def _weight_values(name: str) -> Callable[[EnsembleParams, int], list[float]]:
+    def values(p: EnsembleParams, c: int) -> list[float]:
         group = p.groups[name]
         others = sum(w[c] for n, w in p.weights.items() if n != name and p.groups[n] == group)
-        return [p.replace_weight(name, c, v) for v in WEIGHTS if v > 0 or others > 0]
-    return candidates
+        return [v for v in WEIGHTS if v > 0 or others > 0]
+    return values
 
 
 @dataclass(frozen=True)
@@ -368,26 +434,39 @@ def screening_sample(cases: list, size: int) -> list | None:
     return [cases[int(i * step)] for i in range(size)]
 
 
-def coordinate_descent(evaluator: Evaluator, space: SearchSpace, cases: list[OOFCase] | None = None,
-                       start: EnsembleParams | None = None, passes: int = 2, min_gain: float = 0.0,
-                       screen: int = 0, log: Callable[[str], None] | None = None) -> SearchResult:
-    """Greedy coordinate descent from `start` (default the plain mean) on `cases` (default all); a
-    change is kept only if it raises the score by more than `min_gain` (a guard against noise).
+@dataclass(frozen=True)
+class SearchRules:
+    """How the search decides: at most `passes` passes; a change is kept only if it raises the score by
+    more than `min_gain` and by more than `se_factor` bootstrap standard errors of its paired gain over
+    the tuning case-days (src.ensembling.uncertainty: the bar is high where the data is small or noisy,
+    low at scale); candidates screened on `screen` case-days first (0: off)."""
 
-    With `screen` > 0 and at least 2 x screen cases, a coordinate's candidates are first ranked on a
-    fixed sample of `screen` case-days (screening_sample); only the best of them, and only if it beats
-    the current parameters on the sample, is scored on every case and kept if it wins there too: the
-    cost of a coordinate falls from k full scorings to at most one, plus k on the sample."""
+    passes: int = 2
+    min_gain: float = 0.0
+    se_factor: float = 1.0
+    screen: int = 0
+
+
+def coordinate_descent(evaluator: Evaluator, space: SearchSpace, cases: list[OOFCase] | None = None,
+                       start: EnsembleParams | None = None, rules: SearchRules = SearchRules(),
+                       log: Callable[[str], None] | None = None) -> SearchResult:
+    """Greedy coordinate descent from `start` (default the plain mean) on `cases` (default all), by `rules`.
+
+    With `rules.screen` > 0 and at least 2 x screen cases, a coordinate's candidates are first ranked
+    on a fixed sample of `screen` case-days (screening_sample); only the best of them, and only if it
+    beats the current parameters on the sample by min_gain, is scored on every case and kept if it wins
+    there too: the cost of a coordinate falls from k full scorings to at most one, plus k on the sample."""
     chosen = evaluator.cases if cases is None else cases
-    sample = screening_sample(chosen, screen)
-    gain = max(min_gain, 1e-12)
+    sample = screening_sample(chosen, rules.screen)
+    gain = max(rules.min_gain, 1e-12)
     best = start or EnsembleParams.plain_mean(space.groups)
     best_result = evaluator.score(best, chosen)
     best_on_sample = evaluator.score(best, sample).score if sample is not None else None
     evaluations, done = 1 + (sample is not None), 0  # this search's own count, for the log
-    for done in range(1, passes + 1):
+    coordinates = space.coordinates(len(chosen))
+    for done in range(1, rules.passes + 1):
         improved = False
-        for _, candidates in space.coordinates():
+        for _, candidates in coordinates:
             options = [c for c in candidates(best) if c != best]
             if sample is not None and options:
                 on_sample = [evaluator.score(c, sample).score for c in options]
@@ -398,7 +477,7 @@ def coordinate_descent(evaluator: Evaluator, space: SearchSpace, cases: list[OOF
             for candidate in options:
                 result = evaluator.score(candidate, chosen)
                 evaluations += 1
-                if result.score > best_result.score + gain:
+                if _wins(result, best_result, gain, rules.se_factor):
                     best, best_result, improved = candidate, result, True
                     if sample is not None:
                         best_on_sample = on_sample[top]
@@ -409,11 +488,17 @@ def coordinate_descent(evaluator: Evaluator, space: SearchSpace, cases: list[OOF
     return SearchResult(best, best_result, done)
 
 
-def cross_tune(evaluator: Evaluator, space: SearchSpace, folds: list[int], passes: int = 2,
-               min_gain: float = 0.0, screen: int = 0,
+def _wins(result: MetricResult, best: MetricResult, gain: float, se_factor: float) -> bool:
+    """Whether `result` beats `best` by more than `gain` and by more than se_factor standard errors."""
+    delta = result.score - best.score
+    return delta > gain and (se_factor <= 0 or delta > se_factor * paired_gain_se(result, best))
+
+
+def cross_tune(evaluator: Evaluator, space: SearchSpace, folds: list[int], rules: SearchRules = SearchRules(),
                log: Callable[[str], None] | None = None) -> dict[int, EnsembleParams] | None:
     """For each f in `folds`, the parameters tuned on the folds != f (to score fold f with: the held-out
-    estimate); None with fewer than two folds."""
+    estimate, which so includes every choice the search makes, member selection too); None with fewer
+    than two folds."""
     all_folds = sorted({c.fold for c in evaluator.cases})
     folds = [f for f in folds if f in all_folds]
     if len(all_folds) < 2 or not folds:
@@ -423,8 +508,7 @@ def cross_tune(evaluator: Evaluator, space: SearchSpace, folds: list[int], passe
         if log:
             log(f"cross-tuning: held-out fold {f}")
         tune_on = [c for c in evaluator.cases if c.fold != f]
-        params_by_fold[f] = coordinate_descent(evaluator, space, tune_on, passes=passes, min_gain=min_gain,
-                                               screen=screen, log=log).params
+        params_by_fold[f] = coordinate_descent(evaluator, space, tune_on, rules=rules, log=log).params
     return params_by_fold
 
 

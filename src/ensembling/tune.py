@@ -2,15 +2,18 @@
 
 Reads each run's OOF probabilities (its complete oof predictions, else the union of its folds'
 training-time OOF) and the truth from the cache, one case-day at a time, into proxies that fit
-`memory_gb` (src.ensembling.shards), searches blend weights (per model and class), the
-2.5D/3D fusion weight, per-class thresholds, the gate (the classifier's presence threshold with a
-gate run, else the pixel-count rule), minimum 3D component sizes and the z clean-up by coordinate
-descent (src.ensembling.search), and estimates the held-out score by cross-tuning: for each fold f,
-tune on the other folds and score fold f. With that estimate it also scores each component of the
-ensemble removed in turn from every fold's parameters (src.ensembling.contributions): what the
-component wins held out. Every reported score is the exact metric on the full volumes (the proxies
-only rank candidates). Writes the ensemble file and prints a table of every model, the plain mean
-and the tuned ensemble, and the contribution table.
+`memory_gb` (src.ensembling.shards), then searches by coordinate descent (src.ensembling.search):
+which models take part, blend weights, the 2.5D/3D fusion weight, thresholds, the gate (the
+classifier's presence threshold with a gate run, else the pixel-count rule), minimum 3D component
+sizes and the z clean-up; per class on large tuning sets, shared by the classes on small ones; a
+change kept only when its gain clears min_gain and se_factor standard errors. It estimates the
+held-out score by cross-tuning (for each fold f, tune on the other folds and score fold f), scores
+each component removed in turn from every fold's parameters (src.ensembling.contributions: what it
+wins held out), and makes the final choice (src.ensembling.choice): the tuned ensemble, the plain
+mean or one model alone, whichever is best held out, with bootstrap intervals. Every reported score
+is the exact metric on the full volumes (the proxies only rank candidates). Writes the ensemble file
+(the chosen parameters and only the runs they use) and prints the OOF table, the contribution table
+and the choice.
 """
 from __future__ import annotations
 
@@ -24,11 +27,12 @@ import numpy as np
 from src.core.atomic import check_writable
 from src.core.errors import DataError
 from src.core.ids import CLASSES
-from src.ensembling import contributions
+from src.ensembling import choice, contributions
+from src.ensembling.choice import Candidate
 from src.ensembling.ensemble_file import AuxiliaryRun, EnsembleMember, write_ensemble_file
 from src.ensembling.oof import case_sources
 from src.ensembling.params import EnsembleParams
-from src.ensembling.search import SearchSpace, coordinate_descent, cross_tune, summary
+from src.ensembling.search import PER_CLASS_MIN_CASE_DAYS, SearchRules, SearchSpace, coordinate_descent, cross_tune, summary
 from src.ensembling.shards import ShardedEvaluator, choose_stride
 from src.inference.runs import TrainedRun
 from src.metrics.competition import aggregate
@@ -50,6 +54,13 @@ class TuneOptions:
     passes: int = field(default=2, metadata={"help": "coordinate-descent passes at most (default 2)"})
     min_gain: float = field(default=0.0, metadata={
         "help": "keep a change only if it raises the OOF score by more than this (default 0)"})
+    se_factor: float = field(default=1.0, metadata={
+        "help": "keep a change only if its gain is above this many bootstrap standard errors of the paired "
+                "gain over the tuning case-days (default 1; 0: off)"})
+    per_class: str = field(default="auto", metadata={
+        "choices": ("auto", "yes", "no"),
+        "help": f"a value per class for weights, fusion, thresholds, gate, sizes and z clean-up (auto: on tuning "
+                f"sets of at least {PER_CLASS_MIN_CASE_DAYS} case-days, else one value for every class)"})
     workers: int = field(default=1, metadata={
         "help": "processes, each holding a shard of the case-days (default: CPU count, at most 8)"})
     memory_gb: float = field(default=8.0, metadata={
@@ -72,6 +83,10 @@ class TuneOptions:
             raise DataError(f"--passes {self.passes}: must be >= 0")
         if not np.isfinite(self.min_gain) or self.min_gain < 0:
             raise DataError(f"--min-gain {self.min_gain}: must be a number >= 0")
+        if not np.isfinite(self.se_factor) or self.se_factor < 0:
+            raise DataError(f"--se-factor {self.se_factor}: must be a number >= 0")
+        if self.per_class not in ("auto", "yes", "no"):
+            raise DataError(f"--per-class {self.per_class!r}: expected auto, yes or no")
         if self.workers < 1:
             raise DataError(f"--workers {self.workers}: must be at least 1")
         if not np.isfinite(self.memory_gb) or self.memory_gb <= 0:
@@ -107,7 +122,7 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
     gate_run = _auxiliary_run(opts.gate, "presence", "--gate", opts.allow_incomplete)
     crop_run = _auxiliary_run(opts.crop, "box", "--crop", opts.allow_incomplete)
     gate, crop = (AuxiliaryRun.of(r) if r else None for r in (gate_run, crop_run))
-    used = [AuxiliaryRun.of(_auxiliary_run(path, output, f"{m.path}: predicted with", opts.allow_incomplete))
+    used = [(m, AuxiliaryRun.of(_auxiliary_run(path, output, f"{m.path}: predicted with", opts.allow_incomplete)))
             for m in members for path, output in ((m.predict.gate, "presence"), (m.predict.crop, "box")) if path]
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else runs[0].cache_dir()
     sources = case_sources(runs, cache_dir, gate_run, crop_run, log)
@@ -126,14 +141,13 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
         clock.lap("read")
         *singles, plain_result = evaluator.baseline_results
         scores = {"models": {n: summary(r) for n, r in zip(groups, singles)}, "plain_mean": summary(plain_result)}
-        space = SearchSpace.for_cases(evaluator.cases, groups)
+        space = SearchSpace.for_cases(evaluator.cases, groups, opts.per_class)
+        rules = SearchRules(opts.passes, opts.min_gain, opts.se_factor, opts.screen)
         log("search on every OOF case-day:")
-        found = coordinate_descent(evaluator, space, passes=opts.passes, min_gain=opts.min_gain,
-                                   screen=opts.screen, log=log)
+        found = coordinate_descent(evaluator, space, rules=rules, log=log)
         clock.lap("search")
         folds = sorted({c.fold for c in evaluator.cases}) if opts.holdout_folds is None else list(opts.holdout_folds)
-        by_fold = cross_tune(evaluator, space, folds, passes=opts.passes, min_gain=opts.min_gain,
-                             screen=opts.screen, log=log)
+        by_fold = cross_tune(evaluator, space, folds, rules=rules, log=log)
         clock.lap("held_out_search")
         log("ensemble: exact scores on the full volumes")
         ablated = contributions.ablations(by_fold, space.crop) if by_fold else []
@@ -143,27 +157,44 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
         proxy_bytes, workers_peak = evaluator.nbytes(), evaluator.workers_peak_rss_gb()
         evaluations = evaluator.evaluations
     scores["tuned_in_sample"] = summary(aggregate(in_sample))
+    tuned = Candidate(choice.PLAIN if found.params == plain else choice.TUNED, found.params, aggregate(in_sample), None)
+    chosen = tuned
     if rest:
         held_out, *without = rest
         fold_of = {c.case_day: c.fold for c in evaluator.cases}
-        scores["tuned_held_out"] = summary(aggregate(held_out))
+        held_out_result = aggregate(held_out)
+        scores["tuned_held_out"] = summary(held_out_result)
         scores["held_out_by_fold"] = {str(f): round(aggregate([i for i in held_out if fold_of[i[0]] == f]).score, 6)
                                       for f in by_fold}
         scores["gap"] = round(scores["tuned_in_sample"]["score"] - scores["tuned_held_out"]["score"], 6)
         scores[contributions.KEY] = contributions.rows(
             ablated, scores["tuned_held_out"]["score"], [summary(aggregate(s))["score"] for s in without])
-    search = {"passes": found.passes, "min_gain": opts.min_gain, "evaluations": evaluations,
+        untuned = [Candidate(choice.alone(n), single_model(plain, n), r, r) for n, r in zip(groups, singles)]
+        untuned.append(Candidate(choice.PLAIN, plain, plain_result, plain_result))
+        tuned = Candidate(choice.TUNED, found.params, tuned.in_sample, held_out_result)
+        chosen, scores[choice.KEY] = choice.choose(untuned + [tuned], [case_day for case_day, _ in held_out])
+    scores[choice.WRITTEN] = chosen.summary()
+    search = {"passes": found.passes, "min_gain": opts.min_gain, "se_factor": opts.se_factor,
+              "per_class": {"option": opts.per_class, "in_sample": space.tunes_per_class(len(sources))},
+              "evaluations": evaluations,
               "held_out_folds": sorted(by_fold) if by_fold else [],
               "proxy": {"stride": stride, "quantised": "uint8", "bytes": int(proxy_bytes),
                         "in_sample_score": round(found.result.score, 6)},
               "screen": opts.screen, "workers": workers, "workers_peak_rss_gb": round(workers_peak, 3),
               "seconds": clock.laps}
-    oof = {"case_days": len(sources), "folds": sorted({s.fold for s in sources}), "cache_dir": str(cache_dir)}
-    record = write_ensemble_file(opts.out, members, [a for a in (gate, crop) if a] + used, gate, crop,
-                                 found.params, scores=scores, oof=oof, search=search)
+    oof = {"case_days": len(sources), "folds": sorted({s.fold for s in sources}), "cache_dir": str(cache_dir),
+           "stages": {m.name: m.stage for m in members}}
+    params = chosen.params.only(chosen.params.used_models())  # what test time predicts: the models it weighs
+    kept = [m for m in members if m.name in params.weights]
+    gate = gate if any(t > 0 for t in params.gate_threshold) else None
+    crop = crop if params.crop else None
+    auxiliary = [a for a in (gate, crop) if a] + [a for m, a in used if m in kept]
+    record = write_ensemble_file(opts.out, kept, auxiliary, gate, crop, params, scores=scores, oof=oof, search=search)
     log(score_table(record))
     if scores.get(contributions.KEY):
         log("\n" + contributions.table(scores[contributions.KEY]))
+    if scores.get(choice.KEY):
+        log("\n" + choice.table(scores[choice.KEY]))
     log(f"ensemble: wrote {opts.out}")
     return record
 
@@ -185,7 +216,7 @@ class Clock:
 def score_table(record: dict) -> str:
     """The OOF table: each model and the plain mean at threshold 0.5, the tuned ensemble in-sample and held-out."""
     scores = record["scores"]
-    stage = {r["name"]: r["stage"] for r in record["runs"]}
+    stage = record["oof"]["stages"]
     rows = [(f"{n} ({stage[n]}) @0.5", s) for n, s in scores["models"].items()]
     rows.append(("plain mean @0.5", scores["plain_mean"]))
     rows.append(("tuned ensemble, in-sample", scores["tuned_in_sample"]))
@@ -198,4 +229,5 @@ def score_table(record: dict) -> str:
     lines += [f"{label:<{width}}{fmt(s['score']):>8}{fmt(s['dice']):>8}{fmt(s['hausdorff']):>11}" for label, s in rows]
     if "gap" in scores:
         lines.append(f"{'gap in-sample - held-out':<{width}}{scores['gap']:>8.4f}")
+    lines.append(f"written: {scores[choice.WRITTEN]['name']}")
     return "\n".join(lines)

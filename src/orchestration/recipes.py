@@ -21,7 +21,7 @@ from src.core.options import to_flags
 from src.core.outputs import check_name
 from src.core.readers import read_json_object, read_toml
 from src.engine.stages import get_stage
-from src.ensembling import contributions
+from src.ensembling import choice, contributions
 from src.orchestration.schema import validate_recipe
 
 
@@ -171,10 +171,15 @@ def results(recipe: Recipe, runs_dir: str = "runs") -> dict:
     row: dict = {"recipe": recipe.name}
     if Path(out.ensemble).exists():
         scores = read_ensemble(out.ensemble).record["scores"]
-        # "final": the parameters the submission uses (the plain mean when the recipe tunes nothing)
+        # "final": what the submission uses, the tuner's choice (src.ensembling.choice)
+        written = scores.get(choice.WRITTEN) or {  # a file tuned before the final choice: its tuned parameters
+            "name": choice.TUNED, "in_sample": scores["tuned_in_sample"], "held_out": scores.get("tuned_held_out")}
+        row["oof best model @0.5"] = max((s["score"] for s in scores.get("models", {}).values()), default=None)
         row["oof plain mean @0.5"] = scores["plain_mean"]["score"]
-        row["oof final (in-sample)"] = scores["tuned_in_sample"]["score"]
-        row["oof final (held-out)"] = scores.get("tuned_held_out", {}).get("score")
+        row["oof tuned (held-out)"] = scores.get("tuned_held_out", {}).get("score")
+        row["oof final (in-sample)"] = written["in_sample"]["score"]
+        row["oof final (held-out)"] = (written["held_out"] or {}).get("score")
+        row["final choice"] = written["name"]
     if Path(out.score).exists():
         test = read_json_object(out.score, "score summary")
         row.update({"test score": test["score"], "test dice": test["dice"], "test hausdorff": test["hausdorff"]})
@@ -197,7 +202,7 @@ def comparison_table(rows: list[dict], title: str = "") -> str:
     first column."""
     keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "recipe"]
     width = max((len(k) for k in (title, *keys) if k), default=8) + 2
-    cols = [max(len(r["recipe"]), 8) + 2 for r in rows]
+    cols = [max(len(r["recipe"]), 8, *(len(v) for v in r.values() if isinstance(v, str))) + 2 for r in rows]
     lines = [f"{title:<{width}}" + "".join(f"{r['recipe']:>{w}}" for r, w in zip(rows, cols))]
     for key in keys:
         cells = [r[key] if isinstance(r.get(key), str) else "-" if r.get(key) is None else f"{r[key]:.4f}"

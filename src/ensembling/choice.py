@@ -1,0 +1,82 @@
+"""The tuner's final choice: the tuned ensemble, the plain mean or one member alone, whichever scores
+best held out, with bootstrap intervals so a user sees when a difference is noise.
+
+Each model alone and the plain mean (threshold 0.5, no post-processing) are not tuned, so their OOF
+scores are already held-out estimates; the tuned ensemble's is the cross-tuned one (every choice of
+the search, member selection included, made without the fold it is scored on). All are compared on
+the same case-days (those of the held-out folds). Ties go to the simpler candidate (a model alone,
+then the plain mean, then the tuned ensemble). Picking the best of a few candidates is itself a
+choice made on these case-days, so the written score is slightly optimistic when candidates are
+close: the intervals, and the paired interval of each candidate's difference to the written one,
+say how close they are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from src.ensembling.params import EnsembleParams
+from src.ensembling.search import summary
+from src.ensembling.uncertainty import LEVEL, RESAMPLES, SEED, bootstrap, interval, score_over
+from src.metrics.competition import MetricResult
+
+KEY = "choice"  # under the ensemble record's "scores": the candidates compared
+WRITTEN = "written"  # under "scores": the candidate written, with its scores
+TUNED = "tuned ensemble"
+PLAIN = "plain mean @0.5"
+
+
+def alone(name: str) -> str:
+    """The candidate name of a model used alone."""
+    return f"{name} alone @0.5"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What could be written: its parameters, its score on the data it was tuned on and its held-out
+    estimate (per case-day; None without one). Untuned candidates: the same result twice."""
+
+    name: str
+    params: EnsembleParams
+    in_sample: MetricResult
+    held_out: MetricResult | None
+
+    def summary(self) -> dict:
+        """The record of the written candidate: its name, in-sample and held-out scores."""
+        return {"name": self.name, "in_sample": summary(self.in_sample),
+                "held_out": summary(self.held_out) if self.held_out is not None else None}
+
+
+def choose(candidates: list[Candidate], case_days: list[str]) -> tuple[Candidate, dict]:
+    """The candidate with the best score over `case_days` (the first of ties: list the simpler first),
+    and the record: every candidate's score, its interval, and its paired difference to the chosen one
+    with that difference's interval."""
+    samples = {c.name: bootstrap(c.held_out, case_days) for c in candidates}
+    own = {c.name: score_over(c.held_out, case_days) for c in candidates}
+    chosen = max(candidates, key=lambda c: (own[c.name], -candidates.index(c)))
+    rows = {}
+    for c in candidates:
+        low, high = interval(samples[c.name])
+        delta_low, delta_high = interval(samples[c.name] - samples[chosen.name])
+        rows[c.name] = {"score": round(own[c.name], 6), "low": round(low, 6), "high": round(high, 6),
+                        "delta": round(own[c.name] - own[chosen.name], 6),
+                        "delta_low": round(delta_low, 6), "delta_high": round(delta_high, 6)}
+    record = {"written": chosen.name, "case_days": len(case_days),
+              "interval": f"{LEVEL:.0%} bootstrap over case-days ({RESAMPLES} resamples, seed {SEED}); "
+                          "delta: paired difference to the written candidate",
+              "candidates": rows}
+    return chosen, record
+
+
+def table(record: dict) -> str:
+    """The choice as aligned text: each candidate's held-out score, interval and difference to the
+    written one, the written one marked."""
+    rows = record["candidates"]
+    title = f"final choice (held-out, {record['case_days']} case-days)"
+    width = max(len(title), *(len(n) for n in rows)) + 4
+    lines = [f"{title:<{width}}{'score':>8}{'95% interval':>18}{'vs written':>12}{'95% interval':>20}"]
+    for name, r in rows.items():
+        mark = "  <- written" if name == record["written"] else ""
+        score_span = f"[{r['low']:.4f}, {r['high']:.4f}]"
+        delta_span = f"[{r['delta_low']:+.4f}, {r['delta_high']:+.4f}]"
+        lines.append(f"{name:<{width}}{r['score']:>8.4f}{score_span:>18}{r['delta']:>+12.4f}{delta_span:>20}{mark}")
+    return "\n".join(lines)
