@@ -95,7 +95,13 @@ def work(tmp_path_factory):
               "plain_mean": {"score": 0.8, "dice": 0.69},  # hausdorff missing on purpose
               "held_out_by_fold": {"0": 0.79}, "gap": 0.011,
               "contributions": [{"component": "thresholds", "score": 0.7654, "delta": 0.0246, "note": "thresholds 0.5"},
-                                {"component": "crop", "score": None, "delta": None, "note": "not used"}]}
+                                {"component": "crop", "score": None, "delta": None, "note": "not used"}],
+              "choice": {"written": "seg alone @0.5", "case_days": 4, "interval": "95% bootstrap over case-days",
+                         "candidates": {"seg alone @0.5": {"score": 0.81, "low": 0.7712, "high": 0.85, "delta": 0.0,
+                                                           "delta_low": 0.0, "delta_high": 0.0},
+                                        "tuned ensemble": {"score": 0.79, "low": 0.75, "high": 0.83, "delta": -0.02,
+                                                           "delta_low": -0.0431, "delta_high": 0.004}}},
+              "written": {"name": "seg alone @0.5", "in_sample": {"score": 0.81}, "held_out": {"score": 0.81}}}
     (root / "ensemble.json").write_text(json.dumps({
         "version": 2, "runs": [{"name": "seg", "path": str(seg), "stage": "seg2d", "group": "2d", "folds": [], "predict": {}}],
         "scores": scores,
@@ -155,6 +161,10 @@ def test_summary_classifier_and_ensemble_sections(work):
                  "Held-out contribution", "<td>thresholds</td>", "0.7654", "0.0246", "<td>not used</td>"):
         assert text in page, text
     assert "'component'" not in html.unescape(page) and ">contributions<" not in page  # not walked as scores
+    for text in ("Final choice", "4 case-days; 95% bootstrap over case-days", "<td>tuned ensemble</td>", "0.7712",
+                 "-0.0431", "written / held_out"):
+        assert text in page, text
+    assert "candidates / " not in page  # the choice has its own table, not walked as scores
 
 
 def headings(page: str) -> list[str]:
@@ -167,9 +177,9 @@ def test_every_section_in_page_order(work):
         "Run report: seg, gate", "Summary",
         "Run seg", "Training curves", "Score per case-day (out of fold)", "Dice per class", "Worst and best case-days",
         "Run gate", "Training curves", "Presence precision-recall (out of fold)",
-        f"Ensemble {root / 'ensemble.json'}", "Held-out contribution", "Parameters"]
+        f"Ensemble {root / 'ensemble.json'}", "Held-out contribution", "Final choice", "Parameters"]
     page = report.index.read_text()
-    assert page.count("<table>") == 6  # summary, presence, ensemble metrics and scalars, contribution, parameters
+    assert page.count("<table>") == 7  # summary, presence, ensemble metrics and scalars, contribution, choice, parameters
     assert "4 case-days, worst first (fold 0: oof_scores.csv, fold 1: recomputed)." in page
     assert "at the run's threshold 0.5." in page and 'data-images-loaded' in page and "border-collapse" in page
 

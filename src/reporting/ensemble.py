@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 
-from src.ensembling import contributions
+from src.ensembling import choice, contributions
 
 METRIC_KEYS = ("score", "dice", "hausdorff")
 CONTRIBUTION_COLUMNS = {"component": "component", "score": "held-out score without it",
@@ -13,7 +13,7 @@ CONTRIBUTION_COLUMNS = {"component": "component", "score": "held-out score witho
 
 
 def ensemble_tables(record: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """From ensemble.json's "scores", whatever keys it has but the contributions (contribution_table):
+    """From ensemble.json's "scores", whatever keys it has but those with tables of their own:
     (one row per entry holding score/dice/hausdorff, named by its key path), (every other scalar as
     name, value)."""
     metric_rows, other_rows = [], []
@@ -28,7 +28,8 @@ def ensemble_tables(record: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
             other_rows.append({"name": name, "value": value})
 
     scores = record.get("scores", {})
-    walk("", {k: v for k, v in scores.items() if k != contributions.KEY} if isinstance(scores, dict) else scores)
+    own_tables = (contributions.KEY, choice.KEY)  # contribution_table, choice_table
+    walk("", {k: v for k, v in scores.items() if k not in own_tables} if isinstance(scores, dict) else scores)
     metrics = pd.DataFrame(metric_rows)
     if not metrics.empty:
         first = ["name"] + [k for k in METRIC_KEYS if k in metrics]
@@ -46,6 +47,26 @@ def contribution_table(record: dict) -> pd.DataFrame:
     numbers = [CONTRIBUTION_COLUMNS[k] for k in ("score", "delta")]
     table[numbers] = table[numbers].apply(pd.to_numeric, errors="coerce").astype(float)  # None: an empty cell
     return table
+
+
+CHOICE_COLUMNS = {"score": "held-out score", "low": "95% low", "high": "95% high", "delta": "vs written",
+                  "delta_low": "vs written, 95% low", "delta_high": "vs written, 95% high"}
+
+
+def choice_table(record: dict) -> tuple[pd.DataFrame, str] | None:
+    """ensemble.json's final choice (src.ensembling.choice): one row per candidate, the written one
+    marked, and the sentence saying what the intervals are; None when the file has none."""
+    scores = record.get("scores")
+    made = scores.get(choice.KEY) if isinstance(scores, dict) else None
+    if not isinstance(made, dict) or not isinstance(made.get("candidates"), dict):
+        return None
+    rows = [{"candidate": name, **{label: row.get(key) for key, label in CHOICE_COLUMNS.items()},
+             "written": "yes" if name == made.get("written") else ""}
+            for name, row in made["candidates"].items() if isinstance(row, dict)]
+    table = pd.DataFrame(rows, columns=["candidate", *CHOICE_COLUMNS.values(), "written"])
+    numbers = list(CHOICE_COLUMNS.values())
+    table[numbers] = table[numbers].apply(pd.to_numeric, errors="coerce").astype(float)
+    return table, f"{made.get('case_days')} case-days; {made.get('interval')}"
 
 
 def params_table(record: dict) -> pd.DataFrame | None:

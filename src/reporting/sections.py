@@ -51,6 +51,7 @@ class EnsembleSection:
     record_keys: list[str]
     scores: list[pd.DataFrame]  # the non-empty ones of ensemble_tables
     contribution: pd.DataFrame | None
+    choice: tuple[pd.DataFrame, str] | None  # the candidates' table and what its intervals are
     params: pd.DataFrame | None
 
 
@@ -108,4 +109,5 @@ def run_section(out: FigureWriter, index: int, run: TrainedRun, cache: VolumeCac
 def ensemble_section(path: Path, record: dict) -> EnsembleSection:
     contribution = ensemble.contribution_table(record)
     return EnsembleSection(path, [str(k) for k in record], [t for t in ensemble.ensemble_tables(record) if not t.empty],
-                           None if contribution.empty else contribution, ensemble.params_table(record))
+                           None if contribution.empty else contribution, ensemble.choice_table(record),
+                           ensemble.params_table(record))
