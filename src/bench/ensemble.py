@@ -2,11 +2,15 @@
 
 Fabricates, per size, a truth cache and M out-of-fold runs in the project's own formats (the cache
 of src.data.volumes, fold folders of src.core.artifacts with float16 OOF volumes), with realistic
-probabilities: each model sees the truth blurred, with smooth noise, a little shift and a few
+probabilities: each good model sees the truth blurred, with smooth noise, a little shift and a few
 false-positive blobs; one model in three is a 3D model (its own blend group, so the fusion weight
-is searched too). Then it runs `src.ensemble tune` on them in a fresh process and prints, per size:
-the OOF volume on disk, wall time, evaluations, seconds per evaluation, the proxies' grid stride and
-size, the peak RSS (the tuner's growth plus its workers' peaks) and the exact scores.
+is searched too). The last `--weak K` models of each size (default 1) are weak, like a one-epoch
+model: smooth noise mostly in [0.3, 0.6] over the whole volume with only a faint bump on the truth,
+so their region of interest (voxels above ROI_THRESHOLD in any model) is nearly the whole volume,
+the tuner's worst case. Then it runs `src.ensemble tune` on them in a fresh process and prints, per
+size: the OOF volume on disk, wall time, evaluations, seconds per evaluation, the proxies' grid
+stride and size, the peak RSS (the tuner's growth plus its workers' peaks), the exact scores, the
+best single model's OOF score and what the tuner wrote (scores["choice"]["written"], "-" if absent).
 
 The search is tune's default (two passes, the held-out estimate over every fold; `--passes`,
 `--no-holdout` make it cheaper). The real train set (274 case-days x 10 models, 167 GB of float16
@@ -54,16 +58,38 @@ def fake_probabilities(rng: np.random.Generator, truth: np.ndarray) -> np.ndarra
     return out
 
 
+def fake_weak_probabilities(rng: np.random.Generator, truth: np.ndarray) -> np.ndarray:
+    """A weak (e.g. one-epoch) model's float16 (Z, 3, H, W) prediction: smooth noise over the whole volume
+    mostly in [0.3, 0.6], so its region of interest is nearly the whole volume, and only a faint bump
+    (+ 0.15 x the blurred truth) where the truth is."""
+    out = np.empty(truth.shape, dtype=np.float16)
+    for c in range(truth.shape[1]):
+        p = 0.45 + 0.14 * _smooth_noise(rng, truth[:, c].shape, cells=6)
+        p += 0.15 * ndimage.gaussian_filter(truth[:, c].astype(np.float32), sigma=(1.0, 2.0, 2.0))
+        out[:, c] = np.clip(p, 0, 1)
+    return out
+
+
+def check_weak(weak: int, models: int) -> None:
+    """At least one good model per size: 0 <= weak < models, else a one-line error naming --weak."""
+    if not 0 <= weak < models:
+        raise DataError(f"--weak {weak}: must be at least 0 and below the number of models ({models}; with several "
+                        "--models values, the smallest), so that at least one good model remains")
+
+
 def fabricate(root: Path, case_days: int, models: int, shape: tuple[int, int, int], folds: int, seed: int,
-              distinct: int | None = None) -> list[Path]:
+              distinct: int | None = None, weak: int = 0) -> list[Path]:
     """A truth cache under root/cache and `models` OOF runs under root/runs; returns the run folders.
-    Case-day i beyond the first `distinct` repeats case-day i mod distinct (OOF files hard-linked)."""
+    Case-day i beyond the first `distinct` repeats case-day i mod distinct (OOF files hard-linked).
+    The last `weak` runs (named w<k>, the others m<k>) are weak models (fake_weak_probabilities)."""
+    check_weak(weak, models)
     rng = np.random.default_rng(seed)
     names = [f"case{i // 2 + 1}_day{i % 2}" for i in range(case_days)]
     fold_of = {cd: (i // 2) % folds for i, cd in enumerate(names)}
     distinct = min(distinct or case_days, case_days)
     z, h, w = shape
-    runs = [root / "runs" / f"m{k}" for k in range(models)]
+    is_weak = [k >= models - weak for k in range(models)]
+    runs = [root / "runs" / f"{'w' if is_weak[k] else 'm'}{k}" for k in range(models)]
     truths = []
     for i, cd in enumerate(names):
         if i < distinct:
@@ -73,11 +99,12 @@ def fabricate(root: Path, case_days: int, models: int, shape: tuple[int, int, in
             write_case_day(root / "cache", "train", cd, np.zeros(shape, np.uint16), truths[i], meta)
         else:
             _link_case_day(root / "cache", names[i % distinct], cd, meta)
-        for run in runs:
+        for run, weak_model in zip(runs, is_weak):
             fold = fold_dir(run.parent, run.name, fold_of[cd])
             fold.oof_dir.mkdir(parents=True, exist_ok=True)
             if i < distinct:
-                np.save(fold.oof_dir / f"{cd}.npy", fake_probabilities(rng, truths[i]))
+                fake = fake_weak_probabilities if weak_model else fake_probabilities
+                np.save(fold.oof_dir / f"{cd}.npy", fake(rng, truths[i]))
             else:
                 base = names[i % distinct]
                 (fold.oof_dir / f"{cd}.npy").hardlink_to(fold_dir(run.parent, run.name, fold_of[base]).oof_dir
@@ -113,19 +140,24 @@ def _tune_once(root: str, runs: list[str], passes: int, holdout: bool, workers: 
                               workers=workers, memory_gb=memory_gb, screen=screen), log=lambda line: None)
     seconds = time.perf_counter() - start
     search, scores = record["search"], record["scores"]
+    singles = [s["score"] for s in scores["models"].values() if s.get("score") is not None]
     return {"wall_s": seconds, "evaluations": search["evaluations"], "stride": search["proxy"]["stride"],
             "proxy_gb": search["proxy"]["bytes"] / 2**30,
             "peak_rss_gb": (status_kib("VmHWM") - base) / 2**20 + search["workers_peak_rss_gb"],
             **{f"{phase}_s": seconds for phase, seconds in search["seconds"].items()},
             "in_sample": scores["tuned_in_sample"]["score"],
-            "held_out": scores.get("tuned_held_out", {}).get("score")}
+            "held_out": scores.get("tuned_held_out", {}).get("score"),
+            "best_single": max(singles) if singles else None,
+            "written": (scores.get("choice") or {}).get("written") or "-"}
 
 
 def bench(case_days: int, models: int, shape: tuple[int, int, int], folds: int, passes: int, holdout: bool,
-          workers: int, memory_gb: float, screen: int, distinct: int | None, seed: int, work: Path) -> dict:
+          workers: int, memory_gb: float, screen: int, distinct: int | None, seed: int, work: Path,
+          weak: int = 0) -> dict:
+    check_weak(weak, models)
     root = Path(tempfile.mkdtemp(prefix=f"ens_{case_days}x{models}_", dir=work))
     try:
-        runs = fabricate(root, case_days, models, shape, folds, seed, distinct)
+        runs = fabricate(root, case_days, models, shape, folds, seed, distinct, weak)
         disk = sum(p.stat().st_size for p in (root / "runs").rglob("*.npy")) / 2**30  # hard links counted each
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
             result = pool.submit(_tune_once, str(root), [str(r) for r in runs], passes, holdout, workers,
@@ -133,7 +165,7 @@ def bench(case_days: int, models: int, shape: tuple[int, int, int], folds: int, 
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rounded = {k: (round(v, 6 if k == "proxy_gb" else 4) if isinstance(v, float) else v) for k, v in result.items()}
-    return {"case_days": case_days, "models": models, "oof_gb": round(disk, 1), **rounded,
+    return {"case_days": case_days, "models": models, "weak": weak, "oof_gb": round(disk, 1), **rounded,
             "wall_s": round(result["wall_s"], 1), "s_per_eval": round(result["wall_s"] / result["evaluations"], 3)}
 
 
@@ -162,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screen", type=int, default=16, help="the tuner's screening sample (its default)")
     parser.add_argument("--distinct", type=int, default=None,
                         help="distinct case-days fabricated; the others repeat them by hard links (default: all)")
+    parser.add_argument("--weak", type=int, default=1,
+                        help="the last K models of each size are weak (probabilities above 0.3 almost everywhere, "
+                             "so the region of interest is nearly the whole volume); default 1, since real runs "
+                             "include such models and 0 would hide the tuner's worst case; must be below every "
+                             "--models value, so that a good model remains")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()), help="scratch folder")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here (CSV)")
@@ -169,10 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     shape = tuple(int_list(args.shape, "--shape"))
     if len(shape) != 3:
         raise DataError(f"--shape {args.shape!r}: expected Z,H,W")
-    sizes = [(models, n) for models in int_list(args.models, "--models") for n in int_list(args.case_days, "--case-days")]
+    model_counts = int_list(args.models, "--models")
+    check_weak(args.weak, min(model_counts))  # before any size is fabricated
+    sizes = [(models, n) for models in model_counts for n in int_list(args.case_days, "--case-days")]
     measure_sizes(sizes, lambda models, n: bench(n, models, shape, args.folds, args.passes, not args.no_holdout,
                                                  args.workers, args.memory_gb, args.screen, args.distinct, args.seed,
-                                                 args.work), args.out)
+                                                 args.work, args.weak), args.out)
     return 0
 
 
