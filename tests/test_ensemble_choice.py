@@ -145,3 +145,19 @@ def test_nothing_kept_writes_the_plain_mean_without_an_unused_gate(fake, tmp_pat
 def test_bad_selection_options(field, value, message):
     with pytest.raises(DataError, match=message):
         TuneOptions(runs=("r",), **{field: value})
+
+
+def test_after_a_group_is_dropped_no_candidate_leaves_a_class_without_weight():
+    rng = np.random.default_rng(5)
+    truth = _blobs(rng)
+    groups = {"a": "2d", "v": "3d"}
+    cases = [make_case("case1_day0", 0, {n: _model_probs(truth, rng, 1.0, 1) for n in groups}, truth)]
+    space = SearchSpace.for_cases(cases, groups)
+    for case_days in (10, PER_CLASS_MIN_CASE_DAYS):
+        coords = dict(space.coordinates(case_days))
+        dropped = coords["model v"](EnsembleParams.plain_mean(groups))[0]
+        assert dropped.used_models() == ["a"]
+        for label, candidates in coords.items():
+            for p in candidates(dropped):
+                assert p.used_models(), label  # raises if some class has no weight
+        assert not any(candidates(dropped) for label, candidates in coords.items() if label.startswith("fusion"))

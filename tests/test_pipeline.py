@@ -189,9 +189,12 @@ def test_shortened_recipe_end_to_end_with_a_baseline(tmp_path, monkeypatch, caps
     assert main([str(tmp_path / "full.toml"), "--runs-dir", runs]) == 0
     out = capsys.readouterr().out
     record = json.loads((tmp_path / "runs" / "ensemble_full.json").read_text())
-    assert record["gate"].endswith("f_cls") and record["crop"].endswith("f_det")
-    assert {a["stage"] for a in record["auxiliary"]} == {"cls", "det"}
-    assert sorted(r["name"] for r in record["runs"]) == ["f_3d", "f_unet"]
+    # the tuner got every model, the gate and the crop; the file holds what the written parameters use
+    assert sorted(record["oof"]["stages"]) == ["f_3d", "f_unet"]
+    assert record["oof"]["gate"].endswith("f_cls") and record["oof"]["crop"].endswith("f_det")
+    assert record["gate"] in (None, record["oof"]["gate"]) and record["crop"] in (None, record["oof"]["crop"])
+    assert {a["stage"] for a in record["auxiliary"]} == {s for s, r in (("cls", "gate"), ("det", "crop")) if record[r]}
+    assert sorted(r["name"] for r in record["runs"]) == sorted(record["params"]["weights"])
     sub = pd.read_csv(tmp_path / "sub.csv", dtype=str, keep_default_na=False)
     sample = pd.read_csv(tmp_path / "data" / "sample_submission.csv", dtype=str, keep_default_na=False)
     assert sub[["id", "class"]].equals(sample[["id", "class"]])

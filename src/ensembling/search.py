@@ -373,7 +373,7 @@ class SearchSpace:
                 coords += expand(Coordinate(f"weight {name}", _weight_values(name),
                                             lambda p, c, v, n=name: p.replace_weight(n, c, v)))
         if set(groups) == {"2d", "3d"}:
-            coords += expand(_field("fusion", FUSION))
+            coords += expand(Coordinate("fusion", _fusion_values, lambda p, c, v: p.replace_class("fusion", c, v)))
         coords += expand(_field("thresholds", THRESHOLDS, "threshold")) + expand(self._gate())
         if self.crop:  # one switch for every class
             coords.append(("crop", lambda p: [dataclasses.replace(p, crop=v) for v in (False, True)]))
@@ -408,6 +408,12 @@ def _drop_candidates(name: str) -> Callable[[EnsembleParams], list[EnsembleParam
             return []
         return [dropped]
     return candidates
+
+
+def _fusion_values(p: EnsembleParams, c: int) -> list[float]:
+    """FUSION while both groups have weight in class c (after member selection one may have none)."""
+    both = all(any(p.weights[n][c] > 0 for n, g in p.groups.items() if g == group) for group in ("2d", "3d"))
+    return list(FUSION) if both else []
 
 
 def _weight_values(name: str) -> Callable[[EnsembleParams, int], list[float]]:

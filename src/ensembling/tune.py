@@ -183,13 +183,15 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
               "screen": opts.screen, "workers": workers, "workers_peak_rss_gb": round(workers_peak, 3),
               "seconds": clock.laps}
     oof = {"case_days": len(sources), "folds": sorted({s.fold for s in sources}), "cache_dir": str(cache_dir),
-           "stages": {m.name: m.stage for m in members}}
+           "stages": {m.name: m.stage for m in members}, "gate": gate.path if gate else None,
+           "crop": crop.path if crop else None}
     params = chosen.params.only(chosen.params.used_models())  # what test time predicts: the models it weighs
     kept = [m for m in members if m.name in params.weights]
-    gate = gate if any(t > 0 for t in params.gate_threshold) else None
-    crop = crop if params.crop else None
-    auxiliary = [a for a in (gate, crop) if a] + [a for m, a in used if m in kept]
-    record = write_ensemble_file(opts.out, kept, auxiliary, gate, crop, params, scores=scores, oof=oof, search=search)
+    gate_used = gate if any(t > 0 for t in params.gate_threshold) else None
+    crop_used = crop if params.crop else None
+    auxiliary = [a for a in (gate_used, crop_used) if a] + [a for m, a in used if m in kept]
+    record = write_ensemble_file(opts.out, kept, auxiliary, gate_used, crop_used, params, scores=scores, oof=oof,
+                                 search=search)
     log(score_table(record))
     if scores.get(contributions.KEY):
         log("\n" + contributions.table(scores[contributions.KEY]))
