@@ -142,7 +142,7 @@ def test_det_run_writes_every_artifact(work, det_run):
     assert (scores["detected_recall"].fillna(0) <= scores["crop_recall"].fillna(0)).all()
     assert len(pd.read_csv(fold / "log.csv")) == 1
     threads = torch.get_num_threads()
-    predictor = RunPredictor(TrainedRun.load(fold.parent), split="oof", device="cpu", cache_dir=work / "cache")
+    predictor = RunPredictor(TrainedRun.load(fold.parent), split="oof", device=torch.device("cpu"), cache_dir=work / "cache")
     for cd in saved["val_case_days"][:1]:
         crop = predictor.predict_oof(VolumeCache(work / "cache").load(cd))
         assert crop["box"] == json.loads((fold / "oof" / f"{cd}.json").read_text())["box"]

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from src.core.atomic import atomic_path, check_writable
-from src.core.device import select_device
+from src.core.device import check_device_name, select_device
 from src.core.errors import DataError
 from src.core.ids import CLASSES
 from src.core.outputs import check_output
@@ -59,7 +60,7 @@ def pseudo_test_index(data_dir: Path, n: int) -> pd.DataFrame:
 class EnsemblePredictor:
     """Loads every run the ensemble needs once (`Ensemble.run_uses`); masks(vol) -> (Z, 3, H, W) bool."""
 
-    def __init__(self, ensemble: Ensemble, device: str = "auto", batch_size: int | None = None,
+    def __init__(self, ensemble: Ensemble, device: torch.device = torch.device("cpu"), batch_size: int | None = None,
                  runs_root: str | Path | None = None, allow_incomplete: bool = False):
         self.ensemble = ensemble
         self.runs_root = Path(runs_root) if runs_root else None
@@ -171,7 +172,7 @@ class SubmitOptions:
             raise DataError(f"--allow-train-fallback {self.allow_train_fallback}: must be >= 0")
         if self.batch_size is not None and self.batch_size < 1:
             raise DataError(f"--batch-size {self.batch_size}: must be at least 1")
-        select_device(self.device)
+        check_device_name(self.device)
 
 
 def submit(opts: SubmitOptions) -> Path:
@@ -180,6 +181,7 @@ def submit(opts: SubmitOptions) -> Path:
     Returns `out`. An empty test/ (Kaggle's development phase) writes the sample submission with empty
     predictions; with no sample submission either, it is an error (or --allow-train-fallback).
     """
+    device = select_device(opts.device)  # before any work
     data_dir, out = Path(opts.data_dir), Path(opts.out)
     check_output(out, "--out", (opts.ensemble,), data_dir)
     ensemble = load_ensemble(opts.ensemble)
@@ -198,7 +200,7 @@ def submit(opts: SubmitOptions) -> Path:
         index, sample = pseudo_test_index(data_dir, opts.allow_train_fallback), None
         print(f"submit: test/ is empty; predicting {index['case_day'].nunique()} train case-days "
               "as a pseudo test split")
-    predictor = EnsemblePredictor(ensemble, opts.device, opts.batch_size, opts.runs_root, opts.allow_incomplete)
+    predictor = EnsemblePredictor(ensemble, device, opts.batch_size, opts.runs_root, opts.allow_incomplete)
     rows = []
     for _, group in index.groupby("case_day", sort=False):
         vol = read_volume(group)
