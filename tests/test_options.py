@@ -122,19 +122,21 @@ def test_parse_flags_and_values_are_one_line_errors():
 
 # ---- every entry point ---------------------------------------------------------------------------------
 def _entry_points():
+    from src.data.preparation import PrepareOptions
     from src.engine.stages import get_stage, stage_names
     from src.ensembling.submission import SubmitOptions
     from src.ensembling.tune import TuneOptions
     from src.inference.predict import PredictOptions
+    from src.metrics.scoring import ScoreOptions
     from src.orchestration.recipes import PipelineOptions
     from src.reporting.options import ReportOptions
-
     from src.research.benchmark import BenchmarkOptions
     from src.research.pruning import PruneOptions
 
     points = [("predict", None, PredictOptions), ("ensemble", "tune", TuneOptions), ("submit", None, SubmitOptions),
               ("report", None, ReportOptions), ("pipeline", None, PipelineOptions),
-              ("benchmark", "models", BenchmarkOptions), ("prune", None, PruneOptions)]
+              ("benchmark", "models", BenchmarkOptions), ("prune", None, PruneOptions),
+              ("prepare", None, PrepareOptions), ("score", None, ScoreOptions)]
     return points + [("train", stage, get_stage(stage).config) for stage in stage_names()]
 
 

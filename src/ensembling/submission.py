@@ -28,7 +28,13 @@ from src.core.errors import DataError
 from src.core.ids import CLASSES
 from src.core.outputs import check_output
 from src.data import rle
-from src.data.layout import check_id_class_rows, read_csv_text, read_slice, scan_split
+from src.data.layout import (
+    check_id_class_rows,
+    max_image_pixels_field,
+    read_csv_text,
+    read_slice,
+    scan_split,
+)
 from src.data.volumes import CaseDay
 from src.ensembling.ensemble_file import Ensemble, load_ensemble
 from src.ensembling.postprocess import apply_ensemble
@@ -47,9 +53,9 @@ def read_volume(rows: pd.DataFrame) -> CaseDay:
     return CaseDay(first["case_day"], tuple(rows["id"]), image, None)
 
 
-def pseudo_test_index(data_dir: Path, n: int) -> pd.DataFrame:
+def pseudo_test_index(data_dir: Path, n: int, max_pixels: int) -> pd.DataFrame:
     """The slices of the first n train case-days, standing in for an empty test split."""
-    index = scan_split(data_dir, "train")
+    index = scan_split(data_dir, "train", max_pixels)
     if index.empty:
         raise DataError(f"{data_dir / 'train'}: no train case-days to fall back on")
     keep = list(dict.fromkeys(index["case_day"]))[:n]
@@ -166,6 +172,7 @@ class SubmitOptions:
         "help": "find each run as <runs-root>/<run name> instead of its recorded path (e.g. in a kernel)"})
     allow_incomplete: bool = field(default=False, metadata={
         "help": "predict with folds without their done marker (killed or unfinished runs), with a warning"})
+    max_image_pixels: int = max_image_pixels_field()
 
     def __post_init__(self):
         if self.allow_train_fallback < 0:
@@ -186,7 +193,7 @@ def submit(opts: SubmitOptions) -> Path:
     check_output(out, "--out", (opts.ensemble,), data_dir)
     ensemble = load_ensemble(opts.ensemble)
     check_writable(out)
-    index = scan_split(data_dir, "test")
+    index = scan_split(data_dir, "test", opts.max_image_pixels)
     sample = _read_sample(data_dir)
     if index.empty:
         if not opts.allow_train_fallback:
@@ -197,7 +204,7 @@ def submit(opts: SubmitOptions) -> Path:
             write_submission(pd.DataFrame({"id": sample["id"], "class": sample["class"], "predicted": ""}), out)
             print(f"submit: wrote the sample submission's {len(sample)} rows, empty, to {out}")
             return out
-        index, sample = pseudo_test_index(data_dir, opts.allow_train_fallback), None
+        index, sample = pseudo_test_index(data_dir, opts.allow_train_fallback, opts.max_image_pixels), None
         print(f"submit: test/ is empty; predicting {index['case_day'].nunique()} train case-days "
               "as a pseudo test split")
     predictor = EnsemblePredictor(ensemble, device, opts.batch_size, opts.runs_root, opts.allow_incomplete)
