@@ -39,6 +39,7 @@ from src.engine.seg2d import Seg2DTask
 from src.inference.fold_model import FoldModel
 from src.inference.predict import RunPredictor
 from src.inference.runs import TrainedRun
+from src.models.detector import ultralytics_offline
 from src.models.registry import list_archs
 from src.train import main
 
@@ -142,7 +143,7 @@ def test_det_run_writes_every_artifact(work, det_run):
     assert (scores["detected_recall"].fillna(0) <= scores["crop_recall"].fillna(0)).all()
     assert len(pd.read_csv(fold / "log.csv")) == 1
     threads = torch.get_num_threads()
-    predictor = RunPredictor(TrainedRun.load(fold.parent), split="oof", device="cpu", cache_dir=work / "cache")
+    predictor = RunPredictor(TrainedRun.load(fold.parent), split="oof", device=torch.device("cpu"), cache_dir=work / "cache")
     for cd in saved["val_case_days"][:1]:
         crop = predictor.predict_oof(VolumeCache(work / "cache").load(cd))
         assert crop["box"] == json.loads((fold / "oof" / f"{cd}.json").read_text())["box"]
@@ -210,6 +211,20 @@ def test_dataset_export_writes_images_labels_and_yaml(work, tmp_path):
     assert len(list((tmp_path / "images" / "train").glob("*.png"))) == len(range(0, vol.shape[0], 3))
     empty_labels = [p.read_text().splitlines() for p in (tmp_path / "labels" / "val").glob("*.txt")]
     assert empty_labels and all(lines and all(line.startswith("1 ") for line in lines) for lines in empty_labels)
+
+
+def test_a_kept_dataset_still_resolves_after_the_staging_folder_becomes_the_fold(work, tmp_path):
+    """--keep-dataset: data.yaml is written in fold0.staging/, renamed to fold0/ on commit; ultralytics
+    must then read the dataset where it now is."""
+    from ultralytics.data.utils import check_det_dataset  # after ultralytics_offline: never online
+
+    ultralytics_offline()
+    cache = VolumeCache(work / "cache")
+    export_dataset(cache, {"train": cache.case_days()[:1], "val": []}, tmp_path / "fold0.staging" / "dataset",
+                   StackSpec(3, 2), step=4)
+    (tmp_path / "fold0.staging").rename(tmp_path / "fold0")
+    data = check_det_dataset(str(tmp_path / "fold0" / "dataset" / "data.yaml"))
+    assert data["train"] == data["val"] == str((tmp_path / "fold0" / "dataset" / "images" / "train").resolve())
 
 
 @pytest.mark.parametrize("geometry", ["resize", "letterbox"])

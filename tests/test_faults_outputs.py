@@ -29,7 +29,7 @@ from test_faults import (  # noqa: F401  (base and world are fixtures)
 )
 
 from src import kernel, make_folds, pipeline, predict, prepare, report, score, submit, train
-from src.core.artifacts import PredictionDir
+from src.core.artifacts import REPORT_MARKER, REPORT_PAGE, PredictionDir
 from src.core.errors import run_cli
 
 DEEP = 100_000  # deeper than the parsers' recursion limit
@@ -97,7 +97,7 @@ CASES = [
          "exists and is not a report", lambda w: "--out", untouched=lambda w: sentinel(w.root / "mine")),
     Case("report: --out is an index.html without the marker", report.main, lambda w: _report_args(w, w.root / "site"),
          "exists and is not a report", lambda w: "--out",
-         setup=lambda w: (w.root / "site").mkdir() or (w.root / "site" / "index.html").write_text("<html>"),
+         setup=lambda w: (w.root / "site").mkdir() or (w.root / "site" / REPORT_PAGE).write_text("<html>"),
          untouched=lambda w: sentinel(w.root / "site")),
     Case("report: --out is the run", report.main, lambda w: _report_args(w, w.runs / "unet"),
          "would overwrite the input", lambda w: "--out", untouched=lambda w: sentinel(w.runs / "unet")),
@@ -195,7 +195,7 @@ def test_rerunning_onto_its_own_output_works_and_spares_a_users_old_sibling(worl
     pred = world.root / "pred"
     for out, main, argv, own in (
             (pred, predict.main, _predict_args(world, "unet", "--out", str(pred)), "predict.json"),
-            (world.root / "rep", report.main, _report_args(world, world.root / "rep"), "report.json"),
+            (world.root / "rep", report.main, _report_args(world, world.root / "rep"), REPORT_MARKER),
             (world.root / "k", kernel.main, _kernel_args(world, world.root / "k"), "manifest.json")):
         kept = sentinel(out.with_name(out.name + ".old"))
         run_cli_ok(main, argv)
@@ -210,7 +210,7 @@ def test_rerunning_onto_its_own_output_works_and_spares_a_users_old_sibling(worl
 def test_an_empty_folder_is_a_valid_output(world):
     (world.root / "rep").mkdir()
     run_cli_ok(report.main, _report_args(world, world.root / "rep"))
-    assert (world.root / "rep" / "index.html").is_file()
+    assert (world.root / "rep" / REPORT_PAGE).is_file()
 
 
 def test_ctrl_c_is_one_line_exit_130_and_leaves_the_previous_prediction(world, capsys, monkeypatch):

@@ -34,6 +34,8 @@ from src.engine.config import Seg2DConfig
 from src.engine.fold_writer import Plan, plan_training
 from src.engine.seg2d import Seg2DTask
 from src.engine.trainer import Trainer, TrainingState
+from src.ensembling.submission import SubmitOptions
+from src.inference.predict import PredictOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 # a --device value and what is wrong with it (cuda:7: no CUDA here, or fewer than 8 GPUs)
@@ -119,6 +121,17 @@ def test_a_bad_device_is_one_line_before_anything(device, tmp_path, capsys):
         assert line.startswith((f"error: --device {device}: ", f"error: --device '{device}': "))
         assert BAD_DEVICES[device] in line, (module.__name__, line)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_options_check_the_device_name_and_leave_the_machine_to_the_command(monkeypatch):
+    """select_device runs once, at the start of predict_run / submit; the options only read the name."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert PredictOptions(run=Path("r"), device="cuda:7").device == "cuda:7"
+    assert SubmitOptions(ensemble=Path("e.json"), data_dir=Path("d"), device="cuda:7").device == "cuda:7"
+    for make in (lambda: PredictOptions(run=Path("r"), device="gpu0"),
+                 lambda: SubmitOptions(ensemble=Path("e.json"), data_dir=Path("d"), device="gpu0")):
+        with pytest.raises(DataError, match=f"--device gpu0: {DEVICE_NAMES}"):
+            make()
 
 
 def test_select_device_checks_the_index_against_the_machine(monkeypatch):

@@ -91,6 +91,28 @@ def test_cli_defaults_and_given_only():
     assert opts == Sample(run=Path("b"), size=5, lr=0.1)  # defaults, then the base, then the flags given
 
 
+def _pair(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise DataError(f"--pairs: expected K=V, got {text!r}")
+    return tuple(text.split("=", 1))
+
+
+@dataclass(frozen=True)
+class Parsed:
+    words: tuple[str, ...] = field(default=(), metadata={"parse": lambda text: tuple(text.split())})
+    pairs: tuple[tuple[str, str], ...] = field(default=(), metadata={"parse": _pair, "append": True, "metavar": "K=V"})
+
+
+def test_a_parse_converter_and_an_appended_flag():
+    """"parse" converts the flag's one token into any value; "append" repeats the flag, one element per use."""
+    opts = from_args(Parsed, parser_of(Parsed).parse_args(["--words", "a b", "--pairs", "x=1", "--pairs", "y=2=3"]))
+    assert opts == Parsed(words=("a", "b"), pairs=(("x", "1"), ("y", "2=3")))
+    assert from_args(Parsed, parser_of(Parsed).parse_args([])) == Parsed()  # the fields' defaults
+    assert actions(parser_of(Parsed))["pairs"].metavar == "K=V"
+    with pytest.raises(DataError, match=r"^--pairs: expected K=V, got 'z'$"):  # raised as it is, one line
+        parser_of(Parsed).parse_args(["--pairs", "z"])
+
+
 def test_dict_to_flags_round_trip():
     assert to_flags({"img_size": 128, "amp": False}) == ["--img-size", "128", "--no-amp"]
     assert to_flags({"tta": ("hflip", "vflip"), "gate": None, "sizes": ["64x64"]}) == ["--tta", "hflip,vflip",
@@ -122,19 +144,22 @@ def test_parse_flags_and_values_are_one_line_errors():
 
 # ---- every entry point ---------------------------------------------------------------------------------
 def _entry_points():
+    from src.data.preparation import PrepareOptions
     from src.engine.stages import get_stage, stage_names
     from src.ensembling.submission import SubmitOptions
     from src.ensembling.tune import TuneOptions
     from src.inference.predict import PredictOptions
+    from src.metrics.scoring import ScoreOptions
     from src.orchestration.recipes import PipelineOptions
     from src.reporting.options import ReportOptions
-
+    from src.research.ablation import AblationOptions
     from src.research.benchmark import BenchmarkOptions
     from src.research.pruning import PruneOptions
 
     points = [("predict", None, PredictOptions), ("ensemble", "tune", TuneOptions), ("submit", None, SubmitOptions),
               ("report", None, ReportOptions), ("pipeline", None, PipelineOptions),
-              ("benchmark", "models", BenchmarkOptions), ("prune", None, PruneOptions)]
+              ("benchmark", "models", BenchmarkOptions), ("prune", None, PruneOptions),
+              ("prepare", None, PrepareOptions), ("score", None, ScoreOptions), ("ablate", None, AblationOptions)]
     return points + [("train", stage, get_stage(stage).config) for stage in stage_names()]
 
 

@@ -7,6 +7,7 @@ import pytest
 from conftest import fit_until_killed
 
 import src.train
+from src.core.artifacts import REPORT_PAGE
 from src.core.errors import DataError
 from src.orchestration.recipes import load_recipe, plan
 from src.pipeline import main
@@ -200,7 +201,7 @@ def test_shortened_recipe_end_to_end_with_a_baseline(tmp_path, monkeypatch, caps
     assert sub[["id", "class"]].equals(sample[["id", "class"]])
     for name in ("sub", "base"):
         assert 0.0 <= json.loads((tmp_path / f"{name}.score.json").read_text())["score"] <= 1.0
-    assert (tmp_path / "report" / "index.html").exists()
+    assert (tmp_path / "report" / REPORT_PAGE).exists()
     table = (tmp_path / "runs" / "pipeline_full_results.txt").read_text()
     header, *lines = table.splitlines()
     assert header.split() == ["base", "full"] and any(line.startswith("test score") for line in lines)

@@ -18,6 +18,7 @@ from src.inference.tta import flip_volume, predict_tta
 from src.predict import main
 from src.train import main as train_main
 
+CPU = torch.device("cpu")
 RUNS = {"unet": ("seg2d", "unet_tiny", "01"), "fpn": ("seg2d", "fpn_tiny", "01"), "cls": ("cls", "cls_tiny", "0")}
 
 
@@ -92,7 +93,7 @@ def test_test_split_is_the_mean_of_the_fold_models(trained, tmp_path):
 def test_flip_tta_averages_flipped_predictions_and_is_flip_equivariant(trained):
     cache = VolumeCache(trained / "cache")
     vol = cache.load(cache.case_days("train")[0])
-    plain = RunPredictor(TrainedRun.load(trained / "runs" / "unet"), "0", "oof", (), "cpu")
+    plain = RunPredictor(TrainedRun.load(trained / "runs" / "unet"), "0", "oof", (), CPU)
     fold = plain.folds[0]
     direct = fold.predict(vol)
     mirrored = np.flip(fold.predict(flip_volume(vol, -1)), -1)
@@ -147,14 +148,14 @@ def test_batched_tta_equals_one_flip_after_the_other(trained):
     """TTA flips stacked into shared forward passes (the CUDA default) give the sequential result."""
     cache = VolumeCache(trained / "cache")
     vol = cache.load(cache.case_days("train")[0])
-    fold = RunPredictor(TrainedRun.load(trained / "runs" / "unet"), "0", "oof", (), "cpu").folds[0]
+    fold = RunPredictor(TrainedRun.load(trained / "runs" / "unet"), "0", "oof", (), CPU).folds[0]
     box = [4, 60, 6, 66]
     for tta in (("hflip",), ("hflip", "vflip")):
         for b in (None, box):
             sequential = predict_tta(fold, vol, tta, b, batch_size=3)
             batched = predict_tta(fold, vol, tta, b, batch_size=3, batched=True)
             np.testing.assert_allclose(batched, sequential, atol=1e-5)
-    predictor = RunPredictor(TrainedRun.load(trained / "runs" / "cls"), "0", "oof", ("hflip",), "cpu", batch_tta=True)
+    predictor = RunPredictor(TrainedRun.load(trained / "runs" / "cls"), "0", "oof", ("hflip",), CPU, batch_tta=True)
     np.testing.assert_allclose(predictor.predict(vol), RunPredictor(TrainedRun.load(trained / "runs" / "cls"), "0", "oof", ("hflip",),
-                                                                    "cpu").predict(vol), atol=1e-6)
+                                                                    CPU).predict(vol), atol=1e-6)
     assert not fold.autocast and not fold.offload and RunPredictor(TrainedRun.load(trained / "runs" / "unet"), "0").batch_tta is False

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from src.core.artifacts import REPORT_PAGE
 from src.core.atomic import save_npy_atomic
 from src.core.errors import DataError
 from src.data.layout import slice_id
@@ -244,7 +245,7 @@ def test_cli_writes_report(work, tmp_path, capsys):
     root, _, _, _ = work
     assert main(["--runs", str(root / "runs" / "gate"), "--cache-dir", str(root / "cache"),
                  "--out", str(tmp_path / "cli")]) == 0
-    assert "index.html" in capsys.readouterr().out and (tmp_path / "cli" / "index.html").exists()
+    assert REPORT_PAGE in capsys.readouterr().out and (tmp_path / "cli" / REPORT_PAGE).exists()
 
 
 def chromium(*args, tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.core.errors import DataError
+from src.core.errors import DataError, run_cli
 from src.data.folds import load_folds, make_folds
 from src.data.preparation import prepare
 from src.data.synthetic import generate
@@ -204,3 +204,29 @@ def test_grouped_splits_keep_cases_whole_and_bad_flags_are_errors(work):
     assert AblationOptions(base=(), vary=(("optimizer", ("sgd",)),)).vary  # the optimizer is a train flag
     with pytest.raises(DataError, match="--repeats"):
         AblationOptions(base=(), repeats=1)
+
+
+def test_ablate_flags_are_parsed_by_the_options_fields(capsys):
+    """--base is split as a shell would and --vary (repeatable) is read by parse_vary as the flags are
+    parsed (src.core.options: "parse", "append"); a bad value is one line and exit 2."""
+    from src import ablate
+    from src.core.options import from_args
+    from src.research.ablation import AblationOptions
+
+    def options(*argv: str) -> AblationOptions:
+        return from_args(AblationOptions, ablate.build_parser().parse_args(list(argv)))
+
+    opts = options("--base", "--lr 1e-3 --arch 'unet_classic_tiny'", "--vary", "lr=1e-2,1e-1",
+                   "--vary", "loss=bce:1,dice:1;tversky:1", "--repeats", "2")
+    assert opts.base == ("--lr", "1e-3", "--arch", "unet_classic_tiny") and opts.repeats == 2
+    assert opts.vary == (("lr", ("1e-2", "1e-1")), ("loss", ("bce:1,dice:1", "tversky:1")))
+    assert options("--base", "").vary == () and options("--base", "").out == "reports/ablation"
+    for argv, line in ((["--base", "--arch 'x"], "error: --base: No closing quotation"),
+                       (["--base", "--fold 1"], "error: --base: --fold is set by the ablation itself"),
+                       (["--base", "", "--vary", "lr"], "error: --vary: expected name=v1,v2, got 'lr'"),
+                       (["--base", "", "--vary", "lr="], "error: --vary: lr has no values")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(ablate.main, argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith(line), err

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from test_predict import build_trained_runs, one_thread  # noqa: F401  (runs built once per session)
 
 from src.bench.submit import generated_split
@@ -55,7 +56,7 @@ def test_submission_covers_the_sample_in_order_and_round_trips(work, tmp_path):
     assert sub[["id", "class"]].equals(sample[["id", "class"]]) and len(sub) > 0
     assert (sub["predicted"] != "").any()
     index = scan_split(root / "data", "test")
-    predictor = EnsemblePredictor(load_ensemble(ensemble), device="cpu")
+    predictor = EnsemblePredictor(load_ensemble(ensemble), device=torch.device("cpu"))
     rows = sub.set_index(["id", "class"])["predicted"]
     for _, group in index.groupby("case_day", sort=False):
         vol = read_volume(group)

@@ -11,7 +11,7 @@ from src import predict, submit
 from src.core.artifacts import FoldRecord, RunDir, fold_dir
 from src.core.errors import DataError, run_cli
 from src.data.volumes import default_cache_dir
-from src.ensembling.ensemble_file import load_ensemble
+from src.ensembling.ensemble_file import AuxiliaryRun, load_ensemble
 from src.inference.runs import TrainedRun
 from src.inference.settings import PredictSettings
 
@@ -102,14 +102,15 @@ def test_settings_round_trip_and_the_threshold_belongs_to_the_gate():
     ({"gate": "g", "gate_threshold": -1}, "gate-threshold -1"),
     ({"gate_threshold": 2}, "gate-threshold 2"),
     ({"gate_rule": "many"}, "expected PIXELS:PROB"),
-    ({"tta": "hflip"}, "'tta' must be a list"),
+    ({"tta": "hflip"}, "expected a list of flip names"),
+    ({"tta": [1]}, "expected a list of flip names"),
     ({"tta": ["spin"]}, "expected distinct names"),
     ({"sharpen": 1}, "unknown key"),
     ({"gate": 3}, "expected a non-empty text"),
     ([], "expected an object"),
 ])
 def test_bad_settings_name_their_source(value, message):
-    with pytest.raises(DataError, match=f"e.json runs\\[0\\].predict: .*{message}"):
+    with pytest.raises(DataError, match=f"e.json runs\\[0\\].predict(\\.tta)?: .*{message}"):
         PredictSettings.from_dict(value, "e.json runs[0].predict")
 
 
@@ -140,10 +141,25 @@ def test_a_run_used_only_as_a_members_gate_predicts_with_its_own_folds_and_tta(t
     assert ensemble.members[0].predict == PredictSettings(("hflip",), None, cls, 0.4)
 
 
+def test_an_auxiliary_runs_tta_is_read_from_its_manifest_by_the_one_tta_rule(tmp_path):
+    cls = TrainedRun.load(_fake_run(tmp_path, "cls", "cls"))
+    out = cls.dir.predictions("oof")
+    out.begin()
+    out.commit({"tta": ["vflip"]})
+    assert AuxiliaryRun.of(cls).tta == ("vflip",)
+    out.begin()
+    out.commit({"tta": "hflip"})
+    with pytest.raises(DataError, match=r"cls/pred_oof/predict.json.tta: expected a list of flip names, got 'hflip'"):
+        AuxiliaryRun.of(cls)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda r: r.update(version=1), "ensemble file version 1, this code reads 2: rebuild it with python -m src.ensemble tune"),
     (lambda r: r.update(auxiliary=[]), r"runs\[0\].predict.gate: run .* is not described under 'auxiliary'"),
     (lambda r: r["auxiliary"][0].update(stage="seg2d"), r"auxiliary\[0\].stage: a seg2d run predicts probabilities"),
+    (lambda r: r["auxiliary"][0].update(tta="hflip"), r"auxiliary\[0\].tta: expected a list of flip names"),
+    (lambda r: r["auxiliary"][0].update(tta=[1]), r"auxiliary\[0\].tta: expected a list of flip names"),
+    (lambda r: r["auxiliary"][0].update(tta=["spin"]), r"auxiliary\[0\].tta: --tta spin: expected distinct names"),
     (lambda r: r.update(crop=r["auxiliary"][0]["path"]), "crop: .* is a cls run, expected one that predicts box"),
     (lambda r: r["runs"][0].update(predict="fast"), r"runs\[0\].predict: expected an object"),
     (lambda r: r["runs"][0].update(folds=3), r"runs\[0\].folds: expected a list of fold names"),

@@ -103,7 +103,7 @@ def time_run(use: RunUse, vol: CaseDay, device: str, repeats: int, fold_sample: 
              target_slices: int, **precision) -> tuple[float, int, float]:
     """(median seconds for one case-day with all the run's folds, fold count, depth scale to the
     real case-day)."""
-    predictor = RunPredictor(TrainedRun.load(use.path), use.folds, "test", use.tta, device, **precision)
+    predictor = RunPredictor(TrainedRun.load(use.path), use.folds, "test", use.tta, torch.device(device), **precision)
     n_folds = len(predictor.folds)
     scale = depth_scale(predictor.folds[0].task.cfg, vol.shape[0], target_slices)
     if fold_sample and fold_sample < n_folds:

@@ -16,6 +16,7 @@ No other module spells a file name of an artifact; they all read and write throu
         pred_<split>/                     PredictionDir: <case_day>.npy|.json, predict.json written last
     cache/<data>/<split>/<case_day>/      CaseDayFiles: image.npy, mask.npy, meta.json (last)
     ensemble.json                         EnsembleRecord (versioned)
+    reports/<name>/                       index.html (REPORT_PAGE), its PNG figures, report.json (REPORT_MARKER, last)
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ STAGING_SUFFIX = ".staging"  # a folder being written, beside the one it replace
 FOLD_LOCK_SUFFIX = ".lock"
 LAYOUT_VERSION = 1  # of fold configs and prediction manifests; a file without one is version 1
 PREDICTION_SUFFIXES = (".npy", ".json")  # probability arrays; a detector's box records
+REPORT_PAGE, REPORT_MARKER = "index.html", "report.json"  # a report folder: its page, and its marker (last)
 
 
 Prediction = np.ndarray | dict  # probabilities, or a detector's box record

@@ -17,12 +17,17 @@ def is_device_name(name: str) -> bool:
     return bool(match) and (match.group(2) is None or match.group(1) == "cuda")
 
 
+def check_device_name(name: str) -> str:
+    """`name` when it is a --device value, else a one-line DataError (the machine is not asked)."""
+    if not is_device_name(name):
+        raise DataError(f"--device {name}: {DEVICE_NAMES}")
+    return name
+
+
 def select_device(name: str) -> torch.device:
     """The torch device a --device value names: `auto` is CUDA when there is one, else the CPU.
     A value this machine cannot run (no such device, unknown name) is a one-line DataError."""
-    if not is_device_name(name):
-        raise DataError(f"--device {name}: {DEVICE_NAMES}")
-    kind, index = DEVICE_RE.match(name).groups()
+    kind, index = DEVICE_RE.match(check_device_name(name)).groups()
     if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda":

@@ -4,9 +4,10 @@ A field `img_size: int = field(default=256, metadata={"help": "..."})` is the fl
 by its annotation: int, float, str, Path, bool (`--x` when it defaults to False, else `--x/--no-x`),
 optional (`X | None`), tuples (one token, comma-separated; "none" is the empty tuple). Metadata may
 add "help" (inherited from a base class's field of the same name), "choices", "metavar",
-"nargs": "+" (a tuple as one token per element), "positional", and "flag" (a name other than the
-field's). The entry point builds its options from the parsed flags by keyword (`from_args`);
-`to_flags` turns an options dict back into flags.
+"nargs": "+" (a tuple as one token per element), "append": True (a tuple of one element per use of
+the repeated flag), "parse" (the converter of a token, raising DataError, for a value its annotation
+does not type), "positional", and "flag" (a name other than the field's). The entry point builds its
+options from the parsed flags by keyword (`from_args`); `to_flags` turns an options dict back into flags.
 """
 from __future__ import annotations
 
@@ -82,6 +83,8 @@ def _boolean(text: str) -> bool:
 
 
 def _converter(cls: type, name: str):
+    if "parse" in cls.__dataclass_fields__[name].metadata:
+        return cls.__dataclass_fields__[name].metadata["parse"]
     kind, element = _kind(cls, name)
     if kind is tuple:
         return _tuple_of(element, cls.__dataclass_fields__[name].metadata.get("flag", flag(name)))
@@ -94,17 +97,22 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, defaults: dict[
     with `given_only` every flag defaults to None (only the flags given override, see `from_args`),
     its help naming the field's default, and a bool is always `--x/--no-x`."""
     for f in dataclasses.fields(cls):
-        meta, (kind, element) = f.metadata, _kind(cls, f.name)
+        meta = f.metadata
+        kind, element = (None, None) if "parse" in meta else _kind(cls, f.name)
         help_text = _help(cls, f.name)
         default = (defaults or {}).get(f.name, _default(f)) if _has_default(f) else None
         if given_only:
             help_text = f"{help_text + ' ' if help_text else ''}(default: {default})"
-        kwargs: dict[str, Any] = {"help": help_text, "default": None if given_only else default}
+        # an appended flag starts from None (argparse appends to its default): `from_args` keeps the field's
+        kwargs: dict[str, Any] = {"help": help_text, "default": None if given_only or meta.get("append") else default}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction if given_only or default else "store_true"
         else:
-            kwargs["type"] = element if meta.get("nargs") else _converter(cls, f.name)
+            one_per_token = element is not None and (meta.get("nargs") or meta.get("append"))
+            kwargs["type"] = element if one_per_token else _converter(cls, f.name)
             kwargs.update({k: meta[k] for k in ("choices", "metavar", "nargs") if k in meta})
+            if meta.get("append"):
+                kwargs["action"] = "append"
         if meta.get("positional"):
             parser.add_argument(f.name, **kwargs)
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import stat
 import struct
+from dataclasses import field
 from pathlib import Path
 
 import cv2
@@ -24,6 +25,19 @@ ID_RE = re.compile(r"^(case(\d+)_day(\d+))_slice_(\d{4})$")
 INDEX_COLUMNS = ["id", "case", "day", "case_day", "slice", "width", "height", "sx", "sy", "path"]
 MAX_IMAGE_PIXELS = 4096 * 4096  # per slice, checked on the name and the PNG header before decoding
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def max_image_pixels_field():
+    """`--max-image-pixels` of every command that reads slices (prepare, submit, score): the cap of scan_split."""
+    return field(default=MAX_IMAGE_PIXELS, metadata={
+        "help": f"refuse a slice of more pixels, from its name and PNG header before decoding "
+                f"(default {MAX_IMAGE_PIXELS} = 4096 x 4096)"})
+
+
+def check_max_pixels(max_pixels: int) -> None:
+    """A DataError unless the --max-image-pixels cap is at least one pixel."""
+    if max_pixels < 1:
+        raise DataError(f"--max-image-pixels {max_pixels}: must be at least 1")
 
 
 def slice_id(case_day: str, slice_number: int) -> str:
@@ -47,6 +61,7 @@ def scan_split(data_dir: str | Path, split: str = "train", max_pixels: int = MAX
     name gives more than `max_pixels` pixels, a case-day whose slices differ in size or spacing, a
     duplicated or missing slice number.
     """
+    check_max_pixels(max_pixels)
     root = Path(data_dir) / split
     rows = []
     if root.is_dir():

@@ -13,7 +13,7 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,9 @@ from src.data.layout import (
     CASE_DAY_RE,
     MAX_IMAGE_PIXELS,
     check_labels_match_images,
+    check_max_pixels,
     masks_for_case_day,
+    max_image_pixels_field,
     read_labels,
     read_slice,
     scan_split,
@@ -40,6 +42,17 @@ from src.data.volumes import (
 
 SPLITS = ("train", "test")
 CACHE_VERSION = 2  # bump when the cached arrays or meta change meaning: every case-day is rewritten
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What `python -m src.prepare` was asked."""
+
+    data_dir: Path = field(metadata={"help": "dataset root (train/, train.csv, test/)"})
+    cache_dir: Path | None = field(default=None, metadata={"help": "cache root (default: cache/<data folder name>)"})
+    split: str = field(default="train", metadata={"choices": (*SPLITS, "all"), "help": "which split to cache"})
+    workers: int = field(default=2, metadata={"help": "case-days read in parallel (default 2)"})
+    max_image_pixels: int = max_image_pixels_field()
 
 
 @dataclass(frozen=True)
@@ -81,8 +94,7 @@ def prepare(data_dir: str | Path, cache_dir: str | Path | None = None, split: st
         raise DataError(f"unknown split {split!r} (expected train, test or all)")
     if workers < 1:
         raise DataError(f"--workers must be at least 1, got {workers}")
-    if max_pixels < 1:
-        raise DataError(f"--max-image-pixels {max_pixels}: must be at least 1")
+    check_max_pixels(max_pixels)  # before the cache folder is made
     cache_dir = ensure_folder(Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir))
     counts: Counter[str] = Counter()
     for name in SPLITS if split == "all" else (split,):

@@ -86,7 +86,9 @@ def slice_boxes(mask: np.ndarray, image: np.ndarray) -> list[tuple[int, Box]]:
 def export_dataset(cache: VolumeCache, splits: dict[str, list[str]], folder: Path, spec: StackSpec,
                    step: int) -> Path:
     """Write images/<split>/*.png, labels/<split>/*.txt and data.yaml (last); return data.yaml.
-    An empty validation split validates on the training images (fold "all")."""
+    An empty validation split validates on the training images (fold "all"). data.yaml names no `path`:
+    ultralytics takes the yaml's folder as the root, so a kept dataset (--keep-dataset) stays valid
+    when fold<k>.staging/ becomes fold<k>/."""
     for split, case_days in splits.items():
         for cd in case_days:
             vol = cache.load(cd)
@@ -100,7 +102,7 @@ def export_dataset(cache: VolumeCache, splits: dict[str, list[str]], folder: Pat
                     if not cv2.imwrite(str(tmp), image):
                         raise DataError(f"{tmp}: cannot write the detector image")
                 write_text_atomic(folder / "labels" / split / f"{stem}.txt", "".join(f"{line}\n" for line in lines))
-    data = {"path": str(folder.resolve()), "train": "images/train",
+    data = {"train": "images/train",
             "val": "images/val" if splits.get("val") else "images/train", "names": dict(enumerate(DET_CLASSES))}
     write_text_atomic(folder / "data.yaml", yaml.safe_dump(data, sort_keys=False))
     return folder / "data.yaml"
@@ -215,7 +217,7 @@ def train_yolo(cfg: DetConfig, data_yaml: Path, fold: FoldDir, device: torch.dev
     shutil.rmtree(fold.yolo_dir, ignore_errors=True)
     with keep_torch_state():
         model = ultralytics.YOLO(yolo_yaml(cfg.arch), task="detect")
-        model.train(data=str(data_yaml), epochs=cfg.epochs, imgsz=cfg.img_size, batch=cfg.batch_size,
+        model.train(data=str(data_yaml.resolve()), epochs=cfg.epochs, imgsz=cfg.img_size, batch=cfg.batch_size,
                     device=yolo_device(device), seed=cfg.seed, deterministic=True, workers=cfg.workers,
                     amp=False, project=str(fold.path.resolve()), name=fold.yolo_dir.name, exist_ok=True,
                     plots=False, val=True, pretrained=False, optimizer="AdamW", lr0=cfg.lr,

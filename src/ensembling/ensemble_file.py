@@ -21,8 +21,7 @@ from src.core.errors import DataError
 from src.engine.stages import get_stage
 from src.ensembling.params import GROUPS, EnsembleParams
 from src.inference.runs import TrainedRun
-from src.inference.settings import PredictSettings
-from src.inference.tta import parse_tta
+from src.inference.settings import PredictSettings, read_tta
 
 
 def _text(value, where: str) -> str:
@@ -72,7 +71,8 @@ class AuxiliaryRun:
     def of(cls, run: TrainedRun) -> AuxiliaryRun:
         """As its saved out-of-fold predictions were made (their TTA; every numbered fold)."""
         manifest = run.manifest("oof") or {}
-        return cls(str(run.path), run.stage.name, tuple(run.numbered_folds), parse_tta(manifest.get("tta", ())))
+        return cls(str(run.path), run.stage.name, tuple(run.numbered_folds),
+                   read_tta(manifest.get("tta"), f"{run.dir.predictions('oof').manifest_path}.tta"))
 
     @property
     def output(self) -> str:
@@ -84,15 +84,8 @@ class AuxiliaryRun:
     @classmethod
     def from_dict(cls, value, where: str) -> AuxiliaryRun:
         value = _object(value, where, ("path", "stage", "folds", "tta"))
-        tta = value["tta"]
-        if not isinstance(tta, list):
-            raise DataError(f"{where}.tta: expected a list of flip names")
-        try:
-            tta = parse_tta(tuple(tta))
-        except DataError as exc:
-            raise DataError(f"{where}.tta: {exc}") from None
         return cls(_text(value["path"], f"{where}.path"), _stage(value["stage"], f"{where}.stage", ("presence", "box")),
-                   _folds(value["folds"], f"{where}.folds"), tta)
+                   _folds(value["folds"], f"{where}.folds"), read_tta(value["tta"], f"{where}.tta"))
 
 
 @dataclass(frozen=True)

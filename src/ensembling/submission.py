@@ -20,14 +20,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from src.core.atomic import atomic_path, check_writable
-from src.core.device import select_device
+from src.core.device import check_device_name, select_device
 from src.core.errors import DataError
 from src.core.ids import CLASSES
 from src.core.outputs import check_output
 from src.data import rle
-from src.data.layout import check_id_class_rows, read_csv_text, read_slice, scan_split
+from src.data.layout import (
+    check_id_class_rows,
+    max_image_pixels_field,
+    read_csv_text,
+    read_slice,
+    scan_split,
+)
 from src.data.volumes import CaseDay
 from src.ensembling.ensemble_file import Ensemble, load_ensemble
 from src.ensembling.postprocess import apply_ensemble
@@ -46,9 +53,9 @@ def read_volume(rows: pd.DataFrame) -> CaseDay:
     return CaseDay(first["case_day"], tuple(rows["id"]), image, None)
 
 
-def pseudo_test_index(data_dir: Path, n: int) -> pd.DataFrame:
+def pseudo_test_index(data_dir: Path, n: int, max_pixels: int) -> pd.DataFrame:
     """The slices of the first n train case-days, standing in for an empty test split."""
-    index = scan_split(data_dir, "train")
+    index = scan_split(data_dir, "train", max_pixels)
     if index.empty:
         raise DataError(f"{data_dir / 'train'}: no train case-days to fall back on")
     keep = list(dict.fromkeys(index["case_day"]))[:n]
@@ -59,7 +66,7 @@ def pseudo_test_index(data_dir: Path, n: int) -> pd.DataFrame:
 class EnsemblePredictor:
     """Loads every run the ensemble needs once (`Ensemble.run_uses`); masks(vol) -> (Z, 3, H, W) bool."""
 
-    def __init__(self, ensemble: Ensemble, device: str = "auto", batch_size: int | None = None,
+    def __init__(self, ensemble: Ensemble, device: torch.device = torch.device("cpu"), batch_size: int | None = None,
                  runs_root: str | Path | None = None, allow_incomplete: bool = False):
         self.ensemble = ensemble
         self.runs_root = Path(runs_root) if runs_root else None
@@ -165,13 +172,14 @@ class SubmitOptions:
         "help": "find each run as <runs-root>/<run name> instead of its recorded path (e.g. in a kernel)"})
     allow_incomplete: bool = field(default=False, metadata={
         "help": "predict with folds without their done marker (killed or unfinished runs), with a warning"})
+    max_image_pixels: int = max_image_pixels_field()
 
     def __post_init__(self):
         if self.allow_train_fallback < 0:
             raise DataError(f"--allow-train-fallback {self.allow_train_fallback}: must be >= 0")
         if self.batch_size is not None and self.batch_size < 1:
             raise DataError(f"--batch-size {self.batch_size}: must be at least 1")
-        select_device(self.device)
+        check_device_name(self.device)
 
 
 def submit(opts: SubmitOptions) -> Path:
@@ -180,11 +188,12 @@ def submit(opts: SubmitOptions) -> Path:
     Returns `out`. An empty test/ (Kaggle's development phase) writes the sample submission with empty
     predictions; with no sample submission either, it is an error (or --allow-train-fallback).
     """
+    device = select_device(opts.device)  # before any work
     data_dir, out = Path(opts.data_dir), Path(opts.out)
     check_output(out, "--out", (opts.ensemble,), data_dir)
     ensemble = load_ensemble(opts.ensemble)
     check_writable(out)
-    index = scan_split(data_dir, "test")
+    index = scan_split(data_dir, "test", opts.max_image_pixels)
     sample = _read_sample(data_dir)
     if index.empty:
         if not opts.allow_train_fallback:
@@ -195,10 +204,10 @@ def submit(opts: SubmitOptions) -> Path:
             write_submission(pd.DataFrame({"id": sample["id"], "class": sample["class"], "predicted": ""}), out)
             print(f"submit: wrote the sample submission's {len(sample)} rows, empty, to {out}")
             return out
-        index, sample = pseudo_test_index(data_dir, opts.allow_train_fallback), None
+        index, sample = pseudo_test_index(data_dir, opts.allow_train_fallback, opts.max_image_pixels), None
         print(f"submit: test/ is empty; predicting {index['case_day'].nunique()} train case-days "
               "as a pseudo test split")
-    predictor = EnsemblePredictor(ensemble, opts.device, opts.batch_size, opts.runs_root, opts.allow_incomplete)
+    predictor = EnsemblePredictor(ensemble, device, opts.batch_size, opts.runs_root, opts.allow_incomplete)
     rows = []
     for _, group in index.groupby("case_day", sort=False):
         vol = read_volume(group)

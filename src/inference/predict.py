@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from src.core.artifacts import Prediction, PredictionDir
-from src.core.device import select_device
+from src.core.device import check_device_name, select_device
 from src.core.errors import DataError
 from src.core.outputs import check_output
 from src.data.preparation import prepare
@@ -28,19 +30,21 @@ SPLITS = ("oof", "test")
 
 
 class RunPredictor:
-    """The chosen fold models of one run, loaded once: predict(vol) is their mean, with flip TTA.
+    """The chosen fold models of one run, loaded once on `device` (resolved by `select_device`):
+    predict(vol) is their mean, with flip TTA.
 
     On CUDA, by default: fp16 autocast (`amp` None: each fold's config), the TTA flips batched into
     shared forward passes (`batch_tta`), and each fold's weights on the GPU only while it predicts
     (`offload`). On the CPU nothing of that changes a prediction: fp32, one flip after the other."""
 
     def __init__(self, run: TrainedRun, folds: str | list[str] | tuple[str, ...] | None = None, split: str = "test",
-                 tta=(), device: str = "auto", batch_size: int | None = None, cache_dir: str | Path = "cache",
+                 tta=(), device: torch.device = torch.device("cpu"), batch_size: int | None = None,
+                 cache_dir: str | Path = "cache",
                  amp: bool | None = None, batch_tta: bool | None = None, offload: bool | None = None):
         self.run = run
         self.tta = parse_tta(tta)
         self.batch_size = batch_size
-        self.device = select_device(device)
+        self.device = device
         cuda = self.device.type == "cuda"
         self.batch_tta = cuda if batch_tta is None else batch_tta
         self.folds = [FoldModel.load(info, self.device, Path(cache_dir), amp, cuda if offload is None else offload)
@@ -108,7 +112,7 @@ class PredictOptions:
         if self.batch_size is not None and self.batch_size < 1:
             raise DataError(f"--batch-size {self.batch_size}: must be at least 1")
         self.settings  # noqa: B018 - validates the gate threshold and rule now
-        select_device(self.device)
+        check_device_name(self.device)
 
     @property
     def settings(self) -> PredictSettings:
@@ -132,13 +136,14 @@ def split_case_days(split: str, folds: list[TrainedFold], cache: VolumeCache, da
 
 def predict_run(opts: PredictOptions) -> Path:
     """Predict a split with a run; write every case-day's prediction, then the manifest."""
+    device = select_device(opts.device)  # before any work
     run = TrainedRun.load(opts.run, opts.allow_incomplete)
     settings = opts.settings
     chosen = run.select(opts.folds, opts.split)
     cache_dir = run.cache_dir(opts.data_dir, opts.cache_dir)
     cache = VolumeCache(cache_dir)
     case_days = split_case_days(opts.split, chosen, cache, run.data_dir(opts.data_dir))
-    predictor = RunPredictor(run, [f.fold for f in chosen], opts.split, settings.tta, opts.device,
+    predictor = RunPredictor(run, [f.fold for f in chosen], opts.split, settings.tta, device,
                              opts.batch_size, cache_dir)
     saved = {path: TrainedRun.load(path, opts.allow_incomplete).predictions(opts.split, case_days)
              for path in settings.runs()}

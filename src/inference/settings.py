@@ -13,6 +13,18 @@ from src.inference.tta import parse_tta
 FIELDS = ("tta", "crop", "gate", "gate_threshold", "gate_rule")
 
 
+def read_tta(value, where: str) -> tuple[str, ...]:
+    """A TTA list read from a file (`where` names the file and key): distinct flip names; null is none."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(t, str) for t in value):
+        raise DataError(f"{where}: expected a list of flip names, got {value!r}")
+    try:
+        return parse_tta(tuple(value))
+    except DataError as exc:
+        raise DataError(f"{where}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class PredictSettings:
     """TTA flips; the detector run whose boxes crop the input; the classifier run whose presence
@@ -65,10 +77,8 @@ class PredictSettings:
         unknown = sorted(set(value) - set(FIELDS))
         if unknown:
             raise DataError(f"{source}: unknown key(s) {', '.join(unknown)} (known: {', '.join(FIELDS)})")
-        tta = value.get("tta") or ()
-        if not isinstance(tta, (list, tuple)) or not all(isinstance(t, str) for t in tta):
-            raise DataError(f"{source}: 'tta' must be a list of flip names")
+        tta = read_tta(value.get("tta"), f"{source}.tta")
         try:
-            return cls(**{**{k: value.get(k) for k in FIELDS}, "tta": tuple(tta)})
+            return cls(**{**{k: value.get(k) for k in FIELDS}, "tta": tta})
         except DataError as exc:
             raise DataError(f"{source}: {exc}") from None

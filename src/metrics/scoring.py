@@ -16,6 +16,7 @@ all-empty set gives it NaN while this applies `src.metrics.competition`'s empty-
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -24,21 +25,40 @@ import pandas as pd
 
 from src.core.errors import DataError
 from src.data.layout import (
+    MAX_IMAGE_PIXELS,
     check_labels_match_images,
     masks_for_case_day,
+    max_image_pixels_field,
     parse_id,
     read_labels,
     scan_split,
 )
-from src.metrics.competition import MetricResult, check_protocol, score_volumes
+from src.metrics.competition import PROTOCOLS, MetricResult, check_protocol, score_volumes
 
 SPLITS = ("test", "train")
 
 
-def _find_split(data_dir: Path, truth_ids: set[str], truth_csv: Path) -> tuple[str, pd.DataFrame]:
+@dataclass(frozen=True)
+class ScoreOptions:
+    """What `python -m src.score` was asked."""
+
+    data_dir: Path = field(metadata={"help": "dataset root in the Kaggle layout"})
+    truth: Path = field(metadata={"help": "truth CSV (segmentation or predicted column)"})
+    pred: Path = field(metadata={"help": "submission CSV (predicted column)"})
+    split: str | None = field(default=None, metadata={
+        "choices": SPLITS, "help": "image split (default: the one holding the truth's ids)"})
+    protocol: str = field(default="kaggle", metadata={"choices": PROTOCOLS})
+    per_case_day: Path | None = field(default=None, metadata={
+        "metavar": "OUT.csv", "help": "write the per-case-day table here"})
+    json: bool = field(default=False, metadata={"help": "print one JSON object instead of a table"})
+    summary: Path | None = field(default=None, metadata={"metavar": "OUT.json", "help": "also write the JSON object here"})
+    max_image_pixels: int = max_image_pixels_field()
+
+
+def _find_split(data_dir: Path, truth_ids: set[str], truth_csv: Path, max_pixels: int) -> tuple[str, pd.DataFrame]:
     """The split whose images include every truth id, with its index."""
     for split in SPLITS:
-        index = scan_split(data_dir, split)
+        index = scan_split(data_dir, split, max_pixels)
         if truth_ids <= set(index["id"]):
             return split, index
     example = min(truth_ids)
@@ -58,15 +78,15 @@ def _volumes(index: pd.DataFrame, truth: pd.DataFrame, pred: pd.DataFrame, truth
 
 
 def score_with_split(data_dir: Path, truth_csv: Path, pred_csv: Path, protocol: str,
-           split: str | None) -> tuple[MetricResult, str]:
+                     split: str | None, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[MetricResult, str]:
     check_protocol(protocol)
     truth, pred = read_labels(truth_csv), read_labels(pred_csv)
     if truth.empty:
         raise DataError(f"{truth_csv}: no rows to score")
     if split is None:
-        split, index = _find_split(data_dir, set(truth["id"]), truth_csv)
+        split, index = _find_split(data_dir, set(truth["id"]), truth_csv, max_pixels)
     else:
-        index = scan_split(data_dir, split)
+        index = scan_split(data_dir, split, max_pixels)
     orphans = sorted(set(pred["id"]) - set(index["id"]))
     if orphans:
         raise DataError(f"{pred_csv}: id {orphans[0]} has no image in {data_dir}/{split} ({len(orphans)} such ids)")

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from src.core.artifacts import fold_dir, read_ensemble
+from src.core.artifacts import REPORT_PAGE, fold_dir, read_ensemble
 from src.core.atomic import write_json_atomic, write_text_atomic
 from src.core.errors import DataError
 from src.core.options import to_flags
@@ -136,7 +136,7 @@ def _final_steps(recipe: Recipe, runs_dir: str) -> list[Step]:
         runs = [f"{runs_dir}/{m['name']}" for m in recipe.models]
         steps.append(Step("report", "src.report", ("--runs", *runs, "--ensemble", out.ensemble,
                                                    "--title", f"recipe {recipe.name}", "--out", out.report),
-                          (f"{out.report}/index.html",), (out.ensemble,)))
+                          (f"{out.report}/{REPORT_PAGE}",), (out.ensemble,)))
     return steps
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from src.core.artifacts import REPORT_MARKER, REPORT_PAGE
 from src.core.atomic import atomic_dir, write_json_atomic
 from src.core.outputs import check_output
 from src.data.volumes import VolumeCache
@@ -28,8 +29,6 @@ from src.reporting.options import ReportOptions
 from src.reporting.page import FigureWriter, render_page
 from src.reporting.scoring import summary_table
 from src.reporting.sections import RunSection, ensemble_section, run_section
-
-INDEX_FILE, MARKER_FILE = "index.html", "report.json"  # a report folder: its page, and its marker (last)
 
 
 @dataclass
@@ -43,7 +42,7 @@ def build_report(opts: ReportOptions) -> Report:
     """Write `out`/index.html, its PNG figures and the report marker (atomically, replacing only an
     earlier report); return what was computed."""
     runs, out, ensemble, cache_dir, data_dir = opts.runs, Path(opts.out), opts.ensemble, opts.cache_dir, opts.data_dir
-    check_output(out, "--out", (*runs, ensemble, cache_dir), data_dir, (INDEX_FILE, MARKER_FILE), "report")
+    check_output(out, "--out", (*runs, ensemble, cache_dir), data_dir, (REPORT_PAGE, REPORT_MARKER), "report")
     loaded = [TrainedRun.load(r, opts.allow_incomplete, require_weights=False) for r in runs]
     record = load_ensemble(ensemble).record if ensemble is not None else None
     title = opts.title or f"Run report: {', '.join(r.name for r in loaded)}"
@@ -53,7 +52,7 @@ def build_report(opts: ReportOptions) -> Report:
                     for i, run in enumerate(loaded, 1)]
         page = render_page(title=title, summary=summary_table(loaded), runs=sections,
                            ensemble=ensemble_section(Path(ensemble), record) if record is not None else None)
-        (folder / INDEX_FILE).write_text(page, encoding="utf-8")
-        write_json_atomic(folder / MARKER_FILE, {"title": title, "runs": [str(r) for r in runs],
+        (folder / REPORT_PAGE).write_text(page, encoding="utf-8")
+        write_json_atomic(folder / REPORT_MARKER, {"title": title, "runs": [str(r) for r in runs],
                                                  "ensemble": str(ensemble) if ensemble is not None else None})
-    return Report(out / INDEX_FILE, figures.names, sections)
+    return Report(out / REPORT_PAGE, figures.names, sections)

@@ -27,7 +27,8 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+import shlex
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -70,26 +71,48 @@ def parse_base(tokens: tuple[str, ...]):
 
 def varied(base, name: str, value: str):
     """The base config with the field of the flag `name` set to `value` (its text)."""
-    field = name.replace("-", "_")
-    if field in OWNED:
+    key = name.replace("-", "_")
+    if key in OWNED:
         raise DataError(f"--vary: {name} is set by the ablation itself")
-    if field not in {f.name for f in dataclasses.fields(base)}:
+    if key not in {f.name for f in dataclasses.fields(base)}:
         raise DataError(f"--vary: {name} is not a flag of python -m src.train (see its --help)")
     try:
-        return dataclasses.replace(base, **{field: parse_value(type(base), field, value)})
+        return dataclasses.replace(base, **{key: parse_value(type(base), key, value)})
     except DataError as exc:
         raise DataError(f"--vary: {exc}") from None
 
 
+def split_base(text: str) -> tuple[str, ...]:
+    """`--base "--arch A --epochs 2"` -> its tokens, quoted as a shell would."""
+    try:
+        return tuple(shlex.split(text))
+    except ValueError as exc:
+        raise DataError(f"--base: {exc}") from None
+
+
+def parse_vary(text: str) -> tuple[str, tuple[str, ...]]:
+    """`lr=1e-3,1e-2` -> ("lr", ("1e-3", "1e-2")); values holding commas are separated by `;` instead."""
+    if "=" not in text:
+        raise DataError(f"--vary: expected name=v1,v2, got {text!r}")
+    name, values = text.split("=", 1)
+    name = name.strip().removeprefix("--").replace("_", "-")
+    sep = ";" if ";" in values else ","
+    return name, tuple(v.strip() for v in values.split(sep) if v.strip())
+
+
 @dataclass(frozen=True)
 class AblationOptions:
-    base: tuple[str, ...]  # train arguments of the base (data, arch, size, epochs, ...)
-    vary: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (flag, values)
-    repeats: int = 3
-    split: str = "random"
+    """What `python -m src.ablate` was asked: the base's train arguments, the varied flags, the splits."""
+
+    base: tuple[str, ...] = field(metadata={
+        "parse": split_base, "help": 'train arguments of the base, one string: "--arch A --epochs 2"'})
+    vary: tuple[tuple[str, tuple[str, ...]], ...] = field(default=(), metadata={
+        "parse": parse_vary, "append": True, "metavar": "FLAG=V1,V2", "help": "a train flag and its values"})
+    repeats: int = field(default=3, metadata={"help": "seeded splits per variant"})
+    split: str = field(default="random", metadata={"help": "random (case-days) | grouped (by case)"})
     val_fraction: float = 0.2
-    seed: int = 0
-    confidence: float = 0.95
+    seed: int = field(default=0, metadata={"help": "split r is drawn with seed + r"})
+    confidence: float = field(default=0.95, metadata={"help": "of the paired intervals"})
     out: str = "reports/ablation"
 
     def __post_init__(self):
@@ -116,16 +139,6 @@ class AblationOptions:
 
         config = self.base_config
         return cache_dir_for(config.cache_dir, config.data_dir)
-
-
-def parse_vary(text: str) -> tuple[str, tuple[str, ...]]:
-    """`lr=1e-3,1e-2` -> ("lr", ("1e-3", "1e-2")); values holding commas are separated by `;` instead."""
-    if "=" not in text:
-        raise DataError(f"--vary: expected name=v1,v2, got {text!r}")
-    name, values = text.split("=", 1)
-    name = name.strip().removeprefix("--").replace("_", "-")
-    sep = ";" if ";" in values else ","
-    return name, tuple(v.strip() for v in values.split(sep) if v.strip())
 
 
 # ---- variants and splits ---------------------------------------------------------------------------
