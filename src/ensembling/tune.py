@@ -170,7 +170,8 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
         scores[contributions.KEY] = contributions.rows(
             ablated, scores["tuned_held_out"]["score"], [summary(aggregate(s))["score"] for s in without])
         untuned = [Candidate(choice.alone(n), single_model(plain, n), r, r) for n, r in zip(groups, singles)]
-        untuned.append(Candidate(choice.PLAIN, plain, plain_result, plain_result))
+        if len(groups) > 1:  # with one model, the plain mean is that model alone
+            untuned.append(Candidate(choice.PLAIN, plain, plain_result, plain_result))
         tuned = Candidate(choice.TUNED, found.params, tuned.in_sample, held_out_result)
         chosen, scores[choice.KEY] = choice.choose(untuned + [tuned], [case_day for case_day, _ in held_out])
     scores[choice.WRITTEN] = chosen.summary()
