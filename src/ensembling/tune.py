@@ -157,8 +157,7 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
         proxy_bytes, workers_peak = evaluator.nbytes(), evaluator.workers_peak_rss_gb()
         evaluations = evaluator.evaluations
     scores["tuned_in_sample"] = summary(aggregate(in_sample))
-    tuned = Candidate(choice.PLAIN if found.params == plain else choice.TUNED, found.params, aggregate(in_sample), None)
-    chosen = tuned
+    chosen = Candidate(choice.PLAIN if found.params == plain else choice.TUNED, found.params, aggregate(in_sample), None)
     if rest:
         held_out, *without = rest
         fold_of = {c.case_day: c.fold for c in evaluator.cases}
@@ -172,7 +171,7 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
         untuned = [Candidate(choice.alone(n), single_model(plain, n), r, r) for n, r in zip(groups, singles)]
         if len(groups) > 1:  # with one model, the plain mean is that model alone
             untuned.append(Candidate(choice.PLAIN, plain, plain_result, plain_result))
-        tuned = Candidate(choice.TUNED, found.params, tuned.in_sample, held_out_result)
+        tuned = Candidate(choice.TUNED, found.params, chosen.in_sample, held_out_result)
         chosen, scores[choice.KEY] = choice.choose(untuned + [tuned], [case_day for case_day, _ in held_out])
     scores[choice.WRITTEN] = chosen.summary()
     search = {"passes": found.passes, "min_gain": opts.min_gain, "se_factor": opts.se_factor,
@@ -188,11 +187,9 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
            "crop": crop.path if crop else None}
     params = chosen.params.only(chosen.params.used_models())  # what test time predicts: the models it weighs
     kept = [m for m in members if m.name in params.weights]
-    gate_used = gate if any(t > 0 for t in params.gate_threshold) else None
-    crop_used = crop if params.crop else None
-    auxiliary = [a for a in (gate_used, crop_used) if a] + [a for m, a in used if m in kept]
-    record = write_ensemble_file(opts.out, kept, auxiliary, gate_used, crop_used, params, scores=scores, oof=oof,
-                                 search=search)
+    gate, crop = (gate if any(t > 0 for t in params.gate_threshold) else None), (crop if params.crop else None)
+    auxiliary = [a for a in (gate, crop) if a] + [a for m, a in used if m in kept]
+    record = write_ensemble_file(opts.out, kept, auxiliary, gate, crop, params, scores=scores, oof=oof, search=search)
     log(score_table(record))
     if scores.get(contributions.KEY):
         log("\n" + contributions.table(scores[contributions.KEY]))
