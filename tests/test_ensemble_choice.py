@@ -70,6 +70,9 @@ def test_choose_writes_the_best_held_out_and_says_by_how_much():
     assert rows[choice.TUNED]["delta"] == 0 and all(r["delta"] < 0 for n, r in rows.items() if n != choice.TUNED)
     assert all(r["low"] <= r["score"] <= r["high"] and r["delta_low"] <= r["delta"] <= r["delta_high"]
                for r in rows.values())
+    assert choice.name_of(EnsembleParams.plain_mean(GROUPS2)) == choice.PLAIN
+    assert choice.name_of(EnsembleParams.alone(GROUPS2, "b")) == choice.alone("b") == "b alone @0.5"
+    assert choice.name_of(EnsembleParams.plain_mean(GROUPS2).replace_class("thresholds", 0, 0.4)) == choice.TUNED
     text = choice.table(record)
     assert "tuned ensemble" in text and text.count("<- written") == 1
     # a tie goes to the simpler candidate (listed first); only the given case-days are compared
@@ -101,7 +104,8 @@ def test_small_tuning_sets_share_values_across_classes():
     # member selection: a model can be dropped while another can blend alone
     drop_a = dict(shared)["model a"](plain)
     assert len(drop_a) == 1 and drop_a[0].used_models() == ["b"]
-    assert dict(shared)["model b"](drop_a[0]) == []
+    assert dict(shared)["model b"](drop_a[0]) == []  # b alone: it cannot be dropped too
+    assert dict(shared)["model a"](drop_a[0]) == [plain]  # a dropped model can join again
 
 
 def test_a_noise_member_is_dropped_and_the_written_ensemble_never_loses_to_the_good_one(fake, tmp_path, capsys):
@@ -125,16 +129,26 @@ def test_a_noise_member_is_dropped_and_the_written_ensemble_never_loses_to_the_g
     assert "final choice (held-out, 6 case-days)" in capsys.readouterr().out
 
 
-def test_nothing_kept_writes_the_plain_mean_without_an_unused_gate(fake, tmp_path):
+def test_nothing_kept_writes_the_best_model_alone_without_an_unused_gate(fake, tmp_path):
+    """The search starts from the best model alone; with a bar nothing clears, that is what is written
+    (named so), without the other model and without the gate it was given."""
     root, runs, _ = fake
     record = tune(TuneOptions(runs=[runs["sharp"], runs["soft"]], gate=runs["cls"], out=tmp_path / "e.json",
                               cache_dir=root / "cache", holdout_folds=(), passes=2, se_factor=1e9),
                   log=lambda line: None)
-    assert record["scores"]["written"] == {"name": choice.PLAIN, "in_sample": record["scores"]["plain_mean"],
-                                           "held_out": None}
-    assert record["gate"] is None and record["auxiliary"] == [] and len(record["runs"]) == 2
+    models = record["scores"]["models"]
+    best = max(models, key=lambda n: models[n]["score"])
+    assert record["scores"]["written"] == {"name": choice.alone(best), "in_sample": models[best], "held_out": None}
+    assert record["gate"] is None and record["auxiliary"] == [] and [r["name"] for r in record["runs"]] == [best]
     assert record["search"]["se_factor"] == 1e9 and record["search"]["per_class"] == {"option": "auto",
                                                                                        "in_sample": False}
+
+
+def test_no_search_writes_the_plain_mean(fake, tmp_path):
+    root, runs, _ = fake
+    record = tune(TuneOptions(runs=[runs["sharp"], runs["soft"]], out=tmp_path / "e.json", cache_dir=root / "cache",
+                              holdout_folds=(), passes=0), log=lambda line: None)
+    assert record["scores"]["written"]["name"] == choice.PLAIN and len(record["runs"]) == 2
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -161,3 +175,5 @@ def test_after_a_group_is_dropped_no_candidate_leaves_a_class_without_weight():
             for p in candidates(dropped):
                 assert p.used_models(), label  # raises if some class has no weight
         assert not any(candidates(dropped) for label, candidates in coords.items() if label.startswith("fusion"))
+        # the 3D model joins again with the fusion of the plain mean (without_model set it to 0)
+        assert dropped.fusion == (0.0,) * 3 and coords["model v"](dropped) == [EnsembleParams.plain_mean(groups)]

@@ -12,8 +12,8 @@ from src.ensembling.params import EnsembleParams
 from src.ensembling.postprocess import apply_ensemble
 from src.ensembling.search import (
     Evaluator,
-    SearchSpace,
     SearchRules,
+    SearchSpace,
     coordinate_descent,
     grid_params,
     make_case,

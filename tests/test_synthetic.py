@@ -14,7 +14,6 @@ from scipy import ndimage
 from src.core.errors import DataError, run_cli
 from src.core.ids import CLASSES
 from src.data import synthetic
-from src.data.synthetic import planning, writer
 from src.data.layout import (
     check_labels_match_images,
     masks_for_case_day,
@@ -22,6 +21,7 @@ from src.data.layout import (
     read_slice,
     scan_split,
 )
+from src.data.synthetic import planning, writer
 from src.make_synthetic import main
 
 SIZES = [(96, 80), (72, 88)]  # W x H, non-square so a swapped width/height shows

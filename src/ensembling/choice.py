@@ -30,6 +30,14 @@ def alone(name: str) -> str:
     return f"{name} alone @0.5"
 
 
+def name_of(params: EnsembleParams) -> str:
+    """The candidate name of parameters: a model alone, the plain mean, else the tuned ensemble."""
+    for name in params.groups:
+        if params == EnsembleParams.alone(params.groups, name):
+            return alone(name)
+    return PLAIN if params == EnsembleParams.plain_mean(params.groups) else TUNED
+
+
 @dataclass(frozen=True)
 class Candidate:
     """What could be written: its parameters, its score on the data it was tuned on and its held-out

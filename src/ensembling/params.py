@@ -82,6 +82,22 @@ class EnsembleParams:
         """Equal weights, 3D fusion 0.5, threshold 0.5, no gate and no clean-up."""
         return cls(weights={name: (1.0,) * N_CLASSES for name in groups}, groups=dict(groups))
 
+    @classmethod
+    def alone(cls, groups: dict[str, str], name: str) -> EnsembleParams:
+        """The plain mean with every weight but `name`'s zero: that model alone at threshold 0.5."""
+        return cls(weights={n: (1.0 if n == name else 0.0,) * N_CLASSES for n in groups}, groups=dict(groups))
+
+    def with_model(self, name: str) -> EnsembleParams:
+        """A copy with `name` weighted 1 in every class (added to a blend that left it out); where its
+        blend group had no weight in a class, the fusion of that class is reset to 0.5 (without_model's
+        inverse)."""
+        group = self.groups[name]
+        out = dataclasses.replace(self, weights={**self.weights, name: (1.0,) * N_CLASSES})
+        for c in range(N_CLASSES):
+            if not any(w[c] > 0 for n, w in self.weights.items() if self.groups[n] == group):
+                out = out.replace_class("fusion", c, 0.5)
+        return out
+
     def replace_class(self, field: str, c: int, value) -> EnsembleParams:
         """A copy with one class's entry of a per-class field changed."""
         values = list(getattr(self, field))

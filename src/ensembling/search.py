@@ -15,15 +15,16 @@ tuner searches on proxies and rescores its results exactly (src.ensembling.shard
 Blends, masks and Dice rows are kept per class, so a candidate re-runs only its class's
 post-processing, and the Hausdorff only for case-days whose masks changed.
 
-Search: coordinate descent over small candidate grids: first member selection (each model dropped in
-turn, while the others can blend alone), then in the order post-processing applies them: per-model
+Search: coordinate descent over small candidate grids: first member selection (each model added or
+dropped in turn, while the others can blend alone), then in the order post-processing applies them: per-model
 weights, 2.5D/3D fusion, thresholds, the gate (classifier threshold, or the pixel-count rule),
 detector crop on/off, minimum component size, z clean-up; each per class on tuning sets of at least
 PER_CLASS_MIN_CASE_DAYS case-days, one value shared by the classes below that (SearchSpace).
 Each coordinate tries all its values with the others fixed and keeps a value only if it raises the
 score by more than SearchRules' bar (min_gain, and a number of standard errors of the paired gain);
-passes repeat until one changes nothing (or `passes` is reached). The start is the plain mean (so
-the result is never below it on the tuning data).
+passes repeat until one changes nothing (or `passes` is reached). The result is never below its
+start on the tuning data: the tuner starts from the best model alone there, so that with the bar a
+model joins only when it clearly helps (forward selection), and the plain mean is the default start.
 """
 from __future__ import annotations
 
@@ -367,7 +368,7 @@ class SearchSpace:
         per_class = self.per_class != "no" if case_days is None else self.tunes_per_class(case_days)
         expand = (lambda k: k.per_class()) if per_class else (lambda k: k.shared())  # noqa: E731
         groups = list(self.groups.values())
-        coords = [(f"model {name}", _drop_candidates(name)) for name in self.groups] if len(groups) > 1 else []
+        coords = [(f"model {name}", _member_candidates(name)) for name in self.groups] if len(groups) > 1 else []
         for name, group in self.groups.items():
             if groups.count(group) > 1:
                 coords += expand(Coordinate(f"weight {name}", _weight_values(name),
@@ -396,11 +397,12 @@ def _field(name: str, values: tuple, label: str | None = None) -> Coordinate:
     return Coordinate(label or name, lambda p, c: list(values), lambda p, c, v: p.replace_class(name, c, v))
 
 
-def _drop_candidates(name: str) -> Callable[[EnsembleParams], list[EnsembleParams]]:
-    """Member selection: the parameters without `name` (while it has weight and the others can blend alone)."""
+def _member_candidates(name: str) -> Callable[[EnsembleParams], list[EnsembleParams]]:
+    """Member selection: the parameters without `name` while it has weight (and the others can blend
+    alone), with it (weight 1) while it has none."""
     def candidates(p: EnsembleParams) -> list[EnsembleParams]:
         if not any(w > 0 for w in p.weights[name]):
-            return []
+            return [p.with_model(name)]
         dropped = p.without_model(name)
         try:
             effective_weights(dropped, list(dropped.weights))
@@ -501,10 +503,11 @@ def _wins(result: MetricResult, best: MetricResult, gain: float, se_factor: floa
 
 
 def cross_tune(evaluator: Evaluator, space: SearchSpace, folds: list[int], rules: SearchRules = SearchRules(),
-               log: Callable[[str], None] | None = None) -> dict[int, EnsembleParams] | None:
-    """For each f in `folds`, the parameters tuned on the folds != f (to score fold f with: the held-out
-    estimate, which so includes every choice the search makes, member selection too); None with fewer
-    than two folds."""
+               log: Callable[[str], None] | None = None,
+               start: Callable[[list], EnsembleParams] | None = None) -> dict[int, EnsembleParams] | None:
+    """For each f in `folds`, the parameters tuned on the folds != f from start(those cases) (default
+    the plain mean): to score fold f with, the held-out estimate, which so includes every choice the
+    search makes, member selection and the start too; None with fewer than two folds."""
     all_folds = sorted({c.fold for c in evaluator.cases})
     folds = [f for f in folds if f in all_folds]
     if len(all_folds) < 2 or not folds:
@@ -514,7 +517,8 @@ def cross_tune(evaluator: Evaluator, space: SearchSpace, folds: list[int], rules
         if log:
             log(f"cross-tuning: held-out fold {f}")
         tune_on = [c for c in evaluator.cases if c.fold != f]
-        params_by_fold[f] = coordinate_descent(evaluator, space, tune_on, rules=rules, log=log).params
+        params_by_fold[f] = coordinate_descent(evaluator, space, tune_on, start(tune_on) if start else None, rules,
+                                               log).params
     return params_by_fold
 
 

@@ -26,7 +26,6 @@ import numpy as np
 
 from src.core.atomic import check_writable
 from src.core.errors import DataError
-from src.core.ids import CLASSES
 from src.ensembling import choice, contributions
 from src.ensembling.choice import Candidate
 from src.ensembling.ensemble_file import AuxiliaryRun, EnsembleMember, write_ensemble_file
@@ -34,6 +33,7 @@ from src.ensembling.oof import case_sources
 from src.ensembling.params import EnsembleParams
 from src.ensembling.search import PER_CLASS_MIN_CASE_DAYS, SearchRules, SearchSpace, coordinate_descent, cross_tune, summary
 from src.ensembling.shards import ShardedEvaluator, choose_stride
+from src.ensembling.uncertainty import score_over
 from src.inference.runs import TrainedRun
 from src.metrics.competition import aggregate
 
@@ -98,12 +98,6 @@ class TuneOptions:
 
 
 # ---- tuning ------------------------------------------------------------------------------------
-def single_model(params: EnsembleParams, name: str) -> EnsembleParams:
-    """The plain mean with every weight but `name`'s set to zero."""
-    weights = {n: ((1.0,) * len(CLASSES) if n == name else (0.0,) * len(CLASSES)) for n in params.weights}
-    return EnsembleParams(weights=weights, groups=params.groups)
-
-
 def _auxiliary_run(path: Path | str | None, output: str, flag: str, allow_incomplete: bool) -> TrainedRun | None:
     """A gate or crop run, loaded; its stage must predict `output`."""
     return TrainedRun.load(path, allow_incomplete).require(output, flag) if path else None
@@ -134,7 +128,7 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
     workers = min(opts.workers, len(sources))
     stride = opts.stride or choose_stride([s.shape for s in sources], len(members), opts.memory_gb, workers)
     plain = EnsembleParams.plain_mean(groups)
-    baseline = [single_model(plain, n) for n in groups] + [plain]
+    baseline = [EnsembleParams.alone(groups, n) for n in groups] + [plain]
     log(f"ensemble: search on proxies of stride {stride}, {workers} worker(s)")
     clock = Clock()
     with ShardedEvaluator(sources, stride, workers, baseline) as evaluator:
@@ -143,11 +137,19 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
         scores = {"models": {n: summary(r) for n, r in zip(groups, singles)}, "plain_mean": summary(plain_result)}
         space = SearchSpace.for_cases(evaluator.cases, groups, opts.per_class)
         rules = SearchRules(opts.passes, opts.min_gain, opts.se_factor, opts.screen)
+
+        def best_alone(cases) -> EnsembleParams:
+            """The search's start: the model that scores best alone on the tuning case-days (exact)."""
+            case_days = [c.case_day for c in cases]
+            return EnsembleParams.alone(groups, max(groups, key=lambda n: score_over(singles[list(groups).index(n)],
+                                                                                      case_days)))
+
+        start = best_alone if opts.passes else lambda cases: plain  # no search (--passes 0): the plain mean
         log("search on every OOF case-day:")
-        found = coordinate_descent(evaluator, space, rules=rules, log=log)
+        found = coordinate_descent(evaluator, space, start=start(evaluator.cases), rules=rules, log=log)
         clock.lap("search")
         folds = sorted({c.fold for c in evaluator.cases}) if opts.holdout_folds is None else list(opts.holdout_folds)
-        by_fold = cross_tune(evaluator, space, folds, rules=rules, log=log)
+        by_fold = cross_tune(evaluator, space, folds, rules=rules, log=log, start=start)
         clock.lap("held_out_search")
         log("ensemble: exact scores on the full volumes")
         ablated = contributions.ablations(by_fold, space.crop) if by_fold else []
@@ -157,7 +159,7 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
         proxy_bytes, workers_peak = evaluator.nbytes(), evaluator.workers_peak_rss_gb()
         evaluations = evaluator.evaluations
     scores["tuned_in_sample"] = summary(aggregate(in_sample))
-    chosen = Candidate(choice.PLAIN if found.params == plain else choice.TUNED, found.params, aggregate(in_sample), None)
+    chosen = Candidate(choice.name_of(found.params), found.params, aggregate(in_sample), None)
     if rest:
         held_out, *without = rest
         fold_of = {c.case_day: c.fold for c in evaluator.cases}
@@ -168,7 +170,7 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
         scores["gap"] = round(scores["tuned_in_sample"]["score"] - scores["tuned_held_out"]["score"], 6)
         scores[contributions.KEY] = contributions.rows(
             ablated, scores["tuned_held_out"]["score"], [summary(aggregate(s))["score"] for s in without])
-        untuned = [Candidate(choice.alone(n), single_model(plain, n), r, r) for n, r in zip(groups, singles)]
+        untuned = [Candidate(choice.alone(n), EnsembleParams.alone(groups, n), r, r) for n, r in zip(groups, singles)]
         if len(groups) > 1:  # with one model, the plain mean is that model alone
             untuned.append(Candidate(choice.PLAIN, plain, plain_result, plain_result))
         tuned = Candidate(choice.TUNED, found.params, chosen.in_sample, held_out_result)
