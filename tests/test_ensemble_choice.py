@@ -10,7 +10,7 @@ from src.ensembling import choice, contributions
 from src.ensembling.choice import Candidate, choose
 from src.ensembling.ensemble_file import load_ensemble
 from src.ensembling.params import EnsembleParams
-from src.ensembling.search import PER_CLASS_MIN_CASE_DAYS, SearchSpace, _wins, make_case
+from src.ensembling.search import SearchSpace, _wins, make_case
 from src.ensembling.tune import TuneOptions, tune
 from src.ensembling.uncertainty import CaseTerms, bootstrap, interval, paired_gain_se, score_over
 from src.metrics.competition import CaseDayScore, aggregate
@@ -83,16 +83,13 @@ def test_choose_writes_the_best_held_out_and_says_by_how_much():
         score_over(cands[0].held_out, part))
 
 
-def test_small_tuning_sets_share_values_across_classes():
+def test_classes_may_share_values_and_models_join_or_leave():
     rng = np.random.default_rng(3)
     truth = _blobs(rng)
     cases = [make_case("case1_day0", 0, {"a": _model_probs(truth, rng, 1.0, 1), "b": _model_probs(truth, rng, 2.0, 1)},
                        truth)]
-    space = SearchSpace.for_cases(cases, GROUPS2)
-    assert not space.tunes_per_class(PER_CLASS_MIN_CASE_DAYS - 1) and space.tunes_per_class(PER_CLASS_MIN_CASE_DAYS)
-    assert SearchSpace.for_cases(cases, GROUPS2, "yes").tunes_per_class(1)
-    assert not SearchSpace.for_cases(cases, GROUPS2, "no").tunes_per_class(10**6)
-    shared, per_class = space.coordinates(10), space.coordinates(PER_CLASS_MIN_CASE_DAYS)
+    shared = SearchSpace.for_cases(cases, GROUPS2, per_class=False).coordinates()
+    per_class = SearchSpace.for_cases(cases, GROUPS2).coordinates()
     labels = [label for label, _ in shared]
     assert labels[:2] == ["model a", "model b"] and "threshold" in labels and "threshold c0" not in labels
     assert len(per_class) - 2 > 2 * (len(shared) - 2)  # a third of the class-wise coordinates, plus members
@@ -140,8 +137,7 @@ def test_nothing_kept_writes_the_best_model_alone_without_an_unused_gate(fake, t
     best = max(models, key=lambda n: models[n]["score"])
     assert record["scores"]["written"] == {"name": choice.alone(best), "in_sample": models[best], "held_out": None}
     assert record["gate"] is None and record["auxiliary"] == [] and [r["name"] for r in record["runs"]] == [best]
-    assert record["search"]["se_factor"] == 1e9 and record["search"]["per_class"] == {"option": "auto",
-                                                                                       "in_sample": False}
+    assert record["search"]["se_factor"] == 1e9 and record["search"]["per_class"] is True
 
 
 def test_no_search_writes_the_plain_mean(fake, tmp_path):
@@ -154,7 +150,6 @@ def test_no_search_writes_the_plain_mean(fake, tmp_path):
 @pytest.mark.parametrize("field, value, message", [
     ("se_factor", -1.0, "--se-factor -1.0: must be a number >= 0"),
     ("se_factor", float("nan"), "--se-factor nan"),
-    ("per_class", "maybe", "--per-class 'maybe': expected auto, yes or no"),
 ])
 def test_bad_selection_options(field, value, message):
     with pytest.raises(DataError, match=message):
@@ -166,9 +161,8 @@ def test_after_a_group_is_dropped_no_candidate_leaves_a_class_without_weight():
     truth = _blobs(rng)
     groups = {"a": "2d", "v": "3d"}
     cases = [make_case("case1_day0", 0, {n: _model_probs(truth, rng, 1.0, 1) for n in groups}, truth)]
-    space = SearchSpace.for_cases(cases, groups)
-    for case_days in (10, PER_CLASS_MIN_CASE_DAYS):
-        coords = dict(space.coordinates(case_days))
+    for per_class in (False, True):
+        coords = dict(SearchSpace.for_cases(cases, groups, per_class=per_class).coordinates())
         dropped = coords["model v"](EnsembleParams.plain_mean(groups))[0]
         assert dropped.used_models() == ["a"]
         for label, candidates in coords.items():

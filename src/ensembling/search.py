@@ -18,8 +18,8 @@ post-processing, and the Hausdorff only for case-days whose masks changed.
 Search: coordinate descent over small candidate grids: first member selection (each model added or
 dropped in turn, while the others can blend alone), then in the order post-processing applies them: per-model
 weights, 2.5D/3D fusion, thresholds, the gate (classifier threshold, or the pixel-count rule),
-detector crop on/off, minimum component size, z clean-up; each per class on tuning sets of at least
-PER_CLASS_MIN_CASE_DAYS case-days, one value shared by the classes below that (SearchSpace).
+detector crop on/off, minimum component size, z clean-up; each per class, or one value shared by
+the classes (SearchSpace.per_class).
 Each coordinate tries all its values with the others fixed and keeps a value only if it raises the
 score by more than SearchRules' bar (min_gain, and a number of standard errors of the paired gain);
 passes repeat until one changes nothing (or `passes` is reached). The result is never below its
@@ -299,9 +299,6 @@ class Evaluator:
         return aggregate(self.case_scores(params, cases))
 
 
-PER_CLASS_MIN_CASE_DAYS = 64  # tuning sets smaller than this share every per-class value across classes
-
-
 @dataclass(frozen=True)
 class Coordinate:
     """One parameter of the search: its candidate values for class c given the current parameters, and
@@ -338,35 +335,28 @@ class SearchSpace:
     (else the pixel rule), the crop when boxes exist; pixel counts and component sizes scale with the
     median slice area of the data.
 
-    `per_class` "auto" tunes a value per class only on tuning sets of at least PER_CLASS_MIN_CASE_DAYS
-    case-days and shares one value across the classes below that: a third of the free parameters where
-    there is too little data to tell the classes' optima from noise (on the demo's 17 OOF case-days,
-    per-class values lost held out what they won in-sample)."""
+    `per_class` False shares one value across the classes for each per-class coordinate: a third of
+    the free parameters (measured on the demo's and the smoke recipe's OOF, it lost held out to per
+    class values under the standard-error bar, so it is an option, not the default)."""
 
     groups: dict[str, str]
     slice_area: float
     classifier: bool = False
     crop: bool = False
-    per_class: str = "auto"  # "auto" | "yes" | "no"
+    per_class: bool = True
 
     @classmethod
-    def for_cases(cls, cases: list[OOFCase], groups: dict[str, str], per_class: str = "auto") -> SearchSpace:
+    def for_cases(cls, cases: list[OOFCase], groups: dict[str, str], per_class: bool = True) -> SearchSpace:
         area = float(np.median([c.shape[2] * c.shape[3] for c in cases]))
         return cls(dict(groups), area, classifier=all(c.has_gate for c in cases), crop=all(c.has_box for c in cases),
                    per_class=per_class)
 
-    def tunes_per_class(self, case_days: int) -> bool:
-        """Whether a tuning set of `case_days` gets a value per class."""
-        return self.per_class == "yes" or (self.per_class == "auto" and case_days >= PER_CLASS_MIN_CASE_DAYS)
-
     def _counts(self, fractions) -> tuple[int, ...]:
         return tuple(sorted({max(1, round(f * self.slice_area)) for f in fractions}))
 
-    def coordinates(self, case_days: int | None = None) -> list[tuple[str, Callable[[EnsembleParams], list[EnsembleParams]]]]:
-        """(label, params -> candidate params) in search order (members first, then post-processing's
-        order), for a tuning set of `case_days` (None: per class unless per_class is "no")."""
-        per_class = self.per_class != "no" if case_days is None else self.tunes_per_class(case_days)
-        expand = (lambda k: k.per_class()) if per_class else (lambda k: k.shared())  # noqa: E731
+    def coordinates(self) -> list[tuple[str, Callable[[EnsembleParams], list[EnsembleParams]]]]:
+        """(label, params -> candidate params) in search order (members first, then post-processing's)."""
+        expand = (lambda k: k.per_class()) if self.per_class else (lambda k: k.shared())  # noqa: E731
         groups = list(self.groups.values())
         coords = [(f"model {name}", _member_candidates(name)) for name in self.groups] if len(groups) > 1 else []
         for name, group in self.groups.items():
@@ -471,7 +461,7 @@ def coordinate_descent(evaluator: Evaluator, space: SearchSpace, cases: list[OOF
     best_result = evaluator.score(best, chosen)
     best_on_sample = evaluator.score(best, sample).score if sample is not None else None
     evaluations, done = 1 + (sample is not None), 0  # this search's own count, for the log
-    coordinates = space.coordinates(len(chosen))
+    coordinates = space.coordinates()
     for done in range(1, rules.passes + 1):
         improved = False
         for _, candidates in coordinates:

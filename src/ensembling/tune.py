@@ -5,7 +5,7 @@ training-time OOF) and the truth from the cache, one case-day at a time, into pr
 `memory_gb` (src.ensembling.shards), then searches by coordinate descent (src.ensembling.search):
 which models take part, blend weights, the 2.5D/3D fusion weight, thresholds, the gate (the
 classifier's presence threshold with a gate run, else the pixel-count rule), minimum 3D component
-sizes and the z clean-up; per class on large tuning sets, shared by the classes on small ones; a
+sizes and the z clean-up (per class, or shared by the classes); a
 change kept only when its gain clears min_gain and se_factor standard errors. It estimates the
 held-out score by cross-tuning (for each fold f, tune on the other folds and score fold f), scores
 each component removed in turn from every fold's parameters (src.ensembling.contributions: what it
@@ -31,7 +31,7 @@ from src.ensembling.choice import Candidate
 from src.ensembling.ensemble_file import AuxiliaryRun, EnsembleMember, write_ensemble_file
 from src.ensembling.oof import case_sources
 from src.ensembling.params import EnsembleParams
-from src.ensembling.search import PER_CLASS_MIN_CASE_DAYS, SearchRules, SearchSpace, coordinate_descent, cross_tune, summary
+from src.ensembling.search import SearchRules, SearchSpace, coordinate_descent, cross_tune, summary
 from src.ensembling.shards import ShardedEvaluator, choose_stride
 from src.ensembling.uncertainty import score_over
 from src.inference.runs import TrainedRun
@@ -57,10 +57,9 @@ class TuneOptions:
     se_factor: float = field(default=1.0, metadata={
         "help": "keep a change only if its gain is above this many bootstrap standard errors of the paired "
                 "gain over the tuning case-days (default 1; 0: off)"})
-    per_class: str = field(default="auto", metadata={
-        "choices": ("auto", "yes", "no"),
-        "help": f"a value per class for weights, fusion, thresholds, gate, sizes and z clean-up (auto: on tuning "
-                f"sets of at least {PER_CLASS_MIN_CASE_DAYS} case-days, else one value for every class)"})
+    per_class: bool = field(default=True, metadata={
+        "help": "a value per class for weights, fusion, thresholds, gate, sizes and z clean-up (--no-per-class: "
+                "one value shared by the classes)"})
     workers: int = field(default=1, metadata={
         "help": "processes, each holding a shard of the case-days (default: CPU count, at most 8)"})
     memory_gb: float = field(default=8.0, metadata={
@@ -85,8 +84,6 @@ class TuneOptions:
             raise DataError(f"--min-gain {self.min_gain}: must be a number >= 0")
         if not np.isfinite(self.se_factor) or self.se_factor < 0:
             raise DataError(f"--se-factor {self.se_factor}: must be a number >= 0")
-        if self.per_class not in ("auto", "yes", "no"):
-            raise DataError(f"--per-class {self.per_class!r}: expected auto, yes or no")
         if self.workers < 1:
             raise DataError(f"--workers {self.workers}: must be at least 1")
         if not np.isfinite(self.memory_gb) or self.memory_gb <= 0:
@@ -177,7 +174,7 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
         chosen, scores[choice.KEY] = choice.choose(untuned + [tuned], [case_day for case_day, _ in held_out])
     scores[choice.WRITTEN] = chosen.summary()
     search = {"passes": found.passes, "min_gain": opts.min_gain, "se_factor": opts.se_factor,
-              "per_class": {"option": opts.per_class, "in_sample": space.tunes_per_class(len(sources))},
+              "per_class": opts.per_class,
               "evaluations": evaluations,
               "held_out_folds": sorted(by_fold) if by_fold else [],
               "proxy": {"stride": stride, "quantised": "uint8", "bytes": int(proxy_bytes),
