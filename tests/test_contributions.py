@@ -131,14 +131,15 @@ def test_tuner_records_the_exact_held_out_score_without_each_component(fake, tmp
     scored = 0
     for component, params in ablated.items():
         row = rows[component.removesuffix(" (by hand)")]
-        if params is None:
-            assert row["score"] is None and row["delta"] is None and row["note"] == NOT_USED
+        if params is None:  # unused in every fold, or the only model left (forward selection keeps few)
+            assert row["score"] is None and row["delta"] is None
+            assert row["note"] == NOT_USED or row["note"].startswith(contributions.SKIPPED)
             continue
         exact = score_volumes((cd, apply_ensemble(p, g, params[folds[cd]], b), t) for cd, p, g, b, t in cases)
         assert row["score"] == pytest.approx(exact.score, abs=1e-6), component
         assert row["delta"] == pytest.approx(held_out - row["score"], abs=1e-6)
         scored += 1
-    assert scored >= 5 and rows["model sharp"]["delta"] > 0  # the sharp model matters held out
+    assert scored >= 3 and any(r["delta"] is not None and r["delta"] > 0 for r in rows.values())
 
 
 def test_no_held_out_estimate_no_table_and_a_lone_model_is_skipped(fake, tmp_path):  # noqa: F811

@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from test_predict import build_trained_runs, one_thread  # noqa: F401  (runs built once per session)
+from test_predict import build_trained_runs, gated_plain_mean, one_thread  # noqa: F401  (runs built once per session)
 
 from src.core.artifacts import RunDir
 from src.core.errors import DataError
 from src.ensembling.submission import SubmitOptions, submit
-from src.ensembling.tune import TuneOptions, tune
 from src.kaggle.bundle import UNLISTED, build, read_manifest, sha256
 from src.kaggle.image import (
     KAGGLE_IMAGE,
@@ -71,9 +70,7 @@ def ensemble(tmp_path_factory, one_thread) -> tuple[Path, Path]:
     shutil.copytree(root / "runs", work / "runs", ignore=shutil.ignore_patterns("pred_*"))
     det = train_detector(root, work / "runs")
     out = work / "ensemble.json"
-    tune(TuneOptions(runs=[work / "runs" / "unet", work / "runs" / "fpn"], gate=work / "runs" / "cls", out=out,
-         cache_dir=root / "cache", holdout_folds=[], passes=1), log=lambda line: None)
-    record = json.loads(out.read_text())
+    record = gated_plain_mean(root, out, [work / "runs" / "unet", work / "runs" / "fpn"], work / "runs" / "cls")
     record["params"]["thresholds"][0] = 0.05  # masks in the CSV whatever one epoch learnt
     record["crop"] = str(det)
     record["auxiliary"].append({"path": str(det), "stage": "det", "folds": ["0"], "tta": []})

@@ -12,6 +12,8 @@ from src.data.folds import make_folds
 from src.data.preparation import prepare
 from src.data.synthetic import generate
 from src.data.volumes import VolumeCache
+from src.ensembling.ensemble_file import AuxiliaryRun
+from src.ensembling.tune import TuneOptions, tune
 from src.inference.predict import PredictOptions, RunPredictor, predict_run
 from src.inference.runs import TrainedRun
 from src.inference.tta import flip_volume, predict_tta
@@ -47,6 +49,20 @@ def build_trained_runs(root: Path) -> Path:
                         "--device", "cpu", "--lr", "1e-2", "--augment", "none", "--fold", fold])
     (root / "ready").touch()
     return root
+
+
+def gated_plain_mean(root: Path, out: Path, runs: list[Path], gate: Path) -> dict:
+    """The ensemble file of the plain mean of `runs` gated by `gate` (thresholds 0.3), written to `out`
+    and returned: the tuner itself would not keep one-epoch members or their gate (its final choice),
+    and the submission and bundle tests need every kind of run in the file."""
+    tune(TuneOptions(runs=runs, gate=gate, out=out, cache_dir=root / "cache", holdout_folds=[], passes=0),
+         log=lambda line: None)
+    record = json.loads(out.read_text())
+    record["params"]["gate_threshold"] = [0.3, 0.3, 0.3]
+    record["gate"] = str(gate)
+    record["auxiliary"].append(AuxiliaryRun.of(TrainedRun.load(gate)).to_dict())
+    out.write_text(json.dumps(record))
+    return record
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_predict import build_trained_runs, one_thread  # noqa: F401  (runs built once per session)
+from test_predict import build_trained_runs, gated_plain_mean, one_thread  # noqa: F401  (runs built once per session)
 
 from src.bench.submit import generated_split
 from src.core.errors import DataError
@@ -25,7 +25,6 @@ from src.ensembling.submission import (
     submit,
     validate_submission,
 )
-from src.ensembling.tune import TuneOptions, tune
 from src.inference.predict import PredictOptions, predict_run
 from src.metrics.scoring import score_submission
 from src.submit import main
@@ -33,13 +32,11 @@ from src.submit import main
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, one_thread) -> tuple[Path, Path]:
-    """(trained runs root, ensemble.json of the two segmenters gated by the classifier, tuned on their OOF,
+    """(trained runs root, ensemble.json of the plain mean of the two segmenters gated by the classifier,
     with class 0 ungated at threshold 0.05 so that the submission has masks whatever one epoch learnt)."""
     root = build_trained_runs(tmp_path_factory.getbasetemp() / "trained_runs")
     out = tmp_path_factory.mktemp("submit") / "ensemble.json"
-    tune(TuneOptions(runs=[root / "runs" / "unet", root / "runs" / "fpn"], gate=root / "runs" / "cls", out=out,
-         cache_dir=root / "cache", holdout_folds=[], passes=1), log=lambda line: None)
-    record = json.loads(out.read_text())
+    record = gated_plain_mean(root, out, [root / "runs" / "unet", root / "runs" / "fpn"], root / "runs" / "cls")
     params = record["params"]
     params["thresholds"][0], params["gate_threshold"][0], params["gate_threshold"][2] = 0.05, 0.0, 0.5
     params["min_size"][0] = params["z_min_run"][0] = 0
