@@ -172,6 +172,8 @@ def test_an_auxiliary_runs_tta_is_read_from_its_manifest_by_the_one_tta_rule(tmp
     (lambda r: r["params"]["weights"].update(seg=[0, 1, 1]), "no model has weight for class large_bowel"),
     (lambda r: r["params"].update(min_size=[2.5, 0, 0]), "min_size: expected whole numbers"),
     (lambda r: r["params"].update(z_largest="yes"), "z_largest: expected true or false"),
+    (lambda r: r["params"].update(gate_threshold=[0, 0.4, 0]), "gate_threshold gates on a classifier but 'gate' names"),
+    (lambda r: r["params"].update(crop=True), "params.crop crops to detector boxes but 'crop' names no run"),
 ])
 def test_every_key_of_the_ensemble_file_is_checked_when_read(tmp_path, record, change, message):
     change(record)

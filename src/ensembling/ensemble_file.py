@@ -203,6 +203,10 @@ def load_ensemble(path: str | Path) -> Ensemble:
         raise DataError(f"{source}: runs {names} do not match the weighted models {sorted(params.weights)}")
     if {m.name: m.group for m in members} != params.groups:
         raise DataError(f"{source}: the runs' blend groups do not match params.groups")
+    if any(t > 0 for t in params.gate_threshold) and gate is None:
+        raise DataError(f"{source}: params.gate_threshold gates on a classifier but 'gate' names no run")
+    if params.crop and crop is None:
+        raise DataError(f"{source}: params.crop crops to detector boxes but 'crop' names no run")
     return Ensemble(file.path, members, auxiliary, gate, crop, params, record)
 
 
