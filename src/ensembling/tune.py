@@ -134,12 +134,12 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
         scores = {"models": {n: summary(r) for n, r in zip(groups, singles)}, "plain_mean": summary(plain_result)}
         space = SearchSpace.for_cases(evaluator.cases, groups, opts.per_class)
         rules = SearchRules(opts.passes, opts.min_gain, opts.se_factor, opts.screen)
+        alone = dict(zip(groups, singles))  # model -> its exact OOF result alone
 
         def best_alone(cases) -> EnsembleParams:
             """The search's start: the model that scores best alone on the tuning case-days (exact)."""
             case_days = [c.case_day for c in cases]
-            return EnsembleParams.alone(groups, max(groups, key=lambda n: score_over(singles[list(groups).index(n)],
-                                                                                      case_days)))
+            return EnsembleParams.alone(groups, max(groups, key=lambda n: score_over(alone[n], case_days)))
 
         start = best_alone if opts.passes else lambda cases: plain  # no search (--passes 0): the plain mean
         log("search on every OOF case-day:")
