@@ -1,0 +1,98 @@
+"""What every dataset format provides, and the one reader of 2D image files.
+
+A format reads a dataset in its real layout: `detect` says whether a folder has that layout,
+`describe` builds the DatasetDescription from the files, `samples` lists a split's images with their
+labels, fold group and stratum, `read_image` and `read_label` decode one sample, checked. Any fault is a
+DataError naming the file.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from src.core.errors import DataError
+from src.data.description import DatasetDescription
+
+IMAGE_ENDINGS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One 2D image of a split and its label.
+
+    `id` is unique in the split and is the image's path relative to its split folder without the file
+    ending (label images of a submission are written under it); `images` holds one file (RGB or gray)
+    or one file per channel (nnU-Net); `label_text` is the label's text form where the layout has one
+    besides the label file (Carvana's RLE), checked against it.
+    """
+
+    id: str
+    images: tuple[Path, ...]
+    label: Path | None = None
+    group: str = ""
+    stratum: str = ""
+    label_text: str | None = None
+
+
+@dataclass(frozen=True)
+class SampleList:
+    """A split's samples, and the images skipped for having no label (reported, never trained on)."""
+
+    samples: list[Sample]
+    unlabelled: list[Path] = field(default_factory=list)
+
+    def report(self) -> str | None:
+        """One line naming the count and the first unlabelled images, or None when there are none."""
+        if not self.unlabelled:
+            return None
+        first = ", ".join(str(p) for p in self.unlabelled[:3])
+        return f"{len(self.unlabelled)} image(s) without a label skipped (first: {first})"
+
+
+class DatasetFormat(Protocol):
+    name: str
+    looked_for: str  # what `detect` looks for, named in the unknown-layout error
+
+    def detect(self, root: Path) -> bool: ...
+
+    def describe(self, root: Path) -> DatasetDescription: ...
+
+    def samples(self, root: Path, split: str) -> SampleList: ...
+
+    def read_image(self, sample: Sample, description: DatasetDescription) -> np.ndarray:
+        """(H, W, C) uint8 or uint16, C = description.n_channels."""
+
+    def read_label(self, sample: Sample, description: DatasetDescription) -> np.ndarray:
+        """(H, W) uint8 index map: 0 background, k + 1 = description.labels[k]."""
+
+
+def read_image_file(path: str | Path, max_pixels: int) -> np.ndarray:
+    """Decode one PNG, JPEG, TIFF, GIF or BMP as (H, W) or (H, W, C) without alpha; DataError naming the
+    file when it is unreadable, truncated, or of more than `max_pixels` pixels (checked on the header,
+    before decoding). A palette image (Carvana's GIF masks) is returned as its palette indices."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width < 1 or height < 1:
+                    raise DataError(f"{path}: image of {width}x{height} (WxH) pixels is empty")
+                if width * height > max_pixels:
+                    raise DataError(f"{path}: image of {width}x{height} (WxH) = {width * height} pixels is over the "
+                                    f"cap of {max_pixels} (raise it with --max-image-pixels)")
+                image.load()
+                array = np.asarray(image)
+    except FileNotFoundError:
+        raise DataError(f"{path}: image not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc})") from None
+    if array.ndim == 3 and array.shape[2] in (2, 4):  # gray + alpha, RGBA: the alpha is dropped
+        array = array[..., :-1]
+    return array
