@@ -55,12 +55,19 @@ class SampleList:
 
 
 class DatasetFormat(Protocol):
+    """A layout: how to recognise it and describe the dataset. Volumes of slices (the GI data) are
+    read by src.data.preparation; 2D formats are ImageFormats."""
+
     name: str
     looked_for: str  # what `detect` looks for, named in the unknown-layout error
 
     def detect(self, root: Path) -> bool: ...
 
     def describe(self, root: Path) -> DatasetDescription: ...
+
+
+class ImageFormat(DatasetFormat, Protocol):
+    """A 2D layout: its samples, and how to decode one."""
 
     def samples(self, root: Path, split: str) -> SampleList: ...
 
