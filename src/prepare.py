@@ -1,5 +1,6 @@
-"""Stage `prepare`: `python -m src.prepare --data-dir DIR` reads the Kaggle layout once into
-memory-mappable case-day volumes (see src.data.preparation)."""
+"""Stage `prepare`: `python -m src.prepare --data-dir DIR` detects the data's layout (GI tract, Carvana,
+EBHI-Seg, nnU-Net), writes the dataset description into the cache and reads the data once into
+memory-mappable entries (see src.data.preparation)."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     opts = from_args(PrepareOptions, build_parser().parse_args(argv))
-    print(prepare(opts.data_dir, opts.cache_dir, opts.split, opts.workers, opts.max_image_pixels).line())
+    print(prepare(opts.data_dir, opts.cache_dir, opts.split, opts.workers, opts.max_image_pixels, opts.format).line())
     return 0
 
 

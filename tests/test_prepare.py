@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import src.data.preparation
+import src.data.cache_entries
 from src.core.errors import DataError
 from src.data import rle
 from src.data.preparation import prepare
@@ -143,13 +143,13 @@ def test_crash_while_writing_leaves_no_complete_looking_entry(dataset, tmp_path,
     prepare(dataset.root, cache)
     os.utime(dataset.slice_path("case2_day0", 0), ns=(0, 10**9))
 
-    def crash(cache_dir, split, case_day, image, mask, meta):
-        folder = Path(cache_dir) / split / case_day
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / "image.npy", image[:1])  # half-written, no meta
+    def crash(files, image, mask, meta):
+        files.folder.mkdir(parents=True, exist_ok=True)
+        np.save(files.image, image[:1])  # half-written, no meta
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(src.data.preparation, "write_case_day", lambda *a: crash(*a) if a[2] == "case2_day0" else None)
+    monkeypatch.setattr(src.data.cache_entries, "write_entry",
+                        lambda *a: crash(*a) if a[0].folder.name == "case2_day0" else None)
     with pytest.raises(KeyboardInterrupt):
         prepare(dataset.root, cache, workers=1)
     assert "case2_day0" not in VolumeCache(cache).case_days()

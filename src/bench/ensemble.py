@@ -36,7 +36,7 @@ import pandas as pd
 from scipy import ndimage
 
 from src.bench.metric import _smooth_noise, organ_masks
-from src.core.artifacts import CaseDayFiles, FoldRecord, fold_dir
+from src.core.artifacts import CacheEntryFiles, FoldRecord, fold_dir
 from src.core.atomic import write_json_atomic
 from src.core.errors import DataError, run_cli
 from src.core.memory import reset_peak_rss, status_kib
@@ -122,7 +122,7 @@ def fabricate(root: Path, case_days: int, models: int, shape: tuple[int, int, in
 
 def _link_case_day(cache: Path, base: str, case_day: str, meta: dict) -> None:
     """A cache entry for `case_day` whose arrays are hard links to those of `base`."""
-    source, target = CaseDayFiles.of(cache, "train", base), CaseDayFiles.of(cache, "train", case_day)
+    source, target = CacheEntryFiles.of(cache, "train", base), CacheEntryFiles.of(cache, "train", case_day)
     target.folder.mkdir(parents=True, exist_ok=True)
     for name in ("image", "mask"):
         getattr(target, name).hardlink_to(getattr(source, name))

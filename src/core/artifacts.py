@@ -14,7 +14,9 @@ No other module spells a file name of an artifact; they all read and write throu
         fold<k>.staging/                  a training in progress (same files); replaces fold<k>/ when done
         fold<k>.lock                      the lock of the one process training fold<k> (src.core.lock)
         pred_<split>/                     PredictionDir: <case_day>.npy|.json, predict.json written last
-    cache/<data>/<split>/<case_day>/      CaseDayFiles: image.npy, mask.npy, meta.json (last)
+    cache/<data>/description.json         the dataset's description (description_path)
+    cache/<data>/<split>/<entry>/         CacheEntryFiles: image.npy, mask.npy, meta.json (last); an entry is a
+                                          case-day volume, or one image of a 2D dataset
     ensemble.json                         EnsembleRecord (versioned)
     reports/<name>/                       index.html (REPORT_PAGE), its PNG figures, report.json (REPORT_MARKER, last)
 """
@@ -389,13 +391,16 @@ class PredictionDir:
 
 # ---- the cache ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class CaseDayFiles:
-    """One cached case-day: image.npy (uint16 Z,H,W), mask.npy (uint8 Z,3,H,W; train only), meta.json (last)."""
+class CacheEntryFiles:
+    """One cache entry: image.npy, mask.npy (labelled splits only), meta.json (last).
+
+    A case-day volume: image uint16 (Z, H, W), mask uint8 (Z, 3, H, W). A 2D sample: image (H, W, C),
+    mask uint8 (H, W) index map."""
 
     folder: Path
 
     @classmethod
-    def of(cls, cache_dir: str | Path, split: str, case_day: str) -> CaseDayFiles:
+    def of(cls, cache_dir: str | Path, split: str, case_day: str) -> CacheEntryFiles:
         return cls(Path(cache_dir) / split / case_day)
 
     @property
@@ -409,6 +414,11 @@ class CaseDayFiles:
     @property
     def meta(self) -> Path:
         return self.folder / "meta.json"
+
+
+def description_path(cache_dir: str | Path) -> Path:
+    """The dataset description a cache was prepared with (src.data.description reads and writes it)."""
+    return Path(cache_dir) / "description.json"
 
 
 def cached_case_days(cache_dir: str | Path, split: str) -> list[str]:

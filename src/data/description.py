@@ -8,7 +8,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from src.core.artifacts import description_path
+from src.core.atomic import write_json_atomic
 from src.core.errors import DataError
+from src.core.readers import read_json_object
 
 DIMS = ("2d", "slices")  # one image per sample; or volumes of slices (the GI case-days)
 ENCODINGS = ("binary", "index", "overlapping")  # one class 0/1; an index map 0..K; K independent masks
@@ -89,3 +92,15 @@ class DatasetDescription:
             return cls(**data)
         except DataError as exc:
             raise DataError(f"{source}: {exc}") from None
+
+
+def write_description(cache_dir: str | Path, description: DatasetDescription) -> None:
+    write_json_atomic(description_path(cache_dir), description.to_dict())
+
+
+def read_description(cache_dir: str | Path) -> DatasetDescription:
+    """The description a cache was prepared with; a one-line error when there is none."""
+    path = description_path(cache_dir)
+    if not path.is_file():
+        raise DataError(f"{path}: no dataset description (run python -m src.prepare --data-dir DATA)")
+    return DatasetDescription.from_dict(read_json_object(path, "dataset description"), path)

@@ -1,11 +1,16 @@
-"""Folds: assign every train case-day to a cross-validation fold, grouped by case.
+"""Folds: assign every train case-day (GI layout) or image (2D datasets) to a cross-validation fold.
 
-sklearn's StratifiedGroupKFold runs over one row per slice, labelled organ-positive (any class has a
-mask) or empty, with the case as group: no case is split across folds and the folds get similar
+GI: sklearn's StratifiedGroupKFold runs over one row per slice, labelled organ-positive (any class has
+a mask) or empty, with the case as group: no case is split across folds and the folds get similar
 shares of positive slices. Reads train.csv and the slice file names only, never the pixels.
+
+2D: the same splitter over one row per labelled image, grouped by the description's group key (the
+car of a Carvana view; none: each image alone) and stratified by its stratum (the EBHI-Seg category).
+Reads the file names only.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -14,9 +19,11 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from src.core.errors import DataError
+from src.data.formats import detect_format
 from src.data.layout import check_labels_match_images, read_labels, scan_split
 
 FOLD_COLUMNS = ["case", "day", "case_day", "fold"]
+SAMPLE_FOLD_COLUMNS = ["id", "group", "stratum", "fold"]
 
 
 def slice_table(data_dir: str | Path) -> pd.DataFrame:
@@ -39,28 +46,58 @@ def assign_folds(slices: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.D
 
     Columns case, day, case_day, fold, n_slices, n_positive_slices. Deterministic for a seed.
     """
-    n_cases = slices["case"].nunique()
-    if n_folds < 2:
-        raise DataError(f"need at least 2 folds, got {n_folds}")
-    if n_folds > n_cases:
-        raise DataError(f"{n_folds} folds asked for but the data has only {n_cases} cases (folds are grouped by case)")
-    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    fold = np.empty(len(slices), dtype=np.int64)
-    splits = splitter.split(np.zeros(len(slices)), slices["positive"].astype(int), groups=slices["case"])
-    for k, (_, held_out) in enumerate(splits):
-        fold[held_out] = k
+    fold = _split(n_folds, seed, slices["case"].nunique(), "cases (folds are grouped by case)",
+                  slices["positive"].astype(int), slices["case"])
     return slices.assign(fold=fold).groupby(["case", "day", "case_day"], as_index=False, sort=True).agg(
         fold=("fold", "first"), n_slices=("positive", "size"), n_positive_slices=("positive", "sum"))
 
 
-def make_folds(data_dir: str | Path, n_folds: int = 5, seed: int = 42, exclude: Iterable[str] = ()) -> pd.DataFrame:
-    """Folds of the train case-days of `data_dir`, leaving out the case-days in `exclude`."""
+def _split(n_folds: int, seed: int, n_groups: int, what: str, y, groups) -> np.ndarray:
+    """The fold of each row: StratifiedGroupKFold over labels `y` and `groups` (n_groups of them)."""
+    if n_folds < 2:
+        raise DataError(f"need at least 2 folds, got {n_folds}")
+    if n_folds > n_groups:
+        raise DataError(f"{n_folds} folds asked for but the data has only {n_groups} {what}")
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    fold = np.empty(len(groups), dtype=np.int64)
+    with warnings.catch_warnings():  # a stratum smaller than n_folds: the fold table shows the counts
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(groups)), y, groups=groups)):
+            fold[held_out] = k
+    return fold
+
+
+def assign_sample_folds(samples: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.DataFrame:
+    """Folds for a 2D dataset's table (id, group, stratum), sorted by id; deterministic for a seed."""
+    samples = samples.sort_values("id", kind="stable").reset_index(drop=True)
+    y = pd.factorize(samples["stratum"], sort=True)[0]
+    fold = _split(n_folds, seed, samples["group"].nunique(), "groups", y, samples["group"].to_numpy())
+    return samples.assign(fold=fold)[SAMPLE_FOLD_COLUMNS]
+
+
+def make_folds(data_dir: str | Path, n_folds: int = 5, seed: int = 42, exclude: Iterable[str] = (),
+               format: str | None = None) -> pd.DataFrame:
+    """Folds of the train case-days (GI) or labelled images (2D) of `data_dir`, leaving out those in `exclude`."""
+    fmt = detect_format(data_dir, format)
+    if fmt.describe(Path(data_dir)).dims == "2d":
+        return _make_sample_folds(fmt, Path(data_dir), n_folds, seed, set(exclude))
     slices = slice_table(data_dir)
     exclude = set(exclude)
     unknown = sorted(exclude - set(slices["case_day"]))
     if unknown:
         raise DataError(f"{Path(data_dir) / 'train'}: excluded case-day {unknown[0]} is not in the data")
     return assign_folds(slices[~slices["case_day"].isin(exclude)].reset_index(drop=True), n_folds, seed)
+
+
+def _make_sample_folds(fmt, data_dir: Path, n_folds: int, seed: int, exclude: set[str]) -> pd.DataFrame:
+    listed = fmt.samples(data_dir, "train")
+    table = pd.DataFrame([(s.id, s.group or s.id, s.stratum) for s in listed.samples], columns=["id", "group", "stratum"])
+    if table.empty:
+        raise DataError(f"{data_dir}: no labelled images to split into folds")
+    unknown = sorted(exclude - set(table["id"]))
+    if unknown:
+        raise DataError(f"{data_dir}: excluded image {unknown[0]} is not in the data")
+    return assign_sample_folds(table[~table["id"].isin(exclude)], n_folds, seed)
 
 
 def load_folds(path: str | Path) -> pd.DataFrame:
@@ -99,7 +136,13 @@ def _check_rows(folds: pd.DataFrame, path: Path) -> None:
 
 
 def fold_table(folds: pd.DataFrame) -> pd.DataFrame:
-    """Per fold: cases, case-days, slices and share of organ-positive slices."""
+    """Per fold: cases, case-days, slices and share of organ-positive slices (GI); groups, images and
+    images per stratum (2D)."""
+    if "id" in folds.columns:
+        table = folds.groupby("fold").agg(groups=("group", "nunique"), images=("id", "size"))
+        if folds["stratum"].astype(bool).any():
+            table = table.join(pd.crosstab(folds["fold"], folds["stratum"]))
+        return table.reset_index()
     table = folds.groupby("fold").agg(cases=("case", "nunique"), case_days=("case_day", "size"),
                                       slices=("n_slices", "sum"), positive=("n_positive_slices", "sum"))
     table["positive_share"] = (table.pop("positive") / table["slices"]).round(3)

@@ -1,4 +1,6 @@
-"""The cache builder: read the Kaggle layout once into memory-mappable case-day volumes.
+"""The cache builder: detect the data's layout, write its description, and read the data once into
+memory-mappable entries: case-day volumes for the GI layout (below), one entry per image for a 2D
+dataset (src.data.image_cache).
 
 Each case-day becomes `<cache>/<split>/<case_day>/{image.npy, mask.npy, meta.json}` (see
 src.data.volumes). meta.json carries a fingerprint of the case-day's source (PNG names, sizes and
@@ -19,9 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.core.artifacts import CaseDayFiles
-from src.core.atomic import ensure_folder, remove_dir
+from src.core.artifacts import CacheEntryFiles
+from src.core.atomic import ensure_folder
 from src.core.errors import DataError
+from src.data.cache_entries import refresh_entry, remove_vanished
+from src.data.description import DatasetDescription, write_description
+from src.data.formats import FORMAT_MODULES, detect_format
+from src.data.image_cache import prepare_images
 from src.data.layout import (
     CASE_DAY_RE,
     MAX_IMAGE_PIXELS,
@@ -33,12 +39,7 @@ from src.data.layout import (
     read_slice,
     scan_split,
 )
-from src.data.volumes import (
-    default_cache_dir,
-    read_meta,
-    verify_case_day,
-    write_case_day,
-)
+from src.data.volumes import default_cache_dir
 
 SPLITS = ("train", "test")
 CACHE_VERSION = 2  # bump when the cached arrays or meta change meaning: every case-day is rewritten
@@ -48,11 +49,13 @@ CACHE_VERSION = 2  # bump when the cached arrays or meta change meaning: every c
 class PrepareOptions:
     """What `python -m src.prepare` was asked."""
 
-    data_dir: Path = field(metadata={"help": "dataset root (train/, train.csv, test/)"})
+    data_dir: Path = field(metadata={"help": "dataset root, in one of the known layouts (see --format)"})
     cache_dir: Path | None = field(default=None, metadata={"help": "cache root (default: cache/<data folder name>)"})
     split: str = field(default="train", metadata={"choices": (*SPLITS, "all"), "help": "which split to cache"})
     workers: int = field(default=2, metadata={"help": "case-days read in parallel (default 2)"})
     max_image_pixels: int = max_image_pixels_field()
+    format: str | None = field(default=None, metadata={
+        "choices": FORMAT_MODULES, "help": "the data's layout (default: detected from the files)"})
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,14 @@ class PrepareSummary:
     skipped: int
     removed: int
     seconds: float
+    description: DatasetDescription
+    notes: tuple[str, ...] = ()  # what the user should know (images skipped for lacking a label)
 
     def line(self) -> str:
-        return (f"prepare: {self.cache_dir}: {self.written} case-days written, {self.skipped} skipped, "
-                f"{self.removed} removed in {self.seconds:.1f} s")
+        unit = "case-days" if self.description.dims == "slices" else "images"
+        lines = [f"prepare: {self.cache_dir} ({self.description.format} format): {self.written} {unit} written, "
+                 f"{self.skipped} skipped, {self.removed} removed in {self.seconds:.1f} s", *self.notes]
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -83,9 +90,10 @@ class _Source:
 
 
 def prepare(data_dir: str | Path, cache_dir: str | Path | None = None, split: str = "train",
-            workers: int = 2, max_pixels: int = MAX_IMAGE_PIXELS) -> PrepareSummary:
-    """Cache every case-day of `split` ("train", "test" or "all"); DataError on any bad input, a slice
-    of more than `max_pixels` pixels included."""
+            workers: int = 2, max_pixels: int = MAX_IMAGE_PIXELS, format: str | None = None) -> PrepareSummary:
+    """Detect the data's layout (or check `format`), cache `split` ("train", "test" or "all"; a 2D
+    dataset caches its labelled images only) and write the dataset description into the cache, last.
+    DataError on any bad input, an image of more than `max_pixels` pixels included."""
     start = time.perf_counter()
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -95,12 +103,21 @@ def prepare(data_dir: str | Path, cache_dir: str | Path | None = None, split: st
     if workers < 1:
         raise DataError(f"--workers must be at least 1, got {workers}")
     check_max_pixels(max_pixels)  # before the cache folder is made
+    fmt = detect_format(data_dir, format)
+    description = fmt.describe(data_dir)
     cache_dir = ensure_folder(Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir))
     counts: Counter[str] = Counter()
-    for name in SPLITS if split == "all" else (split,):
-        counts += _prepare_split(data_dir, cache_dir, name, workers, max_pixels)
+    notes: list[str] = []
+    if description.dims == "2d":
+        counts, notes = prepare_images(fmt, description, data_dir, cache_dir, workers)
+        if split != "train":
+            notes.append("test images are not cached: the submission reads them where they are")
+    else:
+        for name in SPLITS if split == "all" else (split,):
+            counts += _prepare_split(data_dir, cache_dir, name, workers, max_pixels)
+    write_description(cache_dir, description)
     return PrepareSummary(cache_dir, counts["written"], counts["skipped"], counts["removed"],
-                          time.perf_counter() - start)
+                          time.perf_counter() - start, description, tuple(notes))
 
 
 def _prepare_split(data_dir: Path, cache_dir: Path, split: str, workers: int, max_pixels: int) -> Counter[str]:
@@ -113,7 +130,7 @@ def _prepare_split(data_dir: Path, cache_dir: Path, split: str, workers: int, ma
         outcomes = Counter(future.result() for future in futures)
     finally:
         pool.shutdown(cancel_futures=True)
-    outcomes["removed"] = _remove_vanished(cache_dir / split, {s.case_day for s in sources})
+    outcomes["removed"] = remove_vanished(cache_dir / split, {s.case_day for s in sources}, CASE_DAY_RE)
     return outcomes
 
 
@@ -149,24 +166,12 @@ def _fingerprint(source: _Source) -> dict:
 
 def _cache_case_day(cache_dir: Path, source: _Source) -> str:
     """Write one case-day unless its cached fingerprint matches; returns "written" or "skipped"."""
-    folder = cache_dir / source.split / source.case_day
-    fingerprint = _fingerprint(source)  # before reading, so a change while reading shows up next run
-    try:
-        meta = read_meta(cache_dir, source.split, source.case_day)
-    except DataError:  # a corrupt entry is rewritten
-        meta = None
-    files = CaseDayFiles(folder)
-    arrays = [files.image] + ([files.mask] if source.labels is not None else [])
-    if (meta is not None and meta.get("source") == fingerprint and all(a.is_file() for a in arrays)
-            and verify_case_day(cache_dir, source.split, source.case_day, meta)):
-        return "skipped"
-    try:
+    def build():
         image, mask = _read_volume(source)
-    finally:  # the old entry is stale whether or not the new source reads cleanly
-        if folder.exists() or folder.is_symlink():
-            remove_dir(folder)
-    write_case_day(cache_dir, source.split, source.case_day, image, mask, _meta(source, fingerprint))
-    return "written"
+        return image.astype(np.uint16, copy=False), mask, _meta(source)
+
+    files = CacheEntryFiles.of(cache_dir, source.split, source.case_day)
+    return refresh_entry(files, _fingerprint(source), source.labels is not None, build)
 
 
 def _read_volume(source: _Source) -> tuple[np.ndarray, np.ndarray | None]:
@@ -179,22 +184,12 @@ def _read_volume(source: _Source) -> tuple[np.ndarray, np.ndarray | None]:
     return image, mask
 
 
-def _meta(source: _Source, fingerprint: dict) -> dict:
+def _meta(source: _Source) -> dict:
     first = source.slices.iloc[0]
     return {
         "case_day": source.case_day, "case": int(first["case"]), "day": int(first["day"]), "split": source.split,
         "ids": source.slices["id"].tolist(), "slices": [int(z) for z in source.slices["slice"]],
         "height": int(first["height"]), "width": int(first["width"]),
         "sx": float(first["sx"]), "sy": float(first["sy"]),
-        "has_mask": source.labels is not None, "source": fingerprint,
+        "has_mask": source.labels is not None,
     }
-
-
-def _remove_vanished(split_dir: Path, keep: set[str]) -> int:
-    """Delete cached case-day folders whose case-day is no longer in the data; returns how many."""
-    if not split_dir.is_dir():
-        return 0
-    stale = [p for p in split_dir.iterdir() if p.is_dir() and CASE_DAY_RE.match(p.name) and p.name not in keep]
-    for path in stale:
-        remove_dir(path)
-    return len(stale)

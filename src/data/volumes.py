@@ -6,17 +6,15 @@ the case-day complete.
 """
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from src.core.artifacts import CaseDayFiles, cached_case_days
-from src.core.atomic import save_npy_atomic, write_json_atomic
+from src.core.artifacts import CacheEntryFiles, cached_case_days
 from src.core.errors import DataError
 from src.core.ids import case_day_key
-from src.core.readers import read_json
+from src.data.cache_entries import read_entry_meta, write_entry
 
 
 def default_cache_dir(data_dir: str | Path) -> Path:
@@ -43,58 +41,19 @@ class CaseDay:
         return self.image.shape
 
 
-def array_fingerprint(array: np.ndarray) -> dict:
-    """Shape, dtype and CRC-32 of an array's bytes: recorded when cached, checked before it is trusted."""
-    data = np.ascontiguousarray(array)
-    return {"shape": list(data.shape), "dtype": str(data.dtype), "crc32": zlib.crc32(memoryview(data).cast("B"))}
-
-
 def write_case_day(cache_dir: str | Path, split: str, case_day: str, image: np.ndarray,
                    mask: np.ndarray | None, meta: dict) -> None:
     """Write one case-day atomically (arrays first, meta.json last, with the arrays' fingerprints)."""
-    files = CaseDayFiles.of(cache_dir, split, case_day)
-    files.folder.mkdir(parents=True, exist_ok=True)
-    image = np.ascontiguousarray(image, dtype=np.uint16)
-    save_npy_atomic(files.image, image)
-    arrays = {"image": array_fingerprint(image)}
-    if mask is not None:
-        mask = np.ascontiguousarray(mask, dtype=np.uint8)
-        save_npy_atomic(files.mask, mask)
-        arrays["mask"] = array_fingerprint(mask)
-    write_json_atomic(files.meta, {**meta, "arrays": arrays})
+    write_entry(CacheEntryFiles.of(cache_dir, split, case_day), np.asarray(image, dtype=np.uint16), mask, meta)
 
 
 def read_meta(cache_dir: str | Path, split: str, case_day: str) -> dict | None:
     """A cached case-day's meta.json; None when absent. A corrupt one is a one-line error."""
-    path = CaseDayFiles.of(cache_dir, split, case_day).meta
-    if not path.exists():
-        return None
-    try:
-        meta = read_json(path, "cache entry")
-    except DataError as exc:  # "<path>: unreadable cache entry (why)"
-        why = str(exc).removeprefix(f"{path}: unreadable cache entry ")
-        raise DataError(f"{path}: corrupt cache entry {why}; run python -m src.prepare to rewrite it") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("ids"), list):
-        raise DataError(f"{path}: corrupt cache entry (no ids); run python -m src.prepare to rewrite it")
+    files = CacheEntryFiles.of(cache_dir, split, case_day)
+    meta = read_entry_meta(files)
+    if meta is not None and not isinstance(meta.get("ids"), list):
+        raise DataError(f"{files.meta}: corrupt cache entry (no ids); run python -m src.prepare to rewrite it")
     return meta
-
-
-def verify_case_day(cache_dir: str | Path, split: str, case_day: str, meta: dict) -> bool:
-    """Whether the cached arrays are exactly the ones whose fingerprints meta.json recorded."""
-    files = CaseDayFiles.of(cache_dir, split, case_day)
-    recorded = meta.get("arrays")
-    if not isinstance(recorded, dict) or "image" not in recorded:
-        return False
-    for name, path in (("image", files.image), ("mask", files.mask)):
-        if name not in recorded:
-            continue
-        try:
-            found = array_fingerprint(np.load(path, mmap_mode="r"))
-        except (OSError, ValueError):
-            return False
-        if found != recorded[name]:
-            return False
-    return True
 
 
 def _load_array(path: Path, dtype: str, shape: tuple[int | None, ...]) -> np.ndarray:
@@ -126,7 +85,7 @@ class VolumeCache:
         meta = read_meta(self.root, split, case_day)
         if meta is None:
             raise DataError(f"{folder}: not in the cache (run python -m src.prepare first)")
-        files = CaseDayFiles(folder)
+        files = CacheEntryFiles(folder)
         image = _load_array(files.image, "uint16", (len(meta["ids"]), None, None))
         mask = _load_array(files.mask, "uint8", (image.shape[0], 3, *image.shape[1:])) if files.mask.exists() else None
         return CaseDay(case_day, tuple(meta["ids"]), image, mask)

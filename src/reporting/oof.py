@@ -6,7 +6,7 @@ from typing import Iterator
 
 import numpy as np
 
-from src.core.artifacts import CaseDayFiles, load_prediction
+from src.core.artifacts import CacheEntryFiles, load_prediction
 from src.core.errors import DataError
 from src.data.samples import intensity_window, normalise
 from src.data.volumes import VolumeCache
@@ -27,7 +27,7 @@ def load_oof(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 def truth(cache: VolumeCache, case_day: str) -> np.ndarray:
     mask = cache.load(case_day).mask
     if mask is None:
-        raise DataError(f"{CaseDayFiles.of(cache.root, 'train', case_day).mask}: not in the cache (a test case-day?)")
+        raise DataError(f"{CacheEntryFiles.of(cache.root, 'train', case_day).mask}: not in the cache (a test case-day?)")
     return np.asarray(mask) > 0
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.core.artifacts import CaseDayFiles, fold_dir, load_prediction
+from src.core.artifacts import CacheEntryFiles, fold_dir, load_prediction
 from src.core.atomic import atomic_path, write_json_atomic
 from src.core.errors import DataError
 from src.core.ids import CLASSES, case_day_key
@@ -193,7 +193,7 @@ def _write_split(path: Path, case_days: list[str], val: list[str], aliased: bool
 def _alias_cache(cache: Path, target: Path, case_days: list[str]) -> None:
     """`target/train/<alias>/` linking the cache's files of every case-day (meta.json last)."""
     for cd in case_days:
-        src, dst = CaseDayFiles.of(cache, "train", cd), CaseDayFiles.of(target, "train", alias(cd))
+        src, dst = CacheEntryFiles.of(cache, "train", cd), CacheEntryFiles.of(target, "train", alias(cd))
         if dst.meta.exists():
             continue
         dst.folder.mkdir(parents=True, exist_ok=True)
