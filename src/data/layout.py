@@ -74,7 +74,7 @@ def scan_split(data_dir: str | Path, split: str = "train", max_pixels: int = MAX
             m = SLICE_RE.match(path.name)
             if not m:
                 raise DataError(f"{path}: file name is not slice_ZZZZ_W_H_sx_sy.png")
-            _check_regular_file(path, inside)
+            check_regular_file(path, inside)
             z, w, h, sx, sy = m.groups()
             _check_pixels(path, int(w), int(h), max_pixels)
             rows.append((slice_id(case_day, int(z)), int(cd.group(1)), int(cd.group(2)), case_day,
@@ -88,7 +88,7 @@ def scan_split(data_dir: str | Path, split: str = "train", max_pixels: int = MAX
     return index
 
 
-def _check_regular_file(path: Path, inside: Path) -> None:
+def check_regular_file(path: Path, inside: Path) -> None:
     """DataError unless `path` is a regular file whose real path (links followed) lies in `inside`."""
     if not path.resolve().is_relative_to(inside):
         raise DataError(f"{path}: a link pointing outside its split folder {inside}")

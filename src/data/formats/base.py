@@ -19,6 +19,7 @@ from src.core.errors import DataError
 from src.data.description import DatasetDescription
 
 IMAGE_ENDINGS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk, the last 12 bytes of every whole PNG
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,16 @@ class ImageFormat(DatasetFormat, Protocol):
         """(H, W) uint8 index map: 0 background, k + 1 = description.labels[k]."""
 
 
+def _ends_with(path: Path, tail: bytes) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-len(tail), 2)  # from the end
+        return f.read() == tail
+
+
 def read_image_file(path: str | Path, max_pixels: int) -> np.ndarray:
     """Decode one PNG, JPEG, TIFF, GIF or BMP as (H, W) or (H, W, C) without alpha; DataError naming the
-    file when it is unreadable, truncated, or of more than `max_pixels` pixels (checked on the header,
-    before decoding). A palette image (Carvana's GIF masks) is returned as its palette indices."""
+    file when it is unreadable, truncated (a PNG must end with its IEND chunk), or of more than `max_pixels`
+    pixels (checked on the header, before decoding). A palette image (Carvana's GIF masks) is returned as its palette indices."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
@@ -95,6 +102,8 @@ def read_image_file(path: str | Path, max_pixels: int) -> np.ndarray:
                                     f"cap of {max_pixels} (raise it with --max-image-pixels)")
                 image.load()
                 array = np.asarray(image)
+                if image.format == "PNG" and not _ends_with(path, PNG_END):  # PIL decodes a PNG cut after its pixels
+                    raise OSError("no IEND chunk at the end")
     except FileNotFoundError:
         raise DataError(f"{path}: image not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
