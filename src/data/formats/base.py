@@ -85,6 +85,18 @@ def _ends_with(path: Path, tail: bytes) -> bool:
         return f.read() == tail
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) from an image file's header, nothing decoded; DataError naming an unreadable file."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except FileNotFoundError:
+        raise DataError(f"{path}: image not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+    return height, width
+
+
 def read_image_file(path: str | Path, max_pixels: int) -> np.ndarray:
     """Decode one PNG, JPEG, TIFF, GIF or BMP as (H, W) or (H, W, C) without alpha; DataError naming the
     file when it is unreadable, truncated (a PNG must end with its IEND chunk), or of more than `max_pixels`

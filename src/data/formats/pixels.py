@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from src.core.errors import DataError
-from src.data.formats.base import read_image_file
+from src.data.formats.base import image_size, read_image_file
 
 IMAGE_DTYPES = (np.uint8, np.uint16)
 
@@ -38,7 +38,7 @@ def read_label_map(label_path: Path, image_path: Path, n_classes: int, max_pixel
 
     A DataError naming the label when it is not single-channel ("an RGB label where a map is expected"),
     has values outside 0..n_classes (naming them), or differs in size from its image (naming both; the
-    image is decoded to learn its size). Two leniencies for downloads that save masks otherwise:
+    image's size is read from its header). Two leniencies for downloads that save masks otherwise:
     `equal_rgb` reads an RGB label whose three channels are equal as gray, `foreground_255` reads a
     binary mask (n_classes 1) of 0/255 as 0/1.
     """
@@ -57,5 +57,5 @@ def read_label_map(label_path: Path, image_path: Path, n_classes: int, max_pixel
             shown = ", ".join(str(v) for v in bad[:5].tolist()) + (", ..." if bad.size > 5 else "")
             accepted = f"0..{n_classes}" + (" (or 0/255)" if foreground_255 else "")
             raise DataError(f"{label_path}: label values {shown} outside {accepted}")
-    check_same_size(label_path, array.shape, image_path, read_image_file(image_path, max_pixels).shape)
+    check_same_size(label_path, array.shape, image_path, image_size(image_path))
     return array.astype(np.uint8)
