@@ -74,9 +74,9 @@ def scan_split(data_dir: str | Path, split: str = "train", max_pixels: int = MAX
             m = SLICE_RE.match(path.name)
             if not m:
                 raise DataError(f"{path}: file name is not slice_ZZZZ_W_H_sx_sy.png")
-            _check_regular_file(path, inside)
+            check_regular_file(path, inside)
             z, w, h, sx, sy = m.groups()
-            _check_pixels(path, int(w), int(h), max_pixels)
+            check_pixels(path, int(w), int(h), max_pixels)
             rows.append((slice_id(case_day, int(z)), int(cd.group(1)), int(cd.group(2)), case_day,
                          int(z), int(w), int(h), float(sx), float(sy), str(path)))
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
@@ -88,7 +88,7 @@ def scan_split(data_dir: str | Path, split: str = "train", max_pixels: int = MAX
     return index
 
 
-def _check_regular_file(path: Path, inside: Path) -> None:
+def check_regular_file(path: Path, inside: Path) -> None:
     """DataError unless `path` is a regular file whose real path (links followed) lies in `inside`."""
     if not path.resolve().is_relative_to(inside):
         raise DataError(f"{path}: a link pointing outside its split folder {inside}")
@@ -100,7 +100,7 @@ def _check_regular_file(path: Path, inside: Path) -> None:
         raise DataError(f"{path}: not a regular file ({kind})")
 
 
-def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
+def check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
     if width < 1 or height < 1:
         raise DataError(f"{path}: image of {width}x{height} (WxH) pixels is empty")
     if width * height > max_pixels:
