@@ -76,7 +76,7 @@ def scan_split(data_dir: str | Path, split: str = "train", max_pixels: int = MAX
                 raise DataError(f"{path}: file name is not slice_ZZZZ_W_H_sx_sy.png")
             check_regular_file(path, inside)
             z, w, h, sx, sy = m.groups()
-            _check_pixels(path, int(w), int(h), max_pixels)
+            check_pixels(path, int(w), int(h), max_pixels)
             rows.append((slice_id(case_day, int(z)), int(cd.group(1)), int(cd.group(2)), case_day,
                          int(z), int(w), int(h), float(sx), float(sy), str(path)))
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
@@ -100,7 +100,7 @@ def check_regular_file(path: Path, inside: Path) -> None:
         raise DataError(f"{path}: not a regular file ({kind})")
 
 
-def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
+def check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
     if width < 1 or height < 1:
         raise DataError(f"{path}: image of {width}x{height} (WxH) pixels is empty")
     if width * height > max_pixels:
