@@ -32,10 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     exclude = [name.strip() for name in args.exclude.split(",") if name.strip()]
     folds = make_folds(args.data_dir, args.n_folds, args.seed, exclude, args.format)
     write_text_atomic(args.out, folds.to_csv(index=False))
+    unit = "image" if "id" in folds.columns else "case-day"
     if exclude:
-        print(f"make_folds: left out {len(exclude)}: {', '.join(sorted(exclude))}")
+        print(f"make_folds: left out {len(exclude)} {unit}(s): {', '.join(sorted(exclude))}")
     print(fold_table(folds).to_string(index=False))
-    print(f"make_folds: {len(folds)} {'images' if 'id' in folds.columns else 'case-days'} in {args.n_folds} folds -> {args.out}")
+    print(f"make_folds: {len(folds)} {unit}s in {args.n_folds} folds -> {args.out}")
     return 0
 
 

@@ -421,8 +421,8 @@ def description_path(cache_dir: str | Path) -> Path:
     return Path(cache_dir) / "description.json"
 
 
-def cached_case_days(cache_dir: str | Path, split: str) -> list[str]:
-    """Names of the complete (meta.json written) case-days of a cached split, unordered."""
+def cached_entries(cache_dir: str | Path, split: str) -> list[str]:
+    """Names of the complete (meta.json written) entries (case-days, 2D images) of a cached split, unordered."""
     folder = Path(cache_dir) / split
     return [p.parent.name for p in folder.glob("*/meta.json")] if folder.is_dir() else []
 

@@ -95,7 +95,14 @@ class DatasetDescription:
 
 
 def write_description(cache_dir: str | Path, description: DatasetDescription) -> None:
-    write_json_atomic(description_path(cache_dir), description.to_dict())
+    """Write the cache's description, atomically; an unchanged one is left untouched."""
+    path = description_path(cache_dir)
+    try:
+        if path.is_file() and read_json_object(path) == description.to_dict():
+            return
+    except DataError:  # a corrupt one is rewritten
+        pass
+    write_json_atomic(path, description.to_dict())
 
 
 def read_description(cache_dir: str | Path) -> DatasetDescription:

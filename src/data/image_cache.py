@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.core.artifacts import CacheEntryFiles
+from src.core.artifacts import CacheEntryFiles, cached_entries
 from src.core.errors import DataError
 from src.data.cache_entries import read_entry_meta, refresh_entry, remove_vanished
 from src.data.description import DatasetDescription, read_description
@@ -96,11 +96,10 @@ class ImageCache:
 
     def table(self, split: str = "train") -> pd.DataFrame:
         """One row per complete entry, sorted by id: id, key, group, stratum, height, width."""
-        folder = self.root / split
         rows = []
-        for meta_path in sorted(folder.glob("*/meta.json")) if folder.is_dir() else []:
-            meta = read_entry_meta(CacheEntryFiles(meta_path.parent))
-            rows.append({"key": meta_path.parent.name, **{c: meta.get(c) for c in TABLE_COLUMNS if c != "key"}})
+        for key in cached_entries(self.root, split):
+            meta = read_entry_meta(CacheEntryFiles.of(self.root, split, key))
+            rows.append({"key": key, **{c: meta.get(c) for c in TABLE_COLUMNS if c != "key"}})
         return pd.DataFrame(rows, columns=TABLE_COLUMNS).sort_values("id", kind="stable").reset_index(drop=True)
 
     def load(self, key: str, split: str = "train") -> tuple[np.ndarray, np.ndarray]:

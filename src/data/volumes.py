@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.core.artifacts import CacheEntryFiles, cached_case_days
+from src.core.artifacts import CacheEntryFiles, cached_entries
 from src.core.errors import DataError
 from src.core.ids import case_day_key
 from src.data.cache_entries import read_entry_meta, write_entry
@@ -78,7 +78,7 @@ class VolumeCache:
 
     def case_days(self, split: str = "train") -> list[str]:
         """Complete case-days of a split, in (case, day) order."""
-        return sorted(cached_case_days(self.root, split), key=case_day_key)
+        return sorted(cached_entries(self.root, split), key=case_day_key)
 
     def load(self, case_day: str, split: str = "train") -> CaseDay:
         folder = self.root / split / case_day

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.core.artifacts import cached_case_days, fold_dir
+from src.core.artifacts import cached_entries, fold_dir
 from src.core.device import select_device
 from src.core.errors import DataError
 from src.core.memory import reset_peak_rss
@@ -320,7 +320,7 @@ def run_benchmark(opts: BenchmarkOptions, log=print) -> pd.DataFrame:
     """Measure every arch of `opts`; writes <out>/benchmark.csv and benchmark.md and returns the table."""
     from src.research.evaluation import write_tables
 
-    if not cached_case_days(opts.cache, "train"):
+    if not cached_entries(opts.cache, "train"):
         raise DataError(f"--data-dir: {opts.cache} holds no prepared case-day (run python -m src.prepare "
                         f"--data-dir {opts.data_dir}, or give --cache-dir)")
     out = Path(opts.out)
