@@ -47,3 +47,20 @@ def check_output(out: str | os.PathLike, flag: str = "--out", inputs: Iterable[s
     if path.is_dir() and any(path.iterdir()) and not all((path / m).is_file() for m in markers):
         raise DataError(f"{flag} {out}: exists and is not a {what} (no {' and '.join(markers)} in it); "
                         "remove it or choose another path")
+
+
+def new_dataset_paths(out_dir: str | os.PathLike, truth_out: str | os.PathLike | None, truth_ending: str | None,
+                      overwrite: bool) -> tuple[Path, Path | None]:
+    """Where a data generator writes: the dataset folder `out_dir` and its test truth (`truth_out`, default
+    `<out_dir>_test_truth<truth_ending>` beside it; None when `truth_ending` is None: no truth).
+
+    The truth must lie outside the dataset; an existing non-empty `out_dir` is refused unless `overwrite`."""
+    out = Path(out_dir).resolve()
+    truth = None
+    if truth_ending is not None:
+        truth = Path(truth_out).resolve() if truth_out else out.parent / f"{out.name}_test_truth{truth_ending}"
+        if truth.is_relative_to(out):
+            raise DataError(f"{truth}: the test truth must lie outside the dataset folder {out}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise DataError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+    return out, truth

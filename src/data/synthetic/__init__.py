@@ -5,7 +5,7 @@ true masks; faults: label faults (ambiguous tail, spoilt case-days); planning: w
 which sizes; writer: `generate`, the dataset and its test truth on disk; values: parsers of the
 command-line values.
 """
-from src.data.synthetic.values import parse_sizes, parse_slices
+from src.data.synthetic.values import parse_size, parse_sizes, parse_slices
 from src.data.synthetic.writer import SyntheticSummary, generate
 
-__all__ = ["SyntheticSummary", "generate", "parse_sizes", "parse_slices"]
+__all__ = ["SyntheticSummary", "generate", "parse_size", "parse_sizes", "parse_slices"]

@@ -1,4 +1,4 @@
-"""Parsers of the generator's text values: --sizes, --slices and case-day ids like `case7_day0`."""
+"""Parsers of the generators' text values: --sizes, --size, --slices and case-day ids like `case7_day0`."""
 from __future__ import annotations
 
 from src.core.errors import DataError
@@ -13,12 +13,22 @@ def parse_case_day(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def _size(item: str, flag: str, text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(x) for x in item.lower().split("x"))
+    except ValueError:
+        raise DataError(f"{flag} {text!r}: expected WxH like 96x96 (width first)") from None
+    return width, height
+
+
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     """`96x96,112x96` -> [(96, 96), (112, 96)] (width first), as --sizes gives them."""
-    try:
-        return [tuple(int(x) for x in item.lower().split("x", 1)) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise DataError(f"--sizes {text!r}: expected WxH pairs like 96x96,112x96") from None
+    return [_size(item, "--sizes", text) for item in text.split(",") if item.strip()]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`240x160` -> (240, 160) (width first), as --size gives it."""
+    return _size(text, "--size", text)
 
 
 def parse_slices(text: str) -> list[int]:

@@ -18,6 +18,7 @@ import pandas as pd
 from src.core.atomic import atomic_dir, atomic_path
 from src.core.errors import DataError
 from src.core.ids import CLASSES
+from src.core.outputs import new_dataset_paths
 from src.data import rle
 from src.data.layout import slice_id
 from src.data.synthetic.faults import cut_tail, spoil
@@ -44,6 +45,12 @@ class SyntheticSummary:
     test_slices: int
     empty_fraction: float  # of the train.csv rows
     bad_case_days: tuple[str, ...]
+
+    def line(self) -> str:
+        """One line for the command's output."""
+        return (f"wrote {self.out_dir}: train {self.train_cases} cases, {self.train_case_days} case-days, "
+                f"{self.train_slices} slices ({self.empty_fraction:.1%} of rows empty); test {self.test_cases} cases, "
+                f"{self.test_case_days} case-days, {self.test_slices} slices; truth {self.truth_path}")
 
 
 def slice_name(spec: CaseDaySpec, k: int) -> str:
@@ -90,7 +97,8 @@ def _write_all(specs: list[CaseDaySpec], seed: int, root: Path, workers: int) ->
         return list(pool.map(_write_job, jobs))
 
 
-def _write_csv(path: Path, rows: list[tuple[str, str, str]], columns: list[str]) -> None:
+def write_csv(path: Path, rows: list[tuple], columns: list[str]) -> None:
+    """Rows under a header, no index column."""
     pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
 
 
@@ -116,23 +124,18 @@ def generate(out_dir: str | Path, cases: int = 12, seed: int = 0, test_cases: in
     _check_args(cases, test_cases, slices, ambiguous_tail, workers)
     size_list = image_sizes(sizes)
     bad = tuple(sorted({parse_case_day(b) for b in bad_case_days}))
-    out = Path(out_dir).resolve()
-    truth = Path(truth_out).resolve() if truth_out else out.parent / f"{out.name}_test_truth.csv"
-    if truth.is_relative_to(out):
-        raise DataError(f"{truth}: the test truth must lie outside the dataset folder {out}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise DataError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+    out, truth = new_dataset_paths(out_dir, truth_out, ".csv", overwrite)
     specs = plan(cases, seed, test_cases, size_list, slices, ambiguous_tail, bad)
     with atomic_dir(out) as tmp:
         rows = _write_all(specs, seed, tmp, workers)
         train_rows = [r for spec, rs in zip(specs, rows) if spec.split == "train" for r in rs]
         test_rows = [r for spec, rs in zip(specs, rows) if spec.split == "test" for r in rs]
         (tmp / "test").mkdir(exist_ok=True)
-        _write_csv(tmp / "train.csv", train_rows, ["id", "class", "segmentation"])
-        _write_csv(tmp / "sample_submission.csv", [(i, c, "") for i, c, _ in test_rows], ["id", "class", "predicted"])
+        write_csv(tmp / "train.csv", train_rows, ["id", "class", "segmentation"])
+        write_csv(tmp / "sample_submission.csv", [(i, c, "") for i, c, _ in test_rows], ["id", "class", "predicted"])
         if test_rows:
             with atomic_path(truth, suffix=".csv") as tmp_truth:
-                _write_csv(tmp_truth, test_rows, ["id", "class", "segmentation"])
+                write_csv(tmp_truth, test_rows, ["id", "class", "segmentation"])
     return _summary(out, truth if test_rows else None, specs, train_rows, bad)
 
 
