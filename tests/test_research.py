@@ -14,6 +14,7 @@ from src.core.errors import DataError, run_cli
 from src.data.folds import load_folds, make_folds
 from src.data.preparation import prepare
 from src.data.synthetic import generate
+from src.data.volumes import VolumeCache
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,13 +61,15 @@ def test_benchmark_measures_archs_and_reports_oom_as_a_row(work):
     assert "| unet_classic | OOM |" in (out / "benchmark.md").read_text()
 
 
-def test_benchmark_trains_and_scores_on_a_fold(work):
+def test_benchmark_prepares_its_cache_then_trains_and_scores_on_a_fold(work):
     from src.research.benchmark import BenchmarkOptions, run_benchmark
 
     opts = BenchmarkOptions(archs=("unet_classic_tiny",), img_size=64, batch_size=4, repeats=1, train_epochs=1,
-                            data_dir=str(work / "data"), cache_dir=str(work / "cache"),
+                            data_dir=str(work / "data"), cache_dir=str(work / "cache_fresh"),
                             folds_csv=str(work / "folds.csv"), threads=1, out=str(work / "bench_train"))
-    table = run_benchmark(opts, log=lambda *_: None)
+    lines = []
+    table = run_benchmark(opts, log=lines.append)
+    assert "prepare: " in lines[0] and VolumeCache(work / "cache_fresh").case_days() == VolumeCache(work / "cache").case_days()
     row = table.iloc[0]
     assert row["status"] == "ok" and 0 <= row["val_score"] <= 1 and 0 <= row["val_dice"] <= 1 and row["train_s"] > 0
 
@@ -180,7 +183,6 @@ def test_ablation_trains_every_cell_once_and_reports_paired_intervals(work):
 
 
 def test_grouped_splits_keep_cases_whole_and_bad_flags_are_errors(work):
-    from src.data.volumes import VolumeCache
     from src.research.ablation import (
         AblationOptions,
         draw_split,

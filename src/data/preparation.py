@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.core.artifacts import CacheEntryFiles
+from src.core.artifacts import CacheEntryFiles, cached_entries
 from src.core.atomic import ensure_folder
 from src.core.errors import DataError
 from src.data.cache_entries import refresh_entry, remove_vanished
@@ -118,6 +118,14 @@ def prepare(data_dir: str | Path, cache_dir: str | Path | None = None, split: st
     write_description(cache_dir, description)
     return PrepareSummary(cache_dir, counts["written"], counts["skipped"], counts["removed"],
                           time.perf_counter() - start, description, tuple(notes))
+
+
+def ensure_prepared(data_dir: str | Path, cache_dir: str | Path, log=print) -> Path:
+    """`cache_dir`, prepared from `data_dir` now (its train split) when it holds no train entry yet: the
+    commands that read a cache (training, the research studies) prepare it themselves."""
+    if not cached_entries(cache_dir, "train"):
+        log(prepare(data_dir, cache_dir).line())
+    return Path(cache_dir)
 
 
 def _prepare_split(data_dir: Path, cache_dir: Path, split: str, workers: int, max_pixels: int) -> Counter[str]:

@@ -41,6 +41,7 @@ from src.core.errors import DataError
 from src.core.ids import CLASSES, case_day_key
 from src.core.options import changed, flag, parse_flags, parse_value, to_flags
 from src.core.readers import read_json_object
+from src.data.preparation import ensure_prepared
 
 SPLITS = ("random", "grouped")
 OWNED = ("fold", "folds_csv", "out", "name", "seed", "stage", "resume", "list_archs")  # set per split and cell
@@ -227,10 +228,9 @@ def run_ablation(opts: AblationOptions, log=print) -> pd.DataFrame:
     from src.research.evaluation import train
 
     out = Path(opts.out)
-    case_days = VolumeCache(opts.cache).case_days()
+    case_days = VolumeCache(ensure_prepared(opts.base_config.data_dir, opts.cache, log)).case_days()
     if len(case_days) < 2:
-        raise DataError(f"--base: the cache {opts.cache} holds {len(case_days)} case-day(s); prepare the data first "
-                        f"(python -m src.prepare) or give --cache-dir")
+        raise DataError(f"--base: the cache {opts.cache} holds {len(case_days)} case-day(s); an ablation needs two")
     aliased = opts.split == "random"
     cache = out / "cache_aliased" if aliased else opts.cache
     if aliased:

@@ -36,10 +36,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.core.artifacts import cached_entries, fold_dir
+from src.core.artifacts import fold_dir
 from src.core.device import select_device
 from src.core.errors import DataError
 from src.core.memory import reset_peak_rss
+from src.data.preparation import ensure_prepared
 
 OOM_EXIT = 75  # exit status of a worker whose watchdog saw the memory limit passed
 RESULT_TAG = "BENCHMARK_RESULT "
@@ -320,9 +321,7 @@ def run_benchmark(opts: BenchmarkOptions, log=print) -> pd.DataFrame:
     """Measure every arch of `opts`; writes <out>/benchmark.csv and benchmark.md and returns the table."""
     from src.research.evaluation import write_tables
 
-    if not cached_entries(opts.cache, "train"):
-        raise DataError(f"--data-dir: {opts.cache} holds no prepared case-day (run python -m src.prepare "
-                        f"--data-dir {opts.data_dir}, or give --cache-dir)")
+    ensure_prepared(opts.data_dir, opts.cache, log)
     out = Path(opts.out)
     rows = []
     for i, arch in enumerate(opts.archs, 1):
