@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from src.ensembling.params import EnsembleParams
 from src.ensembling.search import summary
-from src.ensembling.uncertainty import LEVEL, RESAMPLES, SEED, bootstrap, interval, score_over
+from src.ensembling.uncertainty import LEVEL, RESAMPLES, SEED, interval, score_and_bootstrap
 from src.metrics.competition import MetricResult
 
 KEY = "choice"  # under the ensemble record's "scores": the candidates compared
@@ -58,8 +58,9 @@ def choose(candidates: list[Candidate], case_days: list[str]) -> tuple[Candidate
     """The candidate with the best score over `case_days` (the first of ties: list the simpler first),
     and the record: every candidate's score, its interval, and its paired difference to the chosen one
     with that difference's interval."""
-    samples = {c.name: bootstrap(c.held_out, case_days) for c in candidates}
-    own = {c.name: score_over(c.held_out, case_days) for c in candidates}
+    own, samples = {}, {}
+    for c in candidates:
+        own[c.name], samples[c.name] = score_and_bootstrap(c.held_out, case_days)
     chosen = max(candidates, key=lambda c: (own[c.name], -candidates.index(c)))
     rows = {}
     for c in candidates:

@@ -79,6 +79,13 @@ def score_over(result: MetricResult, case_days: list[str]) -> float:
     return float(terms.scores(np.ones((1, len(terms.case_days))))[0])
 
 
+def score_and_bootstrap(result: MetricResult, case_days: list[str]) -> tuple[float, np.ndarray]:
+    """score_over and bootstrap of one result, its per-case-day terms computed once."""
+    terms = CaseTerms.of(result, case_days)
+    n = len(terms.case_days)
+    return float(terms.scores(np.ones((1, n)))[0]), terms.scores(resample_counts(n, RESAMPLES))
+
+
 def paired_gain_se(new: MetricResult, old: MetricResult) -> float:
     """The bootstrap standard error of new.score - old.score over the same case-days."""
     case_days = list(old.per_case_day["case_day"])
