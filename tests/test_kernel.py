@@ -183,6 +183,16 @@ def test_manifest_lists_every_fold_and_inference_refuses_a_corrupt_weight(ensemb
                                                 "(corrupt or changed upload)"]
 
 
+def test_inference_passes_the_pixel_cap_on_to_submit(ensemble, tmp_path):
+    data, ensemble_json = ensemble
+    bundle = build(ensemble_json, tmp_path / "bundle", wheels=())
+    proc = subprocess.run([sys.executable, str(bundle / "inference.py"), "--data-dir", str(data), "--out",
+                           str(tmp_path / "kernel.csv"), "--max-image-pixels", "16"], capture_output=True, text=True,
+                          env={**os.environ, **NO_NETWORK}, cwd=tmp_path)
+    assert proc.returncode == 2 and not (tmp_path / "kernel.csv").exists()
+    assert "pixels is over the cap of 16" in proc.stderr
+
+
 def test_an_incomplete_fold_is_refused_unless_allowed(ensemble, tmp_path, capsys):
     relocated(ensemble[1], tmp_path)
     fold = RunDir(tmp_path / "runs" / "fpn").fold(1)

@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--out", default="/kaggle/working/submission.csv")
     parser.add_argument("--allow-train-fallback", default="0", help="while test/ is empty: predict N train case-days")
     parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cuda or cpu")
+    parser.add_argument("--max-image-pixels", help="refuse a larger slice (passed on to src.submit; default: its own cap)")
     args = parser.parse_args()
     manifest = verify(args.bundle)
     print(f"bundle: {len(manifest['files'])} files verified ({manifest['bytes'] / 1e6:.1f} MB)", flush=True)
@@ -159,7 +160,8 @@ def main() -> None:
            "NUMBA_CACHE_DIR": str(scratch / "numba_cache")}
     run([sys.executable, "-m", "src.submit", "--ensemble", str(args.bundle / "ensemble.json"),
          "--runs-root", str(args.bundle / "runs"), "--data-dir", args.data_dir, "--out", args.out,
-         "--allow-train-fallback", args.allow_train_fallback, "--device", args.device], "src.submit",
+         "--allow-train-fallback", args.allow_train_fallback, "--device", args.device,
+         *(["--max-image-pixels", args.max_image_pixels] if args.max_image_pixels else [])], "src.submit",
         cwd=args.bundle / "code", env=env)
 
 
