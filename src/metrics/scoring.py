@@ -41,7 +41,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ScoreOptions:
-    """What `python -m src.score` was asked."""
+    """What `python -m src.score` was asked: the GI submission flags, and the 2D ones (src.metrics.scoring2d)."""
 
     data_dir: Path = field(metadata={"help": "dataset root: the GI Kaggle layout, or a 2D dataset (carvana, ebhi, nnunet)"})
     pred: Path = field(metadata={"help": "GI: submission CSV (predicted column); 2D: a Carvana CSV (img,rle_mask) "
