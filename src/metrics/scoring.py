@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -36,33 +36,60 @@ from src.data.layout import (
 from src.metrics.competition import PROTOCOLS, MetricResult, check_protocol, score_volumes
 
 SPLITS = ("test", "train")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class ScoreOptions:
-    """What `python -m src.score` was asked."""
+    """What `python -m src.score` was asked: the GI submission flags, and the 2D ones (src.metrics.scoring2d)."""
 
-    data_dir: Path = field(metadata={"help": "dataset root in the Kaggle layout"})
-    truth: Path = field(metadata={"help": "truth CSV (segmentation or predicted column)"})
-    pred: Path = field(metadata={"help": "submission CSV (predicted column)"})
+    data_dir: Path = field(metadata={"help": "dataset root: the GI Kaggle layout, or a 2D dataset (carvana, ebhi, nnunet)"})
+    pred: Path = field(metadata={"help": "GI: submission CSV (predicted column); 2D: a Carvana CSV (img,rle_mask) "
+                                         "or a folder of label images <id><ending>"})
+    truth: Path | None = field(default=None, metadata={
+        "help": "GI (required): truth CSV (segmentation or predicted column); 2D: a Carvana CSV or a folder of "
+                "label images (default: the data folder's train labels)"})
     split: str | None = field(default=None, metadata={
         "choices": SPLITS, "help": "image split (default: the one holding the truth's ids)"})
     protocol: str = field(default="kaggle", metadata={"choices": PROTOCOLS})
     per_case_day: Path | None = field(default=None, metadata={
-        "metavar": "OUT.csv", "help": "write the per-case-day table here"})
+        "metavar": "OUT.csv", "help": "GI: write the per-case-day table here"})
+    per_image: Path | None = field(default=None, metadata={
+        "metavar": "OUT.csv", "help": "2D: write the per-image table (one row per image and class) here"})
     json: bool = field(default=False, metadata={"help": "print one JSON object instead of a table"})
     summary: Path | None = field(default=None, metadata={"metavar": "OUT.json", "help": "also write the JSON object here"})
     max_image_pixels: int = max_image_pixels_field()
 
+    def check_kind(self, two_d: bool) -> None:
+        """DataError naming a flag given for the other kind of data (2D images or the GI slices)."""
+        if not two_d and self.truth is None:
+            raise DataError("--truth: required for the GI data (the truth CSV)")
+        given = ((("--per-case-day", self.per_case_day), ("--protocol", self.protocol != "kaggle")) if two_d
+                 else (("--per-image", self.per_image),))
+        wrong = next((name for name, value in given if value), None)
+        if wrong:
+            raise DataError(f"{wrong}: applies to {'the GI data' if two_d else '2D data'} only, "
+                            f"{self.data_dir} holds {'2D images' if two_d else 'the GI slices'}")
 
-def _find_split(data_dir: Path, truth_ids: set[str], truth_csv: Path, max_pixels: int) -> tuple[str, pd.DataFrame]:
-    """The split whose images include every truth id, with its index."""
+
+def find_split(truth_ids: set[str], truth_source: Path, list_split: Callable[[str], tuple[T, set[str]]],
+               where: Callable[[str], str]) -> tuple[str, T]:
+    """The first split of SPLITS whose images include every truth id, with its listing (`list_split(split)`:
+    the listing and its ids); DataError naming `truth_source` when none does (`where(split)`: its images)."""
     for split in SPLITS:
-        index = scan_split(data_dir, split, max_pixels)
-        if truth_ids <= set(index["id"]):
-            return split, index
+        listing, ids = list_split(split)
+        if truth_ids <= ids:
+            return split, listing
     example = min(truth_ids)
-    raise DataError(f"{truth_csv}: ids such as {example} have no image under {data_dir}/test nor {data_dir}/train")
+    raise DataError(f"{truth_source}: ids such as {example} have no image under {where('test')} nor {where('train')}")
+
+
+def check_ids_have_images(ids: set[str], image_ids: set[str], source: Path, where: str) -> None:
+    """DataError naming `source` unless each of its ids names an image of the scored split (`where`); a
+    prediction for an image without truth is ignored, one for no image is this error."""
+    orphans = sorted(ids - image_ids)
+    if orphans:
+        raise DataError(f"{source}: id {orphans[0]} has no image in {where} ({len(orphans)} such ids)")
 
 
 def _volumes(index: pd.DataFrame, truth: pd.DataFrame, pred: pd.DataFrame, truth_csv: Path,
@@ -83,13 +110,18 @@ def score_with_split(data_dir: Path, truth_csv: Path, pred_csv: Path, protocol: 
     truth, pred = read_labels(truth_csv), read_labels(pred_csv)
     if truth.empty:
         raise DataError(f"{truth_csv}: no rows to score")
+    def list_split(name: str) -> tuple[pd.DataFrame, set[str]]:
+        index = scan_split(data_dir, name, max_pixels)
+        return index, set(index["id"])
+
+    def where(name: str) -> str:
+        return f"{data_dir}/{name}"
+
     if split is None:
-        split, index = _find_split(data_dir, set(truth["id"]), truth_csv, max_pixels)
+        split, index = find_split(set(truth["id"]), truth_csv, list_split, where)
     else:
-        index = scan_split(data_dir, split, max_pixels)
-    orphans = sorted(set(pred["id"]) - set(index["id"]))
-    if orphans:
-        raise DataError(f"{pred_csv}: id {orphans[0]} has no image in {data_dir}/{split} ({len(orphans)} such ids)")
+        index = list_split(split)[0]
+    check_ids_have_images(set(pred["id"]), set(index["id"]), pred_csv, where(split))
     scored = index[index["case_day"].isin({parse_id(sid)[0] for sid in truth["id"].unique()})]
     check_labels_match_images(truth, scored, truth_csv)
     order = "F" if protocol == "mlebench" else "C"  # mle-bench decodes RLE column-major

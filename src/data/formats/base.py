@@ -68,7 +68,10 @@ class DatasetFormat(Protocol):
 
 
 class ImageFormat(DatasetFormat, Protocol):
-    """A 2D layout: its samples, and how to decode one."""
+    """A 2D layout: its samples, and how to decode one. `label_scale` is the pixel value of class 1 in the
+    layout's own label files (class k is k * label_scale): 255 for EBHI's 0/255 masks, else 1."""
+
+    label_scale: int
 
     def samples(self, root: Path, split: str) -> SampleList: ...
 

@@ -101,6 +101,7 @@ def _read_mask_file(path: Path, max_pixels: int) -> np.ndarray:
 
 class CarvanaFormat:
     name = "carvana"
+    label_scale = 1
     looked_for = "train/ with <car>_<NN>.jpg and train_masks/ or train_masks.csv"
 
     def detect(self, root: Path) -> bool:

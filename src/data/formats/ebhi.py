@@ -34,6 +34,7 @@ def _categories(root: Path) -> list[Path]:
 class EbhiFormat:
     max_pixels: int = MAX_IMAGE_PIXELS
     name = "ebhi"
+    label_scale = 255  # masks are 0/255
     looked_for = "<category>/image/ and <category>/label/ folders"
 
     def detect(self, root: Path) -> bool:

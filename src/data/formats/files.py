@@ -8,9 +8,11 @@ from src.data.formats.base import IMAGE_ENDINGS
 from src.data.layout import check_regular_file
 
 
-def image_files(folder: Path, inside: Path) -> dict[str, Path]:
+def image_files(folder: Path, inside: Path, recursive: bool = False) -> dict[str, Path]:
     """The image files of `folder` (an ending of IMAGE_ENDINGS, in any case) by their name without the ending,
     sorted by name; {} when there is no such folder. Hidden files and files of other endings are skipped.
+    `recursive`: also those of its subfolders (not hidden ones), named by their path relative to `folder`
+    ('/'-separated) without the ending: the ids of EBHI's `<category>/<name>`.
 
     DataError naming both files when two images share one name (a.png and a.PNG, a.png and a.tif), naming
     the file when it is not a regular file whose real path lies in `inside` (the resolved dataset folder).
@@ -18,11 +20,12 @@ def image_files(folder: Path, inside: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     if not folder.is_dir():
         return found
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_ENDINGS:
+    for path in sorted(folder.rglob("*") if recursive else folder.iterdir()):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or path.suffix.lower() not in IMAGE_ENDINGS:
             continue
         check_regular_file(path, inside)
-        name = path.name[:-len(path.suffix)]
+        name = relative.as_posix()[:-len(path.suffix)]
         if name in found:
             raise DataError(f"{path}: a second image named {name!r} besides {found[name].name}")
         found[name] = path

@@ -106,6 +106,7 @@ def _cases(folder: Path, inside: Path, spec: DatasetJson) -> dict[str, tuple[Pat
 class NnunetFormat:
     max_pixels: int = MAX_IMAGE_PIXELS
     name = "nnunet"
+    label_scale = 1
     looked_for = "dataset.json and imagesTr/"
 
     def detect(self, root: Path) -> bool:
