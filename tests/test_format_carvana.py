@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from src.core.errors import DataError
 from src.data import rle
 from src.data.formats.base import Sample
 from src.data.formats.carvana import FORMAT, encode_mask, read_img_csv
+from tests.expect import fault
 
 H, W = 16, 24
 CARS = ("0cdf5b5d0ce1", "fff9b3a5373f")
@@ -70,16 +70,6 @@ def read_pair(root: Path, stem: str):
     description = FORMAT.describe(root)
     return FORMAT.read_image(sample, description), FORMAT.read_label(sample, description)
 
-
-def fault(func, *args, names: list, match: str | None = None) -> str:
-    """Call func; expect a one-line DataError naming every path or text of `names` and matching `match`."""
-    with pytest.raises(DataError, match=match) as info:
-        func(*args)
-    message = str(info.value)
-    assert "\n" not in message
-    for name in names:
-        assert str(name) in message, (name, message)
-    return message
 
 
 # ---- the layout read -----------------------------------------------------------------------------

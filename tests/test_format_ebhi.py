@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.core.errors import DataError
 from src.data.formats.ebhi import FORMAT
+from tests.expect import fault
 
 SIZE = 16
 
@@ -39,14 +39,6 @@ def ebhi(root: Path, counts: dict[str, int] | None = None) -> Path:
             write_png(root / category / "label" / f"img{i}.png", mask(10 * c + i))
     return root
 
-
-def fault(func, *args, names: Path | str, says: str) -> str:
-    """Call func, expect a one-line DataError naming `names` and saying `says`; return the message."""
-    with pytest.raises(DataError) as info:
-        func(*args)
-    message = str(info.value)
-    assert "\n" not in message and str(names) in message and says in message, message
-    return message
 
 
 def first(root: Path):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.core.errors import DataError
 from src.data.formats.nnunet import FORMAT
+from tests.expect import fault
 
 SIZE = 16
 LABELS = {"background": 0, "liver": 1, "tumour": 2}
@@ -53,14 +53,6 @@ def nnunet(root: Path, train=("case_a", "case_b"), test=("case_t",), n_channels:
     write_json(root, **{"file_ending": ending, "numTraining": len(train), **changes})
     return root
 
-
-def fault(func, *args, names: Path | str, says: str) -> str:
-    """Call func, expect a one-line DataError naming `names` and saying `says`; return the message."""
-    with pytest.raises(DataError) as info:
-        func(*args)
-    message = str(info.value)
-    assert "\n" not in message and str(names) in message and says in message, message
-    return message
 
 
 def first(root: Path):
