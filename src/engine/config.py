@@ -132,6 +132,10 @@ class Seg2DConfig(TrainConfig):
         _check(self, math.isfinite(self.aux_weight) and self.aux_weight >= 0, "aux_weight", "must be a number >= 0")
 
 
+# Seg2DConfig fields about neighbouring slices: on a dataset of 2D images, setting one is an error.
+SLICE_FIELDS = ("channels", "stride", "anchor", "positive_only", "balanced", "tail_drop", "aux_weight")
+
+
 @dataclass(frozen=True)
 class ClsConfig(Seg2DConfig):
     """The slice classifier: the 2.5D input fields of Seg2DConfig, a cls_* arch, BCE."""
@@ -203,8 +207,7 @@ class DetConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        defaults = {f.name: f.default for f in dataclasses.fields(DetConfig)}
-        changed = [name for name in DET_UNUSED_FIELDS if getattr(self, name) != defaults[name]]
+        changed = changed_fields(self, DET_UNUSED_FIELDS)
         if changed:
             raise DataError(f"--{changed[0].replace('_', '-')} does not apply to the det stage")
         _check_img_size(self)
@@ -214,6 +217,12 @@ class DetConfig(TrainConfig):
         for name in ("slice_step", "predict_step"):
             _check(self, getattr(self, name) >= 1, name, "must be at least 1")
         _check(self, 0 < self.conf < 1, "conf", "expected a confidence in (0, 1)")
+
+
+def changed_fields(config, names: tuple[str, ...]) -> list[str]:
+    """Those of the fields `names` whose value differs from their default in the config's class."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    return [name for name in names if getattr(config, name) != defaults[name]]
 
 
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
