@@ -11,7 +11,9 @@ import torch
 from src.core.artifacts import load_prediction
 from src.core.errors import DataError
 from src.data.folds import load_sample_folds, make_folds
+from src.data.geometry import Geometry
 from src.data.image_cache import entry_key
+from src.data.image_samples import label_map, model_input, one_hot
 from src.data.synthetic2d import generate_dataset
 from src.engine.config import Seg2DConfig, Seg3DConfig
 from src.engine.run import train
@@ -96,3 +98,15 @@ def test_load_sample_folds_checks_the_file(tmp_path, rows, message):
     path.write_text(rows)
     with pytest.raises(DataError, match=message):
         load_sample_folds(path)
+
+
+def test_image_samples_scaling_targets_and_label_maps():
+    geometry = Geometry(4)
+    rgb = np.full((4, 4, 3), 51, np.uint8)
+    assert np.allclose(model_input(rgb, geometry), 0.2)  # uint8 / 255
+    deep = np.stack([np.full((4, 4), 1000), np.full((4, 4), 4000), np.zeros((4, 4))], axis=2).astype(np.uint16)
+    assert np.allclose(model_input(deep, geometry), [[[1.0]], [[1.0]], [[0.0]]])  # uint16 by each channel's max
+    mask = np.array([[0, 1], [2, 1]], np.uint8)
+    assert one_hot(mask, 2).tolist() == [[[0, 1], [0, 1]], [[0, 0], [1, 0]]]
+    probs = np.array([[[0.6, 0.2], [0.4, 0.9]], [[0.1, 0.8], [0.3, 0.95]]])
+    assert label_map(probs, 0.5).tolist() == [[1, 2], [0, 2]]  # most probable class above the threshold

@@ -105,7 +105,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Seg2DConfig(TrainConfig):
-    """2.5D segmentation (and the slice classifier, which shares its inputs)."""
+    """2.5D segmentation (and the slice classifier, which shares its inputs); on 2D images, the fields
+    but SLICE_FIELDS (src.engine.image2d)."""
 
     channels: int = 3
     stride: int = 2

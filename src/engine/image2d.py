@@ -16,10 +16,12 @@ src.data.image_samples.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 
@@ -55,6 +57,11 @@ class ImageSegmentationTask:
             self.criterion = CombinedLoss(cfg.loss)
             self.augment = build_augment(cfg.augment)
 
+    @functools.cached_property
+    def entries(self) -> pd.DataFrame:
+        """The cache's table of train images, by key (read once, at the first validation)."""
+        return self.cache.table().set_index("key")
+
     def build_model(self) -> nn.Module:
         return create_model(self.cfg.arch, in_channels=self.description.n_channels, classes=self.description.n_classes)
 
@@ -82,7 +89,7 @@ class ImageSegmentationTask:
                  save: Callable[[str, np.ndarray], object]) -> Evaluation:
         """Predict each image, save its probabilities (float16 OOF), threshold them into an index map and
         score it: val_score is the mean over images of the per-image Dice (mean over classes)."""
-        table = self.cache.table().set_index("key")
+        table = self.entries
 
         def images():
             for key in keys:
