@@ -20,6 +20,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from src.core.errors import DataError
 from src.data.formats import detect_format
+from src.data.image_cache import entry_key
 from src.data.layout import check_labels_match_images, read_labels, scan_split
 
 FOLD_COLUMNS = ["case", "day", "case_day", "fold"]
@@ -100,24 +101,62 @@ def _make_sample_folds(fmt, data_dir: Path, n_folds: int, seed: int, exclude: se
     return assign_sample_folds(table[~table["id"].isin(exclude)], n_folds, seed)
 
 
+FOLD_KINDS = {"case-days": "case_day", "images": "id"}  # what a folds file splits, by its key column
+
+
 def load_folds(path: str | Path) -> pd.DataFrame:
     """Read a folds file written by this stage; DataError unless every case-day has one fold and no case spans two."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: folds file not found (run python -m src.make_folds)")
-    try:
-        folds = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read CSV ({str(exc).splitlines()[0]})") from None
-    missing = [c for c in FOLD_COLUMNS if c not in folds.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; has {list(folds.columns)}")
-    if folds.empty:
-        raise DataError(f"{path}: no case-days listed")
+    folds = _read_folds(path, FOLD_COLUMNS, "case-days")
     for col in ("case", "day", "fold"):
         if not pd.api.types.is_integer_dtype(folds[col]) or (folds[col] < 0).any():
             raise DataError(f"{path}: column {col} must hold non-negative integers")
     _check_rows(folds, path)
+    return folds
+
+
+def load_sample_folds(path: str | Path) -> pd.DataFrame:
+    """Read the folds file of a 2D dataset (id, group, stratum, fold); DataError unless every id has one
+    fold, folds are non-negative integers and no group spans two."""
+    path = Path(path)
+    folds = _read_folds(path, SAMPLE_FOLD_COLUMNS, "images", keep_default_na=False,
+                        dtype={"id": str, "group": str, "stratum": str})
+    if not pd.api.types.is_integer_dtype(folds["fold"]) or (folds["fold"] < 0).any():
+        raise DataError(f"{path}: column fold must hold non-negative integers")
+    dup = np.flatnonzero(folds["id"].duplicated().to_numpy())
+    if dup.size:
+        raise DataError(f"{path} row {dup[0] + 2}: image {folds['id'].iloc[dup[0]]} listed twice")
+    spread = folds.groupby("group")["fold"].nunique()
+    if (spread > 1).any():
+        raise DataError(f"{path}: group {spread.index[spread > 1][0]} is in more than one fold (folds must be grouped)")
+    return folds
+
+
+def entry_folds(path: str | Path) -> dict[str, int]:
+    """The fold of each 2D cache entry (its key, src.data.image_cache.entry_key) from a 2D folds file."""
+    folds = load_sample_folds(path)
+    return {entry_key(i): int(f) for i, f in zip(folds["id"], folds["fold"])}
+
+
+def _read_folds(path: Path, columns: list[str], kind: str, **read_options) -> pd.DataFrame:
+    """A folds CSV of `kind` (a key of FOLD_KINDS) with `columns`, not empty; one-line errors naming the file,
+    a folds file of the other kind included."""
+    if not path.is_file():
+        raise DataError(f"{path}: folds file not found (run python -m src.make_folds)")
+    try:
+        folds = pd.read_csv(path, **read_options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read CSV ({str(exc).splitlines()[0]})") from None
+    if FOLD_KINDS[kind] not in folds.columns:
+        for other, key in FOLD_KINDS.items():
+            if key in folds.columns:
+                raise DataError(f"{path}: folds of {other}, but the data has {kind} (make its folds with "
+                                "python -m src.make_folds --data-dir DATA)")
+    missing = [c for c in columns if c not in folds.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; has {list(folds.columns)}")
+    if folds.empty:
+        raise DataError(f"{path}: no {kind} listed")
     return folds
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.core.artifacts import CacheEntryFiles, cached_entries
+from src.core.artifacts import CacheEntryFiles, cached_entries, description_path
 from src.core.errors import DataError
 from src.data.cache_entries import read_entry_meta, refresh_entry, remove_vanished
 from src.data.description import DatasetDescription, read_description
@@ -83,6 +83,11 @@ def prepare_images(fmt: ImageFormat, description: DatasetDescription, data_dir: 
     counts["removed"] = remove_vanished(cache_dir / "train", set(keys), KEY_RE)
     notes = [line] if (line := listed.report()) else []
     return counts, notes
+
+
+def is_image_cache(cache_dir: str | Path) -> bool:
+    """Whether a cache holds 2D images: its description says so (a cache without one holds GI volumes)."""
+    return description_path(cache_dir).is_file() and read_description(cache_dir).dims == "2d"
 
 
 class ImageCache:

@@ -105,7 +105,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Seg2DConfig(TrainConfig):
-    """2.5D segmentation (and the slice classifier, which shares its inputs)."""
+    """2.5D segmentation (and the slice classifier, which shares its inputs); on 2D images, the fields
+    but SLICE_FIELDS (src.engine.image2d)."""
 
     channels: int = 3
     stride: int = 2
@@ -130,6 +131,10 @@ class Seg2DConfig(TrainConfig):
         _check(self, self.augment in AUGMENTS, "augment", f"expected one of {', '.join(AUGMENTS)}")
         _check(self, self.tail_drop >= 0, "tail_drop", "must be >= 0")
         _check(self, math.isfinite(self.aux_weight) and self.aux_weight >= 0, "aux_weight", "must be a number >= 0")
+
+
+# Seg2DConfig fields about neighbouring slices: on a dataset of 2D images, setting one is an error.
+SLICE_FIELDS = ("channels", "stride", "anchor", "positive_only", "balanced", "tail_drop", "aux_weight")
 
 
 @dataclass(frozen=True)
@@ -203,8 +208,7 @@ class DetConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        defaults = {f.name: f.default for f in dataclasses.fields(DetConfig)}
-        changed = [name for name in DET_UNUSED_FIELDS if getattr(self, name) != defaults[name]]
+        changed = changed_fields(self, DET_UNUSED_FIELDS)
         if changed:
             raise DataError(f"--{changed[0].replace('_', '-')} does not apply to the det stage")
         _check_img_size(self)
@@ -214,6 +218,12 @@ class DetConfig(TrainConfig):
         for name in ("slice_step", "predict_step"):
             _check(self, getattr(self, name) >= 1, name, "must be at least 1")
         _check(self, 0 < self.conf < 1, "conf", "expected a confidence in (0, 1)")
+
+
+def changed_fields(config, names: tuple[str, ...]) -> list[str]:
+    """Those of the fields `names` whose value differs from their default in the config's class."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    return [name for name in names if getattr(config, name) != defaults[name]]
 
 
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}

@@ -1,5 +1,6 @@
 """The 2.5D segmentation stage (`seg2d`, the default of src.train): neighbouring slices as channels,
-smp decoders on smp / timm encoders, an optional per-class presence head."""
+smp decoders on smp / timm encoders, an optional per-class presence head. On a cache of 2D images the
+stage builds the 2D image task instead (`seg2d_task`, src.engine.image2d)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,14 +9,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from src.core.errors import DataError
 from src.data.augment import build_augment
 from src.data.geometry import Geometry
+from src.data.image_cache import is_image_cache
 from src.data.samples import SliceDataset, StackSpec, volume_batches
 from src.data.volumes import CaseDay, VolumeCache
 from src.engine.config import Seg2DConfig
+from src.engine.image2d import ImageSegmentationTask
 from src.engine.losses import CombinedLoss
-from src.engine.segmentation import VolumeSegmentationTask
+from src.engine.segmentation import VolumeSegmentationTask, option_errors, to_device
 from src.engine.stages import StageSpec, register_stage
 from src.engine.trainer import Trainer
 from src.models.registry import create_model
@@ -28,13 +30,11 @@ class Seg2DTask(VolumeSegmentationTask):
         self.cfg = cfg
         self.cache_dir = cache_dir
         self.cache = VolumeCache(cache_dir)
-        try:
+        with option_errors():
             self.spec = StackSpec(cfg.channels, cfg.stride, cfg.anchor)
             self.geometry = Geometry(cfg.img_size, cfg.geometry)
             self.criterion = CombinedLoss(cfg.loss)
             self.augment = build_augment(cfg.augment)
-        except ValueError as exc:  # a bad option value: report it as one line
-            raise DataError(f"config: {exc}") from None
         self.presence_loss = nn.BCEWithLogitsLoss()
 
     def build_model(self) -> nn.Module:
@@ -45,11 +45,8 @@ class Seg2DTask(VolumeSegmentationTask):
                             seed=self.cfg.seed, positive_only=self.cfg.positive_only, tail_drop=self.cfg.tail_drop)
 
     def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-        image = batch["image"].to(device, non_blocking=True)
-        if self.cfg.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
         target = batch["mask"].to(device, non_blocking=True)
-        out = model(image)
+        out = model(to_device(self.cfg, batch["image"], device))
         if self.cfg.aux_weight > 0:
             logits, presence_logits = out
             return self.criterion(logits, target) + self.cfg.aux_weight * self.presence_loss(
@@ -62,10 +59,7 @@ class Seg2DTask(VolumeSegmentationTask):
         depth, height, width = vol.shape
         out = np.zeros((depth, 3, height, width), dtype=np.float32)
         for zs, batch in volume_batches(vol, self.spec, self.geometry, batch_size or self.cfg.batch_size, box):
-            batch = batch.to(device)
-            if self.cfg.channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            logits = model(batch)
+            logits = model(to_device(self.cfg, batch, device))
             if isinstance(logits, (tuple, list)):
                 logits = logits[0]
             out[zs] = self.geometry.from_model(torch.sigmoid(logits.float()), height, width, box).cpu().numpy()
@@ -82,10 +76,7 @@ class Seg2DTask(VolumeSegmentationTask):
         outs = [np.zeros((v.shape[0], 3, *v.shape[1:]), dtype=np.float32) for v in vols]
         streams = [volume_batches(v, self.spec, self.geometry, size, b) for v, b in zip(vols, boxes)]
         for parts in zip(*streams):
-            batch = torch.cat([b for _, b in parts]).to(device)
-            if self.cfg.channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            logits = model(batch)
+            logits = model(to_device(self.cfg, torch.cat([b for _, b in parts]), device))
             if isinstance(logits, (tuple, list)):
                 logits = logits[0]
             probs, start = torch.sigmoid(logits.float()), 0
@@ -96,5 +87,11 @@ class Seg2DTask(VolumeSegmentationTask):
         return outs
 
 
-register_stage(StageSpec("seg2d", Seg2DConfig, Seg2DTask, "probabilities", "2d", Trainer,
-                         "2.5D segmenter: (Z, 3, H, W) probabilities"))
+def seg2d_task(cfg: Seg2DConfig, cache_dir: str | Path) -> Seg2DTask | ImageSegmentationTask:
+    """The seg2d stage's task for a cache: ImageSegmentationTask when it holds 2D images (src.engine.image2d
+    says why), else the 2.5D Seg2DTask."""
+    return (ImageSegmentationTask if is_image_cache(cache_dir) else Seg2DTask)(cfg, cache_dir)
+
+
+register_stage(StageSpec("seg2d", Seg2DConfig, seg2d_task, "probabilities", "2d", Trainer,
+                         "2.5D segmenter: (Z, 3, H, W) probabilities; on 2D images, (K, H, W)"))

@@ -24,7 +24,7 @@ STAGE_MODULES = ("src.engine.seg2d", "src.engine.seg3d", "src.engine.cls", "src.
 class StageSpec:
     name: str
     config: type  # its frozen config dataclass (src.engine.config)
-    task: type  # task(cfg, cache_dir): build_model, train_dataset, loss, evaluate, predict_volume
+    task: Callable  # task(cfg, cache_dir) -> its task: build_model, train_dataset, loss, evaluate, predict_volume
     output: str  # one of OUTPUTS
     group: str | None  # blend group of a segmenter ("2d" | "3d"); None for a gate or a crop
     trainer: Callable  # trainer(task, case_days) -> an object whose fit(resume) returns the best score

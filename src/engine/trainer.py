@@ -72,7 +72,8 @@ class Task(Protocol):
 
 
 class TrainableTask(Task, Protocol):
-    """A task this loop trains: also its training samples and loss (the detector trains in ultralytics)."""
+    """A task this loop trains: also its training samples and loss (the detector trains in ultralytics).
+    A task whose ids are not case-days (2D images) also has `read_folds(path) -> {id: fold}`."""
 
     def train_dataset(self, case_days: list[str]) -> Dataset: ...  # with set_epoch(epoch)
 
@@ -94,25 +95,31 @@ def set_bn_momentum(model: nn.Module, momentum: float) -> None:
             m.momentum = momentum
 
 
-def split_case_days(cfg: TrainConfig, all_case_days: list[str]) -> tuple[list[str], list[str]]:
-    """(train, validation) case-days for cfg.fold from the saved folds file."""
+def case_day_folds(path: str) -> dict[str, int]:
+    """The fold of each case-day, from a GI folds file."""
     from src.data.folds import load_folds
 
+    folds = load_folds(path)
+    return dict(zip(folds["case_day"], folds["fold"]))
+
+
+def split_case_days(cfg: TrainConfig, all_case_days: list[str],
+                    read_folds: Callable[[str], dict[str, int]] = case_day_folds) -> tuple[list[str], list[str]]:
+    """(train, validation) case-days (or other ids, with their `read_folds`) for cfg.fold from the saved folds file."""
     excluded = set(cfg.excluded)
     available = [cd for cd in all_case_days if cd not in excluded]
     if cfg.fold == "all":
         return available, []
-    folds = load_folds(cfg.folds_csv)
+    fold_of = read_folds(cfg.folds_csv)
     try:
         fold = int(cfg.fold)
     except ValueError:
         raise DataError(f"--fold {cfg.fold!r}: expected a fold number or 'all'") from None
-    if fold not in set(folds["fold"]):
-        raise DataError(f"{cfg.folds_csv}: has no fold {fold} (folds: {sorted(set(folds['fold']))})")
-    fold_of = dict(zip(folds["case_day"], folds["fold"]))
+    if fold not in set(fold_of.values()):
+        raise DataError(f"{cfg.folds_csv}: has no fold {fold} (folds: {sorted(set(fold_of.values()))})")
     missing = [cd for cd in available if cd not in fold_of]
     if missing:
-        raise DataError(f"{cfg.folds_csv}: case-day {missing[0]} of the cache has no fold (re-run make_folds)")
+        raise DataError(f"{cfg.folds_csv}: {missing[0]} of the cache has no fold (re-run make_folds)")
     train = [cd for cd in available if fold_of[cd] != fold]
     val = [cd for cd in available if fold_of[cd] == fold]
     return train, val
@@ -255,7 +262,8 @@ class Trainer:
         self.dist = init_distributed(self.device)
         if self.device.type == "cuda" and self.dist.world > 1:
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.train_cds, self.val_cds = split_case_days(self.cfg, all_case_days)
+        self.train_cds, self.val_cds = split_case_days(self.cfg, all_case_days,
+                                                       getattr(task, "read_folds", case_day_folds))
         if not self.train_cds:
             raise DataError("no case-day left to train on (check --fold, --exclude and the folds file)")
         if self.cfg.batch_size % self.dist.world:

@@ -51,10 +51,15 @@ def image_table(images: Iterable[tuple[str, str, np.ndarray, np.ndarray]], label
     return pd.DataFrame(rows, columns=["id", "stratum", "class", *STATS])
 
 
+def image_means(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per image of `image_table`'s table: id, stratum and each stat's mean over the classes."""
+    return table.groupby(["id", "stratum"], as_index=False, sort=False)[list(STATS)].mean()
+
+
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Mean of each stat over the images of each stratum (an image's value: its mean over classes), and
     over all images (stratum OVERALL, first), with the image counts."""
-    per_image = table.groupby(["id", "stratum"], as_index=False, sort=False)[list(STATS)].mean()
+    per_image = image_means(table)
     overall = per_image[list(STATS)].mean().to_frame().T.assign(stratum=OVERALL, images=len(per_image))
     by = per_image.groupby("stratum", sort=True)
     strata = by[list(STATS)].mean().assign(images=by.size()).reset_index()
