@@ -7,7 +7,7 @@ from pathlib import Path
 from src.core.device import select_device
 from src.core.errors import DataError
 from src.data.image_cache import ImageCache, is_image_cache
-from src.data.preparation import prepare
+from src.data.preparation import ensure_prepared
 from src.data.volumes import VolumeCache, cache_dir_for
 from src.engine.config import TrainConfig
 from src.engine.stages import check_arch, get_stage
@@ -26,12 +26,9 @@ def ensure_cache(cfg: TrainConfig) -> tuple[Path, list[str]]:
     """The cache of cfg.data_dir and its train entries (case-days, or a 2D dataset's image keys); runs
     prepare now (any format it detects) if it is empty (one process only)."""
     cache_dir = cache_dir_for(cfg.cache_dir, cfg.data_dir)
-    case_days = train_entries(cache_dir)
-    if not case_days:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise DataError(f"{cache_dir}: empty cache; run python -m src.prepare --data-dir {cfg.data_dir} before torchrun")
-        prepare(cfg.data_dir, cache_dir)
-        case_days = train_entries(cache_dir)
+    if not train_entries(cache_dir) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DataError(f"{cache_dir}: empty cache; run python -m src.prepare --data-dir {cfg.data_dir} before torchrun")
+    case_days = train_entries(ensure_prepared(cfg.data_dir, cache_dir, log=lambda line: None))
     if not case_days:
         raise DataError(f"{cfg.data_dir}: no training case-day or labelled image found")
     return cache_dir, case_days
