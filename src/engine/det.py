@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import shutil
 import sys
 from pathlib import Path
@@ -239,7 +238,7 @@ def train_yolo(cfg: DetConfig, data_yaml: Path, fold: FoldDir, device: torch.dev
     with keep_torch_state(), ultralytics_output_to(fold.yolo_dir.with_suffix(".log")) as console:
         model = ultralytics.YOLO(yolo_yaml(cfg.arch), task="detect")
         model.add_callback("on_fit_epoch_end", lambda t: print(epoch_line(
-            t.epoch, t.epochs, float(t.tloss.sum()) if t.tloss is not None else math.nan, t.fitness, t.epoch_time or 0.0),
+            t.epoch, t.epochs, sum(float(v) for v in (t.tloss or {}).values()), t.fitness, t.epoch_time or 0.0),
             file=console, flush=True))
         model.train(data=str(data_yaml.resolve()), epochs=cfg.epochs, imgsz=cfg.img_size, batch=cfg.batch_size,
                     device=yolo_device(device), seed=cfg.seed, deterministic=True, workers=cfg.workers,
