@@ -168,3 +168,18 @@ def test_a_failed_step_stops_its_dependents_and_a_rerun_runs_only_the_rest(seria
     ran = [line.split()[0] for line in out.splitlines() if line.startswith("  ") and " ran " in line]
     assert "train m fold 0: up to date, skipped" in out and "train m fold 1: up to date, skipped" in out
     assert ran == ["cache", "train", "ensemble", "submission", "score"]
+
+
+def test_ablation_cells_as_ray_tasks_are_skipped_once_scored(serial, ray_instance):
+    from src.research.ablation import AblationOptions, run_ablation
+
+    base = ("--arch", "unet_tiny", "--img-size", "64", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+            "--workers", "0", "--augment", "none", "--data-dir", str(serial / "data"))
+    opts = AblationOptions(base=base, repeats=2, out=str(serial / "ablation"), executor="ray")
+    lines = []
+    run_ablation(opts, log=lines.append)
+    assert len(lines) == 2 and all("trained in" in line for line in lines)
+    assert all("epoch 1/1" in p.read_text() for p in (serial / "ablation" / "logs").glob("*.log"))
+    again = []
+    run_ablation(opts, log=again.append)
+    assert len(again) == 2 and all("finished earlier" in line for line in again)
