@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             executor = RayExecutor()
             parallel = [timed(trainings(root, root / f"ray{r}", args.epochs, args.img_size), executor)
                         for r in range(args.repeats)]
-            trivial = Step("trivial", "src.bench.executor", ("--help",), ())
+            trivial = Step("trivial", "src.bench.executor", ("--help",), (str(root / "never written"),))
             in_ray = [timed([trivial], executor) for _ in range(5)]
         finally:
             ray.shutdown()
