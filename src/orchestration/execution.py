@@ -55,19 +55,22 @@ def last_line(step: Step) -> str:
 
 
 class _Tee(io.TextIOBase):
-    """Writes to every stream; not a terminal, so a training prints one line per epoch."""
+    """Writes to every stream still open (a library that kept this object after its step, as a logging
+    handler made at import, writes on to the console); not a terminal, so a training prints one line per epoch."""
 
     def __init__(self, *streams):
         self.streams = streams
 
     def write(self, text: str) -> int:
         for stream in self.streams:
-            stream.write(text)
+            if not stream.closed:
+                stream.write(text)
         return len(text)
 
     def flush(self) -> None:
         for stream in self.streams:
-            stream.flush()
+            if not stream.closed:
+                stream.flush()
 
 
 def run_in_process(step: Step, argv: list[str]) -> str | None:
