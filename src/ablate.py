@@ -7,6 +7,7 @@ cases; --val-fraction validated), through python -m src.train, scores each from 
 and writes <out>/ablation.csv, ablation.md, ablation.png (mean and std of the competition score and
 of per-class Dice, Jaccard, precision, recall, accuracy) and cells.csv, with each variant's paired
 difference from the base and its confidence interval. A re-run skips the finished cells.
+`--executor ray [--address auto|HOST:PORT]` trains the cells as Ray tasks, several at once (docs/distributed.md).
 """
 from __future__ import annotations
 

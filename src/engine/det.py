@@ -20,12 +20,17 @@ inside the box, mean over case-days: the checkpoint score) and its area fraction
 Run folder runs/<name>/fold<k>/ (written as fold<k>.staging/, which replaces it when complete, under
 the fold's lock: src.engine.fold_writer): config.json, yolo/ (ultralytics' own folder: weights/best.pt,
 last.pt, results.csv), best.pt ({"model": state_dict} of the DetectionModel, like every stage),
-log.csv (ultralytics' per-epoch results), oof/, oof_scores.csv, done.json (last).
+log.csv (ultralytics' per-epoch results), oof/, oof_scores.csv, done.json (last). Ultralytics' own
+output (its configuration, layer table, a progress bar per batch) goes to yolo.log beside yolo/; the
+console gets one line per epoch, as from every stage (src.engine.progress).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -56,6 +61,7 @@ from src.data.samples import StackSpec, intensity_window, normalise
 from src.data.volumes import CaseDay, VolumeCache
 from src.engine.config import DetConfig
 from src.engine.fold_writer import Plan, fold_lock, open_staging, plan_training
+from src.engine.progress import epoch_line
 from src.engine.stages import StageSpec, register_stage
 from src.engine.trainer import Evaluation, split_case_days
 from src.models.detector import keep_torch_state, ultralytics_offline, yolo_yaml
@@ -209,14 +215,31 @@ def save_state_dict(ultralytics_best: Path, target: Path) -> None:
     save_checkpoint({"model": model.state_dict(), "epoch": ckpt.get("epoch")}, target)
 
 
+@contextlib.contextmanager
+def ultralytics_output_to(path: Path):
+    """Ultralytics' log and progress bars into `path` for the block; yields the console's stdout."""
+    console = sys.stdout
+    handlers = [h for h in logging.getLogger("ultralytics").handlers if isinstance(h, logging.StreamHandler)]
+    with open(path, "a") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        previous = [h.setStream(sink) for h in handlers]
+        try:
+            yield console
+        finally:
+            for handler, stream in zip(handlers, previous):
+                handler.setStream(stream)
+
+
 def train_yolo(cfg: DetConfig, data_yaml: Path, fold: FoldDir, device: torch.device) -> Path:
     """Train YOLO from its yaml on the fold's own exported dataset, in an empty training folder; return
     ultralytics' best.pt (written by this process). Never ultralytics' resume: it unpickles the old
     last.pt and, when it judges a checkpoint not resumable, falls back to its default dataset (a download)."""
     ultralytics = ultralytics_offline()
     shutil.rmtree(fold.yolo_dir, ignore_errors=True)
-    with keep_torch_state():
+    with keep_torch_state(), ultralytics_output_to(fold.yolo_dir.with_suffix(".log")) as console:
         model = ultralytics.YOLO(yolo_yaml(cfg.arch), task="detect")
+        model.add_callback("on_fit_epoch_end", lambda t: print(epoch_line(
+            t.epoch, t.epochs, sum(float(v) for v in (t.tloss or {}).values()), t.fitness, t.epoch_time or 0.0),
+            file=console, flush=True))
         model.train(data=str(data_yaml.resolve()), epochs=cfg.epochs, imgsz=cfg.img_size, batch=cfg.batch_size,
                     device=yolo_device(device), seed=cfg.seed, deterministic=True, workers=cfg.workers,
                     amp=False, project=str(fold.path.resolve()), name=fold.yolo_dir.name, exist_ok=True,

@@ -44,6 +44,7 @@ from src.engine.distributed import (
     sum_over_ranks,
 )
 from src.engine.fold_writer import Plan, fold_lock, open_staging, plan_training
+from src.engine.progress import epoch_line, in_terminal
 from src.models.weights import load_encoder_weights
 
 
@@ -339,14 +340,15 @@ class Trainer:
 
     def _epoch(self, net: nn.Module, parts: Parts, dataset, state: TrainingState) -> TrainingState:
         """Train one epoch, validate it (when due), save best.pt, log.csv and last.pt; the new state."""
-        epoch = state.epoch
+        epoch, start = state.epoch, time.perf_counter()
         dataset.set_epoch(epoch)
         train_stats = self._train_epoch(net, parts, dataset, epoch)
         row = {"epoch": epoch, **train_stats, "lr": parts.optimizer.param_groups[0]["lr"]}
         if self.dist.is_main:
-            improved = False
+            improved, score = False, None
             if self.val_cds and self._validates(epoch):
                 evaluation = self._validate(parts.eval_model)
+                score = evaluation.score
                 row.update(evaluation.metrics)
                 improved = state.observe(epoch, evaluation.score)
                 if improved:
@@ -356,6 +358,9 @@ class Trainer:
             state.epoch = epoch + 1
             self.work.append_log(row)
             self._save_last(parts.checkpoint(state))
+            if not in_terminal():  # a terminal has the progress bar instead
+                print(epoch_line(epoch, self.cfg.epochs, row["train_loss"], score, time.perf_counter() - start,
+                                 row["data_wait_s"]), flush=True)
         return broadcast_object(self.dist, state)
 
     def _finish(self, state: TrainingState) -> float | None:

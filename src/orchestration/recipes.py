@@ -1,54 +1,29 @@
 """Recipes as steps (the library of `python -m src.pipeline`, whose help describes the steps).
 
 `load_recipe` reads and validates a recipe (src.orchestration.schema), `plan` turns it into `Step`s
-(a stage module, its arguments, the files it reads and writes), `run_steps` runs the steps that are
-not up to date, by stamp, adding --resume to a started training, and `results`, `contribution_column`
-/ `comparison_table` read the headline numbers and the held-out contributions back from the artifacts.
+(a stage module, its arguments, the files it reads and writes, its log and resources), `run_recipe`
+runs the steps that are not up to date, by stamp, adding --resume to a started training
+(src.orchestration.steps, .execution: locally or on Ray), and `results`, `contribution_column` /
+`comparison_table` read the headline numbers and the held-out contributions back from the artifacts.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from src.core.artifacts import REPORT_PAGE, fold_dir, read_ensemble
-from src.core.atomic import write_json_atomic, write_text_atomic
+from src.core.atomic import write_text_atomic
 from src.core.errors import DataError
 from src.core.options import to_flags
 from src.core.outputs import check_name
 from src.core.readers import read_json_object, read_toml
+from src.data.volumes import cache_dir_for
 from src.engine.stages import get_stage
 from src.ensembling import choice, contributions
-from src.orchestration.schema import validate_recipe
-
-
-@dataclass(frozen=True)
-class Step:
-    """One stage command: `python -m <module> <argv>`, with the files it reads and writes."""
-
-    name: str
-    module: str
-    argv: tuple[str, ...]
-    outputs: tuple[str, ...]
-    inputs: tuple[str, ...] = ()
-    resumable: bool = False  # gets --resume when its outputs are incomplete but it was started
-    once: bool = False  # done whenever its outputs exist (e.g. generated data is never regenerated)
-    always: bool = False  # runs every time: the stage itself skips what is up to date (the cache)
-
-    def stamp(self) -> str:
-        """Hash of the command and of the inputs: file contents for files, sizes and times in folders."""
-        digest = hashlib.sha256(json.dumps([self.module, self.argv]).encode())
-        for path in map(Path, self.inputs):
-            if path.is_file():
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
-            for f in sorted(path.rglob("*")) if path.is_dir() else []:
-                if f.is_file():
-                    st = f.stat()
-                    digest.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
-        return digest.hexdigest()
+from src.orchestration.execution import address_field, check_executor, executor_field, open_executor, run_graph
+from src.orchestration.schema import RESOURCE_KEYS, validate_recipe
+from src.orchestration.steps import StampLedger, Step
 
 
 @dataclass(frozen=True)
@@ -123,11 +98,11 @@ def _final_steps(recipe: Recipe, runs_dir: str) -> list[Step]:
             argv += [f"--{key}", f"{runs_dir}/{ens.pop(key)}"]
     ens.pop("out", None)
     steps = [Step("ensemble", "src.ensemble", (*argv, "--out", out.ensemble, *to_flags(ens)), (out.ensemble,),
-                  _done_files(recipe, members + helpers, runs_dir))]
+                  _done_files(recipe, members + helpers, runs_dir), cpus=ens.get("workers", 1))]
     submit_opts = {k: v for k, v in recipe.submit.items() if k not in ("out", "truth")}
     steps.append(Step("submission", "src.submit", ("--ensemble", out.ensemble, "--data-dir", recipe.data_dir,
                                                    "--out", out.submission, *to_flags(submit_opts)),
-                      (out.submission,), (out.ensemble,)))
+                      (out.submission,), (out.ensemble,), gpus=_gpus(recipe.submit)))
     if out.truth:
         steps.append(Step("score", "src.score", ("--data-dir", recipe.data_dir, "--truth", out.truth, "--pred",
                                                  out.submission, "--summary", out.score),
@@ -140,8 +115,18 @@ def _final_steps(recipe: Recipe, runs_dir: str) -> list[Step]:
     return steps
 
 
+def _gpus(options: dict) -> int:
+    """The GPUs a step of these options takes where there are some: `gpus`, else one unless on the CPU."""
+    return options.get("gpus", 0 if options.get("device") == "cpu" else 1)
+
+
+def _with_log(step: Step, recipe: Recipe, runs_dir: str) -> Step:
+    """The step with its log: a training's beside its fold (fold<k>.log), others' under runs/logs/<recipe>/."""
+    return step if step.log else replace(step, log=f"{runs_dir}/logs/{recipe.name}/{step.name.replace(' ', '_')}.log")
+
+
 def plan(recipe: Recipe, runs_dir: str = "runs") -> list[Step]:
-    """The recipe's steps in order."""
+    """The recipe's steps in order, each after the steps whose outputs it reads."""
     data = recipe.data_dir
     folds_csv = recipe.folds.get("out", f"folds/{recipe.name}_folds.csv")
     steps = []
@@ -151,18 +136,21 @@ def plan(recipe: Recipe, runs_dir: str = "runs") -> list[Step]:
     fold_opts = {k: v for k, v in recipe.folds.items() if k != "out"}
     steps.append(Step("folds", "src.make_folds", ("--data-dir", data, "--out", folds_csv, *to_flags(fold_opts)),
                       (folds_csv,), (f"{data}/train.csv",)))
-    steps.append(Step("cache", "src.prepare", ("--data-dir", data, "--split", "all"), (), (f"{data}/train.csv",),
+    cache = str(cache_dir_for("", data))
+    steps.append(Step("cache", "src.prepare", ("--data-dir", data, "--split", "all"), (cache,), (f"{data}/train.csv",),
                       always=True))
     for model in recipe.models:
-        options = {k: v for k, v in model.items() if k not in ("name", "stage", "arch", "folds")}
+        options = {k: v for k, v in model.items() if k not in ("name", "stage", "arch", "folds", *RESOURCE_KEYS)}
         for fold in model.get("folds", [0]):
             argv = ("--stage", model["stage"], "--arch", model["arch"], "--name", model["name"], "--fold", str(fold),
                     "--data-dir", data, "--folds-csv", folds_csv, "--out", runs_dir, *to_flags(options))
-            steps.append(Step(f"train {model['name']} fold {fold}", "src.train", argv,
-                              (str(fold_dir(runs_dir, model["name"], fold).done_path),), (folds_csv,), resumable=True))
+            where = fold_dir(runs_dir, model["name"], fold)
+            steps.append(Step(f"train {model['name']} fold {fold}", "src.train", argv, (str(where.done_path),),
+                              (folds_csv, str(cache_dir_for(model.get("cache_dir", ""), data))), resumable=True,
+                              log=f"{where.final_path}.log", cpus=model.get("cpus", 1), gpus=_gpus(model)))
     if recipe.ensemble is not None:
         steps += _final_steps(recipe, runs_dir)
-    return steps
+    return [_with_log(step, recipe, runs_dir) for step in steps]
 
 
 def results(recipe: Recipe, runs_dir: str = "runs") -> dict:
@@ -215,40 +203,11 @@ def _state_path(recipe: Recipe, runs_dir: str) -> Path:
     return Path(runs_dir) / f"pipeline_{recipe.name}.json"
 
 
-def run_steps(steps: list[Step], state_path: Path) -> list[tuple[str, str, float]]:
-    """Run the steps that are not up to date; return (step, status, seconds) rows."""
-    state = read_json_object(state_path, "pipeline state") if state_path.exists() else {}
-    rows = []
-    for i, step in enumerate(steps, 1):
-        stamp = step.stamp()
-        outputs_exist = all(Path(p).exists() for p in step.outputs)
-        done = not step.always and outputs_exist and (step.once or state.get(step.name) == stamp)
-        if done:
-            print(f"[{i}/{len(steps)}] {step.name}: up to date, skipped", flush=True)
-            rows.append((step.name, "skipped", 0.0))
-            continue
-        argv = list(step.argv)
-        started_before = step.resumable and state.get(step.name + ":started") == stamp
-        if started_before:
-            argv.append("--resume")
-        print(f"[{i}/{len(steps)}] {step.name}: python -m {step.module} {' '.join(argv)}", flush=True)
-        state[step.name + ":started"] = stamp
-        write_json_atomic(state_path, state)
-        start = time.perf_counter()
-        code = importlib.import_module(step.module).main(argv)
-        if code:
-            raise DataError(f"step '{step.name}' failed with exit code {code}")
-        state[step.name] = step.stamp()  # inputs may be the step's own outputs (the cache)
-        write_json_atomic(state_path, state)
-        rows.append((step.name, "resumed" if started_before else "ran", time.perf_counter() - start))
-    return rows
-
-
-def run_recipe(recipe: Recipe, runs_dir: str) -> None:
+def run_recipe(recipe: Recipe, runs_dir: str, executor) -> None:
     steps = plan(recipe, runs_dir)
     start = time.perf_counter()
     print(f"== recipe {recipe.name}: {len(steps)} steps", flush=True)
-    rows = run_steps(steps, _state_path(recipe, runs_dir))
+    rows = run_graph(steps, StampLedger(_state_path(recipe, runs_dir)), executor, lambda text: print(text, flush=True))
     print(f"\nrecipe {recipe.name}: {len(rows)} steps in {time.perf_counter() - start:.0f} s")
     for name, status, seconds in rows:
         print(f"  {name:<40} {status:<8} {seconds:8.1f} s")
@@ -262,6 +221,11 @@ class PipelineOptions:
     runs_dir: str = "runs"
     dry_run: bool = field(default=False, metadata={"help": "print the steps and exit"})
     no_compare: bool = field(default=False, metadata={"help": "skip the recipes named by the recipe's compare"})
+    executor: str = executor_field()
+    address: str = address_field()
+
+    def __post_init__(self):
+        check_executor(self.executor)
 
 
 def run_pipeline(opts: PipelineOptions) -> None:
@@ -278,8 +242,9 @@ def run_pipeline(opts: PipelineOptions) -> None:
             for i, step in enumerate(steps, 1):
                 print(f"[{r.name} {i}/{len(steps)}] {step.name}: python -m {step.module} {' '.join(step.argv)}")
         return
-    for r in recipes:
-        run_recipe(r, opts.runs_dir)
+    with open_executor(opts.executor, opts.address) as executor:
+        for r in recipes:
+            run_recipe(r, opts.runs_dir, executor)
     table = comparison_table([results(r, opts.runs_dir) for r in recipes])
     contribution = [contribution_column(r, opts.runs_dir) for r in recipes]
     if any(len(c) > 1 for c in contribution):

@@ -26,7 +26,8 @@ SYNTHETIC = {"cases": (int,), "seed": (int,), "test_cases": (int,), "truth_out":
              "slices": (str,), "ambiguous_tail": (int,), "bad_case_day": (str, list), "workers": (int,)}
 TOP = {"name": (str,), "compare": (list,), "models": (list,), **{s: (dict,) for s in SECTIONS}}
 REQUIRED = {"": ("data", "folds", "models"), "data": ("dir",)}
-MODEL_KEYS = {"name": (str,), "stage": (str,), "arch": (str,), "folds": (list,)}
+RESOURCE_KEYS = ("cpus", "gpus")  # what a training step takes (--executor ray): not training flags
+MODEL_KEYS = {"name": (str,), "stage": (str,), "arch": (str,), "folds": (list,), **{k: (int,) for k in RESOURCE_KEYS}}
 # config fields the pipeline sets itself for every training step
 SET_BY_PIPELINE = {"stage", "arch", "name", "fold", "data_dir", "folds_csv", "out"}
 _PY_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
@@ -80,8 +81,11 @@ def validate_recipe(path: Path, raw: dict) -> None:
         folds = model.get("folds", [0])
         if not folds or not all((isinstance(f, int) and not isinstance(f, bool) and f >= 0) or f == "all" for f in folds):
             raise DataError(f"{path}: {where} ({model['name']}) folds = {folds!r}: expected a list of fold numbers or 'all'")
+        if model.get("cpus", 1) < 1 or model.get("gpus", 0) not in (0, 1):
+            raise DataError(f"{path}: {where} ({model['name']}) cpus = {model.get('cpus', 1)}, gpus = "
+                            f"{model.get('gpus', 0)}: cpus must be at least 1, gpus 0 or 1")
         try:  # the values themselves, as the stage's config checks them
-            get_stage(model["stage"]).config(**{k: v for k, v in model.items() if k not in ("name", "folds")})
+            get_stage(model["stage"]).config(**{k: v for k, v in model.items() if k not in ("name", "folds", *RESOURCE_KEYS)})
         except DataError as exc:
             raise DataError(f"{path}: {where} ({model['name']}): {exc}") from None
         names.append(model["name"])

@@ -17,7 +17,9 @@ splits per variant, and for score and mean Jaccard the variant's paired differen
 mean of the per-split differences +- t(confidence, R - 1) x sd / sqrt(R); `beyond_noise` says whether
 that interval excludes 0.
 
-Resumable: a scored cell (cells/<run>.json) is never retrained; an unfinished training resumes.
+Resumable: a scored cell (cells/<run>.json) is never retrained; an unfinished training resumes. The
+trainings are steps (src.orchestration.execution): one after another here, or with `--executor ray`
+as Ray tasks, several at once; each writes its output to logs/<run>.log.
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ from src.core.ids import CLASSES, case_day_key
 from src.core.options import changed, flag, parse_flags, parse_value, to_flags
 from src.core.readers import read_json_object
 from src.data.preparation import ensure_prepared
+from src.orchestration.execution import address_field, check_executor, executor_field, open_executor, run_graph
+from src.orchestration.steps import OutputLedger, Step
 
 SPLITS = ("random", "grouped")
 OWNED = ("fold", "folds_csv", "out", "name", "seed", "stage", "resume", "list_archs")  # set per split and cell
@@ -115,8 +119,11 @@ class AblationOptions:
     seed: int = field(default=0, metadata={"help": "split r is drawn with seed + r"})
     confidence: float = field(default=0.95, metadata={"help": "of the paired intervals"})
     out: str = "reports/ablation"
+    executor: str = executor_field()
+    address: str = address_field()
 
     def __post_init__(self):
+        check_executor(self.executor)
         for name, values in self.vary:
             if not values:
                 raise DataError(f"--vary: {name} has no values (write {name}=v1,v2)")
@@ -225,7 +232,6 @@ def run_ablation(opts: AblationOptions, log=print) -> pd.DataFrame:
     """Train and score every cell (skipping scored ones); writes cells.csv, ablation.csv, ablation.md,
     ablation.png under opts.out and returns the summary."""
     from src.data.volumes import VolumeCache
-    from src.research.evaluation import train
 
     out = Path(opts.out)
     case_days = VolumeCache(ensure_prepared(opts.base_config.data_dir, opts.cache, log)).case_days()
@@ -242,32 +248,34 @@ def run_ablation(opts: AblationOptions, log=print) -> pd.DataFrame:
         _write_split(path, case_days, val, aliased)
         splits.append(path)
     table = variants(opts)
-    cells, total, k = [], len(table) * opts.repeats, 0
+    planned, steps = [], []  # (label, split, run name, record path) of every cell; trainings of unscored ones
     for label, config in table.items():
         args = changed(config)
         for r, split_csv in enumerate(splits):
-            k += 1
             key = json.dumps([to_flags(args), opts.split, opts.val_fraction, opts.seed + r], sort_keys=True)
             name = f"{_slug(label)}-{hashlib.sha1(key.encode()).hexdigest()[:8]}-r{r}"
             record_path = out / "cells" / f"{name}.json"
-            if record_path.is_file():
-                record = read_json_object(record_path, "ablation cell")
-                log(f"[{k}/{total}] {label} split {r}: score {record['score']:.4f} (finished earlier)")
-                cells.append(record)
-                continue
-            fold = fold_dir(out / "runs", name, 0)
-            seconds = 0.0
-            if not fold.is_done():
-                tokens = [*to_flags({**args, "cache_dir": str(cache)}), "--stage", "seg2d", "--fold", "0",
+            planned.append((label, r, name, record_path))
+            if not record_path.is_file():
+                tokens = (*to_flags({**args, "cache_dir": str(cache)}), "--stage", "seg2d", "--fold", "0",
                           "--folds-csv", str(split_csv), "--out", str(out / "runs"), "--name", name,
-                          "--seed", str(config.seed + r)]
-                if fold.has_resume_state():
-                    tokens.append("--resume")
-                seconds = train(tokens, out / "logs" / f"{name}.log")
-            record = {"variant": label, "repeat": r, "run": name, "train_s": seconds, **_score_cell(fold, cache)}
+                          "--seed", str(config.seed + r))
+                steps.append(Step(name, "src.train", tokens, (str(fold_dir(out / "runs", name, 0).done_path),),
+                                  resumable=True, log=str(out / "logs" / f"{name}.log"), gpus=int(config.device != "cpu")))
+    with open_executor(opts.executor, opts.address) as executor:
+        seconds = {name: s for name, _, s in run_graph(steps, OutputLedger(), executor)}
+    cells = []
+    for k, (label, r, name, record_path) in enumerate(planned, 1):
+        where = f"[{k}/{len(planned)}] {label} split {r}"
+        if record_path.is_file():
+            record = read_json_object(record_path, "ablation cell")
+            log(f"{where}: score {record['score']:.4f} (finished earlier)")
+        else:
+            record = {"variant": label, "repeat": r, "run": name, "train_s": seconds[name],
+                      **_score_cell(fold_dir(out / "runs", name, 0), cache)}
             write_json_atomic(record_path, record)
-            log(f"[{k}/{total}] {label} split {r}: score {record['score']:.4f} (trained in {seconds:.1f} s)")
-            cells.append(record)
+            log(f"{where}: score {record['score']:.4f} (trained in {seconds[name]:.1f} s)")
+        cells.append(record)
     long = pd.DataFrame(cells)
     with atomic_path(out / "cells.csv", suffix=".csv") as tmp:
         long.to_csv(tmp, index=False)
