@@ -1,4 +1,4 @@
-"""Stage `submit`: predict the test split with a tuned ensemble and write the competition CSV.
+"""Stage `submit`: predict the test split with a tuned ensemble and write the competition CSV (GI data).
 
 `python -m src.submit --ensemble ensemble.json --data-dir DIR --out submissions/submission.csv`
 
@@ -8,6 +8,12 @@ and each (slice, class) becomes a row `id,class,predicted` (RLE over (H, W) in C
 before the file is written atomically (see src.ensembling.submission). Kaggle's development phase has
 an empty test/: then the stage says so and writes the sample submission with empty predictions (if
 there is one). `--allow-train-fallback N` instead runs on the first N train case-days.
+
+On 2D data (Carvana, EBHI-Seg, nnU-Net 2D; the data folder's format says which) the runs' plain mean
+predicts each test image where it lies, thresholded as validation does, into the dataset's form: the
+Carvana CSV, or label images named like the inputs (see src.ensembling.submission2d):
+
+`python -m src.submit --runs runs/A [runs/B ...] --data-dir DIR --out OUT [--images FOLDER] [--threshold P] [--tta hflip]`
 """
 from __future__ import annotations
 

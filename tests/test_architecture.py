@@ -26,7 +26,7 @@ LAYERS = {
 ENTRY_LAYER = 7  # src/<stage>.py: the commands users run
 ARTIFACT_NAMES = {"best.pt", "last.pt", "done.json", "config.json", "log.csv", "oof_scores.csv", "oof.staging",
                   "predict.json", "image.npy", "mask.npy", "meta.json", "index.html", "report.json",
-                  "description.json"}
+                  "description.json", "submission.json"}
 
 
 def _layer(module: str) -> int | None:

@@ -19,6 +19,8 @@ No other module spells a file name of an artifact; they all read and write throu
                                           case-day volume, or one image of a 2D dataset
     ensemble.json                         EnsembleRecord (versioned)
     reports/<name>/                       index.html (REPORT_PAGE), its PNG figures, report.json (REPORT_MARKER, last)
+    <out>/                                a 2D submission's label images <id><ending>, submission.json
+                                          (SUBMISSION_MARKER, last)
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ FOLD_LOCK_SUFFIX = ".lock"
 LAYOUT_VERSION = 1  # of fold configs and prediction manifests; a file without one is version 1
 PREDICTION_SUFFIXES = (".npy", ".json")  # probability arrays; a detector's box records
 REPORT_PAGE, REPORT_MARKER = "index.html", "report.json"  # a report folder: its page, and its marker (last)
+SUBMISSION_MARKER = "submission.json"  # a folder of predicted label images: what made it (last)
 
 
 Prediction = np.ndarray | dict  # probabilities, or a detector's box record

@@ -1,5 +1,5 @@
-"""2D image samples: a cached image brought to the model's input, its index map as one target channel
-per class (one-vs-rest), and probabilities back to an index map.
+"""2D image samples: an image to predict (`ImageInput`), brought to the model's input, its index map as
+one target channel per class (one-vs-rest), and probabilities back to an index map.
 
 Input scaling, per channel: uint8 / 255; any other type (uint16) divided by the channel's maximum in
 that image (at least 1), so 8-, 12- and 16-bit data all land in [0, 1] without a dataset statistic.
@@ -7,6 +7,8 @@ Then `Geometry` (resize or letterbox to the square input), then the config's alb
 seeded per (run seed, epoch, sample index) as the 2.5D sampler does.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import albumentations as A
 import numpy as np
@@ -16,6 +18,32 @@ from torch.utils.data import Dataset
 from src.data.augment import sample_seed
 from src.data.geometry import Box, Geometry
 from src.data.image_cache import ImageCache
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One 2D image to predict, shaped as the prediction code (FoldModel, TTA) takes a case-day volume:
+    `image` channels first (C, H, W), so `shape` ends with (H, W) and flipping axis -1 (W) or -2 (H) mirrors
+    the picture; `name` its sample id or cache key (named in messages); `mask` the (H, W) index map of a
+    cached entry, None for a test image."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, name: str, pixels: np.ndarray, mask: np.ndarray | None = None) -> ImageInput:
+        """From (H, W, C) pixels as read or cached (a view, nothing copied)."""
+        return cls(name, np.moveaxis(np.asarray(pixels), 2, 0), mask)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.image.shape
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """(H, W, C), as read (a view)."""
+        return np.moveaxis(self.image, 0, 2)
 
 
 def model_input(image: np.ndarray, geometry: Geometry, box: Box | None = None) -> np.ndarray:

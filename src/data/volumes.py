@@ -40,6 +40,11 @@ class CaseDay:
     def shape(self) -> tuple[int, int, int]:
         return self.image.shape
 
+    @property
+    def name(self) -> str:
+        """What messages name it by (a 2D ImageInput's is its sample id)."""
+        return self.case_day
+
 
 def write_case_day(cache_dir: str | Path, split: str, case_day: str, image: np.ndarray,
                    mask: np.ndarray | None, meta: dict) -> None:

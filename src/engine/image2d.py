@@ -30,7 +30,7 @@ from src.data.augment import build_augment
 from src.data.folds import entry_folds
 from src.data.geometry import Box, Geometry
 from src.data.image_cache import ImageCache
-from src.data.image_samples import ImageDataset, label_map, model_input
+from src.data.image_samples import ImageDataset, ImageInput, label_map, model_input
 from src.engine.config import SLICE_FIELDS, Seg2DConfig, changed_fields
 from src.engine.losses import CombinedLoss
 from src.engine.segmentation import option_errors, to_device
@@ -75,13 +75,12 @@ class ImageSegmentationTask:
     def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
         return self.criterion(model(to_device(self.cfg, batch["image"], device)), batch["mask"].to(device, non_blocking=True))
 
-    def predict_volume(self, model: nn.Module, entry, device: torch.device, box: Box | None = None,
+    def predict_volume(self, model: nn.Module, image: ImageInput, device: torch.device, box: Box | None = None,
                        batch_size: int | None = None) -> np.ndarray:
-        """(K, H, W) float32 probabilities of one image at its own size: `entry` is what the cache's load
-        returns ((image, mask)) or an (H, W, C) image; `box` a crop of it; one image, so no batch_size."""
-        image = entry[0] if isinstance(entry, tuple) else entry
-        height, width = image.shape[:2]
-        batch = torch.from_numpy(model_input(image, self.geometry, box))[None]
+        """(K, H, W) float32 probabilities of one image at its own size; `box` a crop of it; one image, so
+        no batch_size."""
+        _, height, width = image.shape
+        batch = torch.from_numpy(model_input(image.pixels, self.geometry, box))[None]
         probs = torch.sigmoid(model(to_device(self.cfg, batch, device)).float())
         return self.geometry.from_model(probs, height, width, box)[0].cpu().numpy()
 
@@ -93,10 +92,10 @@ class ImageSegmentationTask:
 
         def images():
             for key in keys:
-                entry = self.cache.load(key)
+                entry = ImageInput.of(key, *self.cache.load(key))
                 probs = self.predict_volume(model, entry, device)
                 save(key, probs)
-                yield key, table.at[key, "stratum"], label_map(probs, self.cfg.threshold), np.asarray(entry[1])
+                yield key, table.at[key, "stratum"], label_map(probs, self.cfg.threshold), np.asarray(entry.mask)
 
         per_image = image_means(image_table(images(), self.description.labels)).rename(columns={"id": "key"})
         per_image.insert(1, "id", table.loc[per_image["key"], "id"].to_numpy())

@@ -1,4 +1,5 @@
-"""The submission: predict the test split with a tuned ensemble and write the competition CSV.
+"""The submission: predict the test split with a tuned ensemble and write the competition CSV (on 2D
+data: src.ensembling.submission2d, chosen by `submit`).
 
 `python -m src.submit --ensemble ensemble.json --data-dir DIR --out submissions/submission.csv`
 
@@ -38,8 +39,11 @@ from src.data.layout import (
 from src.data.volumes import CaseDay
 from src.ensembling.ensemble_file import Ensemble, load_ensemble
 from src.ensembling.postprocess import apply_ensemble
+from src.ensembling.submission2d import submit_images
 from src.inference.predict import RunPredictor, predict_member
 from src.inference.runs import TrainedRun
+from src.inference.tta import parse_tta
+from src.metrics.scoring2d import image_dataset
 
 COLUMNS = ["id", "class", "predicted"]
 
@@ -159,11 +163,21 @@ def _read_sample(data_dir: Path) -> pd.DataFrame | None:
 
 @dataclass(frozen=True)
 class SubmitOptions:
-    """What `python -m src.submit` was asked."""
+    """What `python -m src.submit` was asked: the GI data takes --ensemble, 2D data --runs (check_kind)."""
 
-    ensemble: Path = field(metadata={"help": "ensemble.json from python -m src.ensemble tune"})
-    data_dir: Path = field(metadata={"help": "dataset root with test/ (and sample_submission.csv)"})
-    out: Path = Path("submissions/submission.csv")
+    data_dir: Path = field(metadata={"help": "dataset root with its test images (and sample_submission.csv)"})
+    ensemble: Path | None = field(default=None, metadata={
+        "help": "GI data: ensemble.json from python -m src.ensemble tune"})
+    runs: tuple[Path, ...] = field(default=(), metadata={"nargs": "+", "help": (
+        "2D data: run folders, the plain mean of their probabilities (a tuned 2D ensemble file does not exist yet)")})
+    images: Path | None = field(default=None, metadata={
+        "help": "2D data: predict every image of this folder instead of the test split (label images named like them)"})
+    threshold: float | None = field(default=None, metadata={
+        "help": "2D data: pixel threshold of the mean probabilities (default: the runs' validation threshold)"})
+    tta: tuple[str, ...] = field(default=(), metadata={
+        "help": "2D data: comma-separated flips hflip, vflip (GI data: each member's, from the ensemble file)"})
+    out: Path = field(default=Path("submissions/submission.csv"), metadata={
+        "help": "the submission: a CSV (GI, Carvana) or a folder of label images (EBHI, nnU-Net, --images)"})
     allow_train_fallback: int = field(default=0, metadata={
         "help": "when test/ is empty, predict the first N train case-days instead", "metavar": "N"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
@@ -180,15 +194,43 @@ class SubmitOptions:
         if self.batch_size is not None and self.batch_size < 1:
             raise DataError(f"--batch-size {self.batch_size}: must be at least 1")
         check_device_name(self.device)
+        object.__setattr__(self, "tta", parse_tta(self.tta))
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            raise DataError(f"--threshold {self.threshold}: expected a probability in (0, 1)")
+
+    def check_kind(self, two_d: bool) -> None:
+        """DataError unless the flags fit the data: --ensemble for the GI slices, --runs for 2D images."""
+        kind = "2D images" if two_d else "the GI slices"
+        needed = ("--runs", self.runs) if two_d else ("--ensemble", self.ensemble)
+        if not needed[1]:
+            raise DataError(f"{needed[0]}: required, {self.data_dir} holds {kind}")
+        others = ((("--ensemble", self.ensemble), ("--allow-train-fallback", self.allow_train_fallback),
+                   ("--runs-root", self.runs_root)) if two_d else
+                  (("--runs", self.runs), ("--images", self.images), ("--threshold", self.threshold is not None),
+                   ("--tta", self.tta)))
+        wrong = next((name for name, value in others if value), None)
+        if wrong:
+            hint = " (a tuned ensemble file of 2D runs does not exist yet: give --runs)" if wrong == "--ensemble" else ""
+            raise DataError(f"{wrong}: applies to {'the GI data' if two_d else '2D data'} only, "
+                            f"{self.data_dir} holds {kind}{hint}")
 
 
 def submit(opts: SubmitOptions) -> Path:
-    """Predict the test split of `data_dir` with the ensemble and write the validated CSV to `out`.
+    """Predict the test split of `data_dir` and write the submission to `out`; returns `out`.
 
-    Returns `out`. An empty test/ (Kaggle's development phase) writes the sample submission with empty
+    The data folder's detected format decides the kind: 2D images go to src.ensembling.submission2d,
+    the GI slices are predicted here with the ensemble. Why the data folder and not the runs: it is given
+    in both kinds (the GI runs are known only once the ensemble file is read), its test images are read
+    in its layout, and its format names the submission's form; the runs are then checked against it.
+
+    GI: an empty test/ (Kaggle's development phase) writes the sample submission with empty
     predictions; with no sample submission either, it is an error (or --allow-train-fallback).
     """
     device = select_device(opts.device)  # before any work
+    dataset = image_dataset(opts.data_dir)
+    opts.check_kind(two_d=dataset is not None)
+    if dataset is not None:
+        return submit_images(opts, *dataset, device)
     data_dir, out = Path(opts.data_dir), Path(opts.out)
     check_output(out, "--out", (opts.ensemble,), data_dir)
     ensemble = load_ensemble(opts.ensemble)

@@ -18,10 +18,13 @@ import torch.nn as nn
 from src.core.artifacts import Prediction
 from src.core.checkpoint import load_checkpoint
 from src.core.errors import DataError
+from src.data.image_samples import ImageInput
 from src.data.volumes import CaseDay
 from src.engine.stages import check_arch, get_stage
 from src.engine.trainer import Task
 from src.inference.runs import TrainedFold
+
+ModelInput = CaseDay | ImageInput  # a case-day volume, or one 2D image (its (K, H, W) probabilities)
 
 
 def build_config(info: TrainedFold):
@@ -41,7 +44,7 @@ def build_config(info: TrainedFold):
 
 @dataclass
 class FoldModel:
-    """A loaded fold model and the task that feeds it whole case-days."""
+    """A loaded fold model and the task that feeds it whole case-days, or 2D images."""
 
     info: TrainedFold
     task: Task
@@ -88,19 +91,19 @@ class FoldModel:
                 self.model.to("cpu")
                 free_accelerator_memory()
 
-    def predict(self, vol: CaseDay, box=None, batch_size: int | None = None) -> Prediction:
+    def predict(self, vol: ModelInput, box=None, batch_size: int | None = None) -> Prediction:
         with self._running():
             out = self.task.predict_volume(self.model, vol, self.device, box=box, batch_size=batch_size)
         return self._finite(out, vol)
 
-    def _finite(self, out: Prediction, vol: CaseDay) -> Prediction:
-        """NaN or inf stops here, naming the weights (a diverged training, a corrupt file)."""
+    def _finite(self, out: Prediction, vol: ModelInput) -> Prediction:
+        """NaN or inf stops here, naming the weights and the case-day or image (a diverged training, a corrupt file)."""
         if isinstance(out, np.ndarray) and not np.isfinite(out).all():
-            raise DataError(f"{self.info.dir.weights}: the model predicts non-finite values for {vol.case_day} "
+            raise DataError(f"{self.info.dir.weights}: the model predicts non-finite values for {vol.name} "
                             "(NaN or inf weights?)")
         return out
 
-    def predict_many(self, vols: list[CaseDay], boxes: list | None = None, batch_size: int | None = None) -> list:
+    def predict_many(self, vols: list[ModelInput], boxes: list | None = None, batch_size: int | None = None) -> list:
         """Predictions of several volumes of one shape (a case-day and its flips): in shared forward
         passes when the task can (`predict_volumes`), else one after the other."""
         boxes = boxes or [None] * len(vols)

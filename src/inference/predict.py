@@ -20,7 +20,7 @@ from src.core.errors import DataError
 from src.core.outputs import check_output
 from src.data.preparation import prepare
 from src.data.volumes import CaseDay, VolumeCache
-from src.inference.fold_model import FoldModel
+from src.inference.fold_model import FoldModel, ModelInput
 from src.inference.gating import gated
 from src.inference.runs import TrainedFold, TrainedRun
 from src.inference.settings import PredictSettings
@@ -55,14 +55,15 @@ class RunPredictor:
     def fold_names(self) -> list[str]:
         return [f.info.fold for f in self.folds]
 
-    def predict(self, vol: CaseDay, box=None) -> Prediction:
+    def predict(self, vol: ModelInput, box=None) -> Prediction:
+        """A case-day's (Z, 3, H, W) probabilities, or a 2D image's (K, H, W)."""
         return merge([predict_tta(f, vol, self.tta, box, self.batch_size, self.batch_tta) for f in self.folds])
 
-    def predict_oof(self, vol: CaseDay, box=None) -> Prediction:
-        """The prediction of the fold model that validated this case-day."""
-        fold = next((f for f in self.folds if vol.case_day in f.info.val_case_days), None)
+    def predict_oof(self, vol: ModelInput, box=None) -> Prediction:
+        """The prediction of the fold model that validated this case-day (or cached 2D image)."""
+        fold = next((f for f in self.folds if vol.name in f.info.val_case_days), None)
         if fold is None:
-            raise DataError(f"{self.run.path}: no chosen fold validated {vol.case_day}")
+            raise DataError(f"{self.run.path}: no chosen fold validated {vol.name}")
         return predict_tta(fold, vol, self.tta, box, self.batch_size, self.batch_tta)
 
 

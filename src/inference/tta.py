@@ -1,4 +1,4 @@
-"""Flip test-time augmentation: predict the mirrored volume, mirror the output back, average."""
+"""Flip test-time augmentation: predict the mirrored volume (or 2D image), mirror the output back, average."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +7,7 @@ import numpy as np
 
 from src.core.artifacts import Prediction
 from src.core.errors import DataError
-from src.data.volumes import CaseDay
+from src.inference.fold_model import ModelInput
 
 FLIPS = {"hflip": -1, "vflip": -2}  # in-plane axis flipped: W, H
 
@@ -20,8 +20,8 @@ def parse_tta(tta: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
     return names
 
 
-def flip_volume(vol: CaseDay, axis: int) -> CaseDay:
-    """The case-day's image mirrored along an in-plane axis (-1: W, -2: H); the mask is left out."""
+def flip_volume(vol: ModelInput, axis: int) -> ModelInput:
+    """The case-day's (or 2D image's) pixels mirrored along an in-plane axis (-1: W, -2: H); the mask is left out."""
     return dataclasses.replace(vol, image=np.ascontiguousarray(np.flip(vol.image, axis)), mask=None)
 
 
@@ -48,7 +48,7 @@ def merge(outputs: list[Prediction]) -> Prediction:
     return total / len(outputs)
 
 
-def predict_tta(fold, vol: CaseDay, tta: tuple[str, ...] = (), box=None, batch_size: int | None = None,
+def predict_tta(fold, vol: ModelInput, tta: tuple[str, ...] = (), box=None, batch_size: int | None = None,
                 batched: bool = False) -> Prediction:
     """The plain prediction of a FoldModel averaged with one per flip in `tta`. `batched`: the volume
     and its flips go through the model together (FoldModel.predict_many: one forward pass per slice

@@ -75,6 +75,10 @@ class ImageFormat(DatasetFormat, Protocol):
 
     def samples(self, root: Path, split: str) -> SampleList: ...
 
+    def folder_samples(self, root: Path, folder: Path) -> SampleList:
+        """The images of any `folder` (a submission's --images) as unlabelled samples of this layout's files,
+        ids their paths relative to `folder` without the ending; `root` is the dataset's folder."""
+
     def read_image(self, sample: Sample, description: DatasetDescription) -> np.ndarray:
         """(H, W, C) uint8 or uint16, C = description.n_channels."""
 

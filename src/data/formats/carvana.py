@@ -21,6 +21,7 @@ from src.core.errors import DataError
 from src.data import rle
 from src.data.description import DatasetDescription
 from src.data.formats.base import Sample, SampleList, read_image_file
+from src.data.formats.files import single_file_samples
 from src.data.layout import MAX_IMAGE_PIXELS, check_pixels, check_regular_file, read_csv_text
 
 _VIEW = r"(?P<car>[0-9A-Za-z]+)_(?P<view>0[1-9]|[1-9][0-9])"
@@ -154,6 +155,9 @@ class CarvanaFormat:
             else:
                 unlabelled.append(path)
         return SampleList(samples, unlabelled)
+
+    def folder_samples(self, root: Path, folder: Path) -> SampleList:
+        return single_file_samples(folder)
 
     def read_image(self, sample: Sample, description: DatasetDescription,
                    max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 from src.core.errors import DataError
 from src.data.description import DatasetDescription
 from src.data.formats.base import Sample, SampleList, read_image_file
-from src.data.formats.files import image_files
+from src.data.formats.files import image_files, single_file_samples
 from src.data.formats.pixels import read_channels, read_label_map
 from src.data.layout import MAX_IMAGE_PIXELS
 
@@ -76,6 +76,9 @@ class EbhiFormat:
                 sid = f"{category.name}/{name}"
                 samples.append(Sample(id=sid, images=(path,), label=labels[name], group=sid, stratum=category.name))
         return SampleList(samples, unlabelled)
+
+    def folder_samples(self, root: Path, folder: Path) -> SampleList:
+        return single_file_samples(folder)
 
     def read_image(self, sample: Sample, description: DatasetDescription) -> np.ndarray:
         return read_channels(sample.images[0], description.n_channels, self.max_pixels)

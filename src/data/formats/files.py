@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from src.core.errors import DataError
-from src.data.formats.base import IMAGE_ENDINGS
+from src.data.formats.base import IMAGE_ENDINGS, Sample, SampleList
 from src.data.layout import check_regular_file
 
 
@@ -30,3 +30,10 @@ def image_files(folder: Path, inside: Path, recursive: bool = False) -> dict[str
             raise DataError(f"{path}: a second image named {name!r} besides {found[name].name}")
         found[name] = path
     return dict(sorted(found.items()))
+
+
+def single_file_samples(folder: Path) -> SampleList:
+    """One sample per image file of `folder` and its subfolders (RGB or gray: one file per sample), its id
+    the file's relative path without the ending."""
+    files = image_files(folder, folder.resolve(), recursive=True)
+    return SampleList([Sample(name, (path,), group=name) for name, path in files.items()])

@@ -125,11 +125,10 @@ class NnunetFormat:
         """"train": the cases of labelsTr and imagesTr, every one with all channel files and its label, as
         many as numTraining (DataError naming the file otherwise); "test": the cases of imagesTs."""
         root = Path(root)
+        if split != "train":
+            return self.folder_samples(root, root / "imagesTs")
         spec = read_dataset_json(root)
         inside = root.resolve()
-        if split != "train":
-            return SampleList([Sample(id=case, images=files, group=case)
-                               for case, files in _cases(root / "imagesTs", inside, spec).items()])
         cases = _cases(root / "imagesTr", inside, spec)
         labels = _files(root / "labelsTr", inside, spec.file_ending)
         orphan = next((path for case, path in labels.items() if case not in cases), None)
@@ -143,6 +142,11 @@ class NnunetFormat:
                             f"{len(cases)} case(s)")
         return SampleList([Sample(id=case, images=files, label=labels[case], group=case)
                            for case, files in cases.items()])
+
+    def folder_samples(self, root: Path, folder: Path) -> SampleList:
+        """The cases of `folder`, each with all its channel files `<case>_<XXXX><ending>` (as imagesTs)."""
+        cases = _cases(Path(folder), Path(folder).resolve(), read_dataset_json(Path(root)))
+        return SampleList([Sample(id=case, images=files, group=case) for case, files in cases.items()])
 
     def read_image(self, sample: Sample, description: DatasetDescription) -> np.ndarray:
         """The channel files stacked to (H, W, C); each must be single-channel and of the first one's size."""

@@ -12,6 +12,7 @@ from PIL import Image
 
 from src.core.atomic import atomic_path
 from src.core.errors import DataError
+from src.data.description import DatasetDescription
 from src.data.formats.carvana import SUBMISSION_COLUMNS, encode_mask, read_img_csv
 
 LABEL_ENDINGS = (".png", ".tif", ".tiff")  # lossless 8-bit; nnU-Net's 2D endings but .jpg
@@ -52,6 +53,12 @@ def label_image_path(out_dir: str | Path, sample_id: str, ending: str) -> Path:
     if not path.resolve().is_relative_to(Path(out_dir).resolve()):
         raise DataError(f"{path}: sample id {sample_id!r} leads outside {out_dir}")
     return path
+
+
+def label_ending(description: DatasetDescription) -> str:
+    """The ending of a dataset's predicted label images: its own file ending when lossless, else .png
+    (Carvana's .jpg)."""
+    return description.file_ending if description.file_ending.lower() in LABEL_ENDINGS else ".png"
 
 
 def write_label_image(out_dir: str | Path, sample_id: str, index_map: np.ndarray, ending: str,
