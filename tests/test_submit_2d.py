@@ -125,12 +125,16 @@ def test_flags_and_runs_must_fit_the_data(work):
         _submit(work, "--data-dir", str(car))
     with pytest.raises(DataError, match="--tta: applies to 2D data only"):
         SubmitOptions(data_dir=Path("d"), ensemble=Path("e.json"), tta=("hflip",)).check_kind(two_d=False)
+    for flag, value in (("--batch-size", "4"), ("--max-image-pixels", "1000")):
+        with pytest.raises(DataError, match=f"{flag}: applies to the GI data only"):
+            _submit(work, "--runs", str(work / "runs" / "car"), "--data-dir", str(car), flag, value)
     with pytest.raises(DataError, match="--runs .*nn: trained on channels"):
         _submit(work, "--runs", str(work / "runs" / "nn"), "--data-dir", str(car), "--out", str(work / "x.csv"))
     (work / "empty").mkdir()
     with pytest.raises(DataError, match="no test images to predict"):
         _submit(work, "--runs", str(work / "runs" / "car"), "--data-dir", str(car), "--images", str(work / "empty"),
                 "--out", str(work / "y"))
+
 
 def test_image_input_goes_through_fold_models_and_tta(work):
     run = TrainedRun.load(work / "runs" / "car")

@@ -30,6 +30,7 @@ from src.core.ids import CLASSES
 from src.core.outputs import check_output
 from src.data import rle
 from src.data.layout import (
+    MAX_IMAGE_PIXELS,
     check_id_class_rows,
     max_image_pixels_field,
     read_csv_text,
@@ -205,7 +206,8 @@ class SubmitOptions:
         if not needed[1]:
             raise DataError(f"{needed[0]}: required, {self.data_dir} holds {kind}")
         others = ((("--ensemble", self.ensemble), ("--allow-train-fallback", self.allow_train_fallback),
-                   ("--runs-root", self.runs_root)) if two_d else
+                   ("--runs-root", self.runs_root), ("--batch-size", self.batch_size is not None),
+                   ("--max-image-pixels", self.max_image_pixels != MAX_IMAGE_PIXELS)) if two_d else
                   (("--runs", self.runs), ("--images", self.images), ("--threshold", self.threshold is not None),
                    ("--tta", self.tta)))
         wrong = next((name for name, value in others if value), None)
