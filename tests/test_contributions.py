@@ -183,7 +183,7 @@ def test_pipeline_prints_each_recipes_contributions_beside(tmp_path, monkeypatch
     write_ensemble(tmp_path / "full.json", {"runs": [], "params": {}, "scores": {
         **scores, "tuned_held_out": {"score": 0.55}, contributions.KEY: RECORDED}})
     _recipe(tmp_path, "base")
-    monkeypatch.setattr(recipes, "run_recipe", lambda recipe, runs_dir: None)
+    monkeypatch.setattr(recipes, "run_recipe", lambda *args: None)
     recipes.run_pipeline(recipes.PipelineOptions(_recipe(tmp_path, "full", 'compare = ["base"]\n'), str(tmp_path)))
     headline, contribution = (tmp_path / "pipeline_full_results.txt").read_text().split("\n\n")
     assert headline.splitlines()[0].split() == ["base", "full"]

@@ -223,8 +223,9 @@ def _nan_oof(w: World) -> None:
 
 CASES = [
     # ---- make_folds
-    Case("folds: no train.csv", make_folds.main, lambda w: ["--data-dir", str(w.root / "empty"), "--out", str(w.root / "f.csv")],
-         "not found", lambda w: "train.csv", setup=lambda w: (w.root / "empty").mkdir(), absent=lambda w: w.root / "f.csv"),
+    Case("folds: a folder in no known layout", make_folds.main, lambda w: ["--data-dir", str(w.root / "empty"), "--out", str(w.root / "f.csv")],
+         "unknown dataset layout", lambda w: "train.csv", setup=lambda w: (w.root / "empty").mkdir(),
+         absent=lambda w: w.root / "f.csv"),
     Case("folds: output under a regular file", make_folds.main,
          lambda w: ["--data-dir", str(w.data), "--out", str(w.root / "folds.csv" / "f.csv")], "is a file, not a folder",
          lambda w: "folds.csv"),
