@@ -93,7 +93,8 @@ def synthetic_fold(seed: int, n: int, shape: tuple[int, int, int]) -> list[tuple
     return pairs
 
 
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of `fn` over `repeats` calls (the benchmarks' one timer)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -115,9 +116,9 @@ def bench_metric(pairs: list[tuple[np.ndarray, np.ndarray]], n_naive: int, repea
     fast = [hausdorff_3d(p, t) for p, t in subset]
     naive = [hausdorff_naive(p, t) for p, t in subset]
     max_diff = max(abs(a - b) for a, b in zip(fast, naive))
-    t_fold = _median_time(lambda: [hausdorff_3d(p, t) for p, t in pairs], repeats)
-    t_fast = _median_time(lambda: [hausdorff_3d(p, t) for p, t in subset], repeats)
-    t_naive = _median_time(lambda: [hausdorff_naive(p, t) for p, t in subset], 1)
+    t_fold = median_seconds(lambda: [hausdorff_3d(p, t) for p, t in pairs], repeats)
+    t_fast = median_seconds(lambda: [hausdorff_3d(p, t) for p, t in subset], repeats)
+    t_naive = median_seconds(lambda: [hausdorff_naive(p, t) for p, t in subset], 1)
     rows = [
         ("hausdorff_naive (baseline)", n_naive, 1, f"{t_naive:.3f}", f"{t_naive / n_naive:.4f}", "1.0"),
         ("hausdorff_3d", n_naive, repeats, f"{t_fast:.3f}", f"{t_fast / n_naive:.4f}", f"{t_naive / t_fast:.0f}x"),
@@ -134,9 +135,9 @@ def _rle_rows(masks: list[np.ndarray], repeats: int) -> list[tuple]:
     texts = [rle.encode(m) for m in masks]  # also compiles the numba kernels before timing
     shape = masks[0].shape
     megabytes = len(masks) * masks[0].size / 1e6
-    t_ref = _median_time(lambda: [rle.encode_reference(m) for m in masks], repeats)
-    t_enc = _median_time(lambda: [rle.encode(m) for m in masks], repeats)
-    t_dec = _median_time(lambda: [rle.decode(s, shape) for s in texts], repeats)
+    t_ref = median_seconds(lambda: [rle.encode_reference(m) for m in masks], repeats)
+    t_enc = median_seconds(lambda: [rle.encode(m) for m in masks], repeats)
+    t_dec = median_seconds(lambda: [rle.decode(s, shape) for s in texts], repeats)
     size = f"{shape[1]}x{shape[0]}"
     return [(size, name, len(masks), f"{len(masks) / t:.0f}", f"{megabytes / t:.0f}", ratio)
             for name, t, ratio in (("encode_reference (baseline)", t_ref, "1.0"),

@@ -11,14 +11,13 @@ medians over `--repeats`; the steps are timed on the submission's own functions,
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from src.bench.metric import median_seconds
 from src.core.device import select_device
 from src.core.errors import DataError, run_cli
 from src.data.folds import make_folds
@@ -32,16 +31,6 @@ from src.engine.run import train
 from src.ensembling.submission import SubmitOptions, submit
 from src.inference.predict import RunPredictor
 from src.inference.runs import TrainedRun
-
-
-def _median(fn: Callable[[], object], repeats: int) -> float:
-    """Median seconds of `fn` over `repeats` calls."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def prepare_work(work: Path, images: int, size: tuple[int, int], arch: str, img_size: int, device: str) -> Path:
@@ -65,7 +54,7 @@ def measure(work: Path, run_path: Path, repeats: int, device_name: str) -> dict[
     n = len(samples)
 
     def per_image(step: Callable[[int], object]) -> float:
-        return _median(lambda: [step(i) for i in range(n)], repeats) / n
+        return median_seconds(lambda: [step(i) for i in range(n)], repeats) / n
 
     images = [ImageInput.of(s.id, FORMAT.read_image(s, description)) for s in samples]
     probs = [predictor.predict(image) for image in images]
@@ -80,9 +69,9 @@ def measure(work: Path, run_path: Path, repeats: int, device_name: str) -> dict[
         "resize": per_image(lambda i: task.geometry.from_model(small, height, width).cpu().numpy()),
         "threshold": per_image(lambda i: label_map(probs[i], task.cfg.threshold)),
         "rle": per_image(lambda i: encode_mask(masks[i])),
-        "sample": _median(lambda: read_img_csv(sample_csv), repeats),  # once per submission, not per image
-        "rle_csv": _median(lambda: write_carvana_csv(work / "rows.csv", rows, sample_csv), repeats),
-        "submit": _median(lambda: submit(SubmitOptions(data_dir=data, runs=(run_path,), out=work / "sub.csv",
+        "sample": median_seconds(lambda: read_img_csv(sample_csv), repeats),  # once per submission, not per image
+        "rle_csv": median_seconds(lambda: write_carvana_csv(work / "rows.csv", rows, sample_csv), repeats),
+        "submit": median_seconds(lambda: submit(SubmitOptions(data_dir=data, runs=(run_path,), out=work / "sub.csv",
                                                        device=device_name)), repeats) / n,
     }
     times["model"] = times["predict"] - times["resize"]
