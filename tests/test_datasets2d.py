@@ -175,3 +175,12 @@ def test_summary_is_the_mean_over_images_overall_and_per_stratum():
     assert result.loc["all", "images"] == 6
     assert result.loc["all", "dice"] == pytest.approx(table["dice"].mean())
     assert result.loc["a", "jaccard"] == pytest.approx(table[table["stratum"] == "a"]["jaccard"].mean())
+
+
+def test_prepare_removes_only_its_own_vanished_entries(tmp_path):
+    root = ebhi(tmp_path / "EBHI", {"Normal": 2})
+    notes = tmp_path / "cache" / "train" / "my_notes"
+    notes.mkdir(parents=True)
+    (notes / "todo.txt").write_text("keep me")
+    summary_ = prepare(root, tmp_path / "cache")
+    assert summary_.removed == 0 and (notes / "todo.txt").read_text() == "keep me"

@@ -91,10 +91,12 @@ def refresh_entry(files: CacheEntryFiles, fingerprint: dict, labelled: bool, bui
 
 
 def remove_vanished(split_dir: Path, keep: set[str], pattern: re.Pattern) -> int:
-    """Delete the entry folders of `split_dir` whose name matches `pattern` but is not in `keep`."""
+    """Delete the entry folders of `split_dir` whose name matches `pattern` but is not in `keep`; only
+    folders holding an entry's meta.json, so a cache folder pointed at a user's folder deletes nothing else."""
     if not split_dir.is_dir():
         return 0
-    stale = [p for p in split_dir.iterdir() if p.is_dir() and pattern.match(p.name) and p.name not in keep]
+    stale = [p for p in split_dir.iterdir() if p.is_dir() and pattern.match(p.name) and p.name not in keep
+             and CacheEntryFiles(p).meta.is_file()]
     for path in stale:
         remove_dir(path)
     return len(stale)
