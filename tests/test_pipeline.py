@@ -218,7 +218,10 @@ def test_shortened_recipe_end_to_end_with_a_baseline(tmp_path, monkeypatch, caps
 @pytest.mark.parametrize("recipe_file", sorted(Path(__file__).resolve().parent.parent.glob("recipes/*.toml")),
                          ids=lambda p: p.stem)
 def test_shipped_recipes_parse_into_valid_commands(recipe_file):
-    """Every option of every shipped recipe is a flag of its stage, every arch is registered for it."""
+    """Every option of every shipped recipe is a flag of its stage, every arch is registered for it; a
+    study's options are valid options of src.ablate."""
+    from src.ablate import build_parser as ablate_parser
+    from src.core.options import from_args
     from src.engine.config import config_from_args
     from src.engine.stages import get_stage
     from src.ensemble import parse_args as ensemble_args
@@ -232,4 +235,9 @@ def test_shipped_recipes_parse_into_valid_commands(recipe_file):
             assert get_arch(cfg.arch).stage == stage, step.name
         elif step.module == "src.ensemble":
             ensemble_args(list(step.argv))
-    assert any(step.module == "src.submit" for step in plan(recipe, "runs"))
+        elif step.module == "src.ablate":
+            from src.research.ablation import AblationOptions
+
+            assert from_args(AblationOptions, ablate_parser().parse_args(list(step.argv))).base_config.arch
+    if recipe.ensemble is not None:
+        assert any(step.module == "src.submit" for step in plan(recipe, "runs"))

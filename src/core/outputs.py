@@ -49,6 +49,16 @@ def check_output(out: str | os.PathLike, flag: str = "--out", inputs: Iterable[s
                         "remove it or choose another path")
 
 
+# the test truth each data generator writes beside its folder, `<out>_test_truth<ending>` (None: no test split)
+TRUTH_ENDINGS = {"gi": ".csv", "carvana": ".csv", "ebhi": None, "nnunet": ""}
+
+
+def synthetic_truth(format: str, out_dir: str | os.PathLike) -> Path | None:
+    """Where the generator of `format` puts the test truth of `out_dir` by default (None: it writes none)."""
+    ending = TRUTH_ENDINGS[format]
+    return None if ending is None else Path(out_dir).parent / f"{Path(out_dir).name}_test_truth{ending}"
+
+
 def new_dataset_paths(out_dir: str | os.PathLike, truth_out: str | os.PathLike | None, truth_ending: str | None,
                       overwrite: bool) -> tuple[Path, Path | None]:
     """Where a data generator writes: the dataset folder `out_dir` and its test truth (`truth_out`, default

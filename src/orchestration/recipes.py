@@ -1,6 +1,7 @@
 """Recipes as steps (the library of `python -m src.pipeline`, whose help describes the steps).
 
-`load_recipe` reads and validates a recipe (src.orchestration.schema), `plan` turns it into `Step`s
+`load_recipe` reads and validates a recipe (src.orchestration.schema) on data of any known format
+(`[data] format`, else detected from the folder, else the GI layout), `plan` turns it into `Step`s
 (a stage module, its arguments, the files it reads and writes, its log and resources), `run_recipe`
 runs the steps that are not up to date, by stamp, adding --resume to a started training
 (src.orchestration.steps, .execution: locally or on Ray), and `results`, `contribution_column` /
@@ -8,6 +9,7 @@ runs the steps that are not up to date, by stamp, adding --resume to a started t
 """
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,8 +18,9 @@ from src.core.artifacts import REPORT_PAGE, fold_dir, read_ensemble
 from src.core.atomic import write_text_atomic
 from src.core.errors import DataError
 from src.core.options import to_flags
-from src.core.outputs import check_name
+from src.core.outputs import check_name, synthetic_truth
 from src.core.readers import read_json_object, read_toml
+from src.data.formats import detect_format, get_format
 from src.data.volumes import cache_dir_for
 from src.engine.stages import get_stage
 from src.ensembling import choice, contributions
@@ -33,10 +36,18 @@ class Recipe:
     synthetic: dict | None
     folds: dict
     models: tuple[dict, ...]
+    format: str = "gi"  # the data's layout (src.data.formats)
     ensemble: dict | None = None  # no [ensemble] section: the recipe stops after training
+    ablation: dict | None = None  # an [ablation] section: the study src.ablate runs on the data
     submit: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     compare: tuple[str, ...] = ()  # recipes run first (on the same data) and printed beside this one
+
+    @property
+    def data_marker(self) -> str:
+        """The file that stands for the data in the steps' inputs (the folder, where no file does)."""
+        marker = get_format(self.format).marker
+        return f"{self.data_dir.rstrip('/')}/{marker}" if marker else self.data_dir
 
     def model(self, name: str) -> dict:
         for model in self.models:
@@ -56,9 +67,18 @@ def load_recipe(path: str | Path) -> Recipe:
     compare = tuple(str(path.parent / c if not Path(c).exists() and (path.parent / c).with_suffix(".toml").exists()
                         else c) for c in raw.get("compare", []))
     return Recipe(name=check_name(raw.get("name", path.stem), f"{path}: name"), data_dir=raw["data"]["dir"],
-                  synthetic=raw["data"].get("synthetic"), folds=raw["folds"], models=tuple(raw["models"]),
-                  ensemble=raw.get("ensemble"), submit=raw.get("submit", {}), report=raw.get("report", {}),
-                  compare=compare)
+                  synthetic=raw["data"].get("synthetic"), folds=raw.get("folds", {}), models=tuple(raw.get("models", [])),
+                  format=_data_format(raw["data"]), ensemble=raw.get("ensemble"), ablation=raw.get("ablation"),
+                  submit=raw.get("submit", {}), report=raw.get("report", {}), compare=compare)
+
+
+def _data_format(data: dict) -> str:
+    """`[data] format`; else the format of the folder when it exists; else the GI layout (what
+    src.make_synthetic writes by default). Why not always detect: generated data does not exist yet
+    when the recipe is planned."""
+    if "format" in data:
+        return data["format"]
+    return detect_format(data["dir"]).name if Path(data["dir"]).is_dir() else "gi"
 
 
 @dataclass(frozen=True)
@@ -74,12 +94,23 @@ class Outputs:
 
 def outputs(recipe: Recipe, runs_dir: str = "runs") -> Outputs:
     truth = recipe.submit.get("truth")
-    if truth is None and recipe.synthetic and recipe.synthetic.get("test_cases", 0) > 0:
-        truth = f"{recipe.data_dir.rstrip('/')}_test_truth.csv"  # where src.make_synthetic puts it
-    submission = recipe.submit.get("out", f"submissions/{recipe.name}.csv")
+    if truth is None and recipe.synthetic and _has_test_split(recipe):
+        truth = str(synthetic_truth(recipe.format, recipe.data_dir.rstrip("/")))  # where src.make_synthetic puts it
+    csv = get_format(recipe.format).submission.endswith("_csv")  # else a folder of label images
+    submission = recipe.submit.get("out", f"submissions/{recipe.name}{'.csv' if csv else ''}")
     return Outputs(ensemble=(recipe.ensemble or {}).get("out", f"{runs_dir}/ensemble_{recipe.name}.json"),
                    submission=submission, truth=truth, score=str(Path(submission).with_suffix(".score.json")),
                    report=recipe.report.get("out", f"reports/{recipe.name}"))
+
+
+def _has_test_split(recipe: Recipe) -> bool:
+    """Whether the recipe's synthetic data has test images with a truth (each generator's own key and default)."""
+    synthetic = recipe.synthetic or {}
+    if recipe.format == "carvana":
+        return synthetic.get("test_cars", 2) > 0
+    if recipe.format == "nnunet":
+        return synthetic.get("test_cases", 4) > 0
+    return recipe.format == "gi" and synthetic.get("test_cases", 0) > 0
 
 
 def _done_files(recipe: Recipe, names: list[str], runs_dir: str) -> tuple[str, ...]:
@@ -125,19 +156,35 @@ def _with_log(step: Step, recipe: Recipe, runs_dir: str) -> Step:
     return step if step.log else replace(step, log=f"{runs_dir}/logs/{recipe.name}/{step.name.replace(' ', '_')}.log")
 
 
+def _ablation_step(recipe: Recipe) -> Step:
+    """`src.ablate` on the recipe's data: the section's keys as its flags, the data folder added to the base."""
+    study = dict(recipe.ablation)
+    out = study.pop("out", f"reports/{recipe.name}")
+    argv = ["--base", f"{study.pop('base')} --data-dir {recipe.data_dir}"]
+    for vary in study.pop("vary", []):
+        argv += ["--vary", vary]
+    return Step("ablation", "src.ablate", (*argv, *to_flags(study), "--out", out), (f"{out}/ablation.md",),
+                (recipe.data_marker,))
+
+
 def plan(recipe: Recipe, runs_dir: str = "runs") -> list[Step]:
     """The recipe's steps in order, each after the steps whose outputs it reads."""
-    data = recipe.data_dir
+    data, marker = recipe.data_dir, recipe.data_marker
+    forced = () if recipe.format == "gi" else ("--format", recipe.format)  # the default layout goes unnamed
     folds_csv = recipe.folds.get("out", f"folds/{recipe.name}_folds.csv")
     steps = []
     if recipe.synthetic is not None:
         steps.append(Step("synthetic data", "src.make_synthetic",
-                          ("--out", data, *to_flags(recipe.synthetic)), (f"{data}/train.csv",), once=True))
+                          ("--out", data, *forced, *to_flags(recipe.synthetic)), (marker,), once=True))
+    if recipe.ablation is not None:
+        steps.append(_ablation_step(recipe))
+    if not recipe.models:
+        return [_with_log(step, recipe, runs_dir) for step in steps]
     fold_opts = {k: v for k, v in recipe.folds.items() if k != "out"}
-    steps.append(Step("folds", "src.make_folds", ("--data-dir", data, "--out", folds_csv, *to_flags(fold_opts)),
-                      (folds_csv,), (f"{data}/train.csv",)))
+    steps.append(Step("folds", "src.make_folds", ("--data-dir", data, *forced, "--out", folds_csv,
+                                                  *to_flags(fold_opts)), (folds_csv,), (marker,)))
     cache = str(cache_dir_for("", data))
-    steps.append(Step("cache", "src.prepare", ("--data-dir", data, "--split", "all"), (cache,), (f"{data}/train.csv",),
+    steps.append(Step("cache", "src.prepare", ("--data-dir", data, *forced, "--split", "all"), (cache,), (marker,),
                       always=True))
     for model in recipe.models:
         options = {k: v for k, v in model.items() if k not in ("name", "stage", "arch", "folds", *RESOURCE_KEYS)}
@@ -169,8 +216,11 @@ def results(recipe: Recipe, runs_dir: str = "runs") -> dict:
         row["oof final (held-out)"] = (written["held_out"] or {}).get("score")
         row["final choice"] = written["name"]
     if Path(out.score).exists():
-        test = read_json_object(out.score, "score summary")
-        row.update({"test score": test["score"], "test dice": test["dice"], "test hausdorff": test["hausdorff"]})
+        test = read_json_object(out.score, "score summary")  # GI: score, dice, hausdorff; 2D: dice, jaccard, ...
+        row.update({"test score": test.get("score", test["dice"]),
+                    **{f"test {k}": test[k] for k in ("dice", "hausdorff", "jaccard") if k in test}})
+    if recipe.ablation is not None:
+        row["ablation table"] = str(Path(recipe.ablation.get("out", f"reports/{recipe.name}")) / "ablation.md")
     return row
 
 
@@ -240,7 +290,7 @@ def run_pipeline(opts: PipelineOptions) -> None:
         for r in recipes:
             steps = plan(r, opts.runs_dir)
             for i, step in enumerate(steps, 1):
-                print(f"[{r.name} {i}/{len(steps)}] {step.name}: python -m {step.module} {' '.join(step.argv)}")
+                print(f"[{r.name} {i}/{len(steps)}] {step.name}: python -m {step.module} {shlex.join(step.argv)}")
         return
     with open_executor(opts.executor, opts.address) as executor:
         for r in recipes:

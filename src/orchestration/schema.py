@@ -13,7 +13,7 @@ from src.engine.stages import get_stage, stage_names
 ANY_FOLDS = (list,)
 # section -> key -> accepted types; a key in REQUIRED must be present.
 SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
-    "data": {"dir": (str,), "synthetic": (dict,)},
+    "data": {"dir": (str,), "format": (str,), "synthetic": (dict,)},
     "folds": {"n_folds": (int,), "seed": (int,), "out": (str,), "exclude": (str, list)},
     "ensemble": {"runs": (list,), "gate": (str,), "crop": (str,), "out": (str,), "passes": (int,),
                  "holdout_folds": (str, list), "min_gain": (int, float), "workers": (int,), "cache_dir": (str,),
@@ -21,11 +21,16 @@ SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
     "submit": {"out": (str,), "truth": (str,), "device": (str,), "batch_size": (int,),
                "allow_train_fallback": (int,), "runs_root": (str,), "allow_incomplete": (bool,)},
     "report": {"out": (str,), "enabled": (bool,)},
+    "ablation": {"base": (str,), "vary": (list,), "repeats": (int,), "split": (str,), "val_fraction": (int, float),
+                 "seed": (int,), "confidence": (float,), "out": (str,)},
 }
+# every generator's keys (src.make_synthetic's flags); which a format takes is checked by its generator
 SYNTHETIC = {"cases": (int,), "seed": (int,), "test_cases": (int,), "truth_out": (str,), "sizes": (str,),
-             "slices": (str,), "ambiguous_tail": (int,), "bad_case_day": (str, list), "workers": (int,)}
+             "slices": (str,), "ambiguous_tail": (int,), "bad_case_day": (str, list), "workers": (int,),
+             "size": (str,), "cars": (int,), "test_cars": (int,), "views": (int,), "images": (int,),
+             "unlabelled": (int,), "channels": (int,), "classes": (int,)}
 TOP = {"name": (str,), "compare": (list,), "models": (list,), **{s: (dict,) for s in SECTIONS}}
-REQUIRED = {"": ("data", "folds", "models"), "data": ("dir",)}
+REQUIRED = {"": ("data",), "data": ("dir",), "ablation": ("base",)}
 RESOURCE_KEYS = ("cpus", "gpus")  # what a training step takes (--executor ray): not training flags
 MODEL_KEYS = {"name": (str,), "stage": (str,), "arch": (str,), "folds": (list,), **{k: (int,) for k in RESOURCE_KEYS}}
 # config fields the pipeline sets itself for every training step
@@ -57,18 +62,38 @@ def model_schema(stage: str) -> dict[str, tuple[type, ...]]:
     return {**MODEL_KEYS, **fields}
 
 
+def _check_data(path: Path, data: dict) -> None:
+    """[data]: a known format; [data.synthetic]: keys of the generator of that format (GI by default)."""
+    from src.data.formats import FORMAT_MODULES
+    from src.data.synthetic2d import check_options
+
+    if data.get("format", "gi") not in FORMAT_MODULES:
+        raise DataError(f"{path}: [data] format = {data['format']!r}: known formats are {', '.join(FORMAT_MODULES)}")
+    if "synthetic" in data:
+        _check_table(path, "[data.synthetic]", data["synthetic"], SYNTHETIC)
+        try:
+            # the recipe key bad_case_day is the flag --bad-case-day, which fills the generator's bad_case_days
+            check_options(data.get("format", "gi"), {("bad_case_days" if k == "bad_case_day" else k): v
+                                                     for k, v in data["synthetic"].items()})
+        except DataError as exc:
+            raise DataError(f"{path}: [data.synthetic]: {exc}") from None
+
+
 def validate_recipe(path: Path, raw: dict) -> None:
     """DataError on the first thing in `raw` that the schema does not allow."""
     _check_table(path, "recipe:", raw, TOP, REQUIRED[""])
     for section, schema in SECTIONS.items():
         if section in raw:
             _check_table(path, f"[{section}]", raw[section], schema, REQUIRED.get(section, ()))
-    if "synthetic" in raw["data"]:
-        _check_table(path, "[data.synthetic]", raw["data"]["synthetic"], SYNTHETIC)
-    if not raw["models"]:
-        raise DataError(f"{path}: [[models]] is empty: name at least one model")
+    _check_data(path, raw["data"])
+    if "ablation" not in raw and not raw.get("models"):
+        raise DataError(f"{path}: no [[models]] and no [ablation]: name at least one model, or a study")
+    if raw.get("models") and "folds" not in raw:
+        raise DataError(f"{path}: recipe: lacks the required key 'folds' (the models are trained on folds)")
+    if "ablation" in raw and not all(isinstance(v, str) for v in raw["ablation"].get("vary", [])):
+        raise DataError(f"{path}: [ablation] vary: expected a list of texts such as \"lr=1e-3,3e-3\"")
     names = []
-    for i, model in enumerate(raw["models"], 1):
+    for i, model in enumerate(raw.get("models", []), 1):
         where = f"[[models]] {i}"
         if not isinstance(model, dict):
             raise DataError(f"{path}: {where} is not a table")

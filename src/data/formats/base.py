@@ -61,6 +61,8 @@ class DatasetFormat(Protocol):
 
     name: str
     looked_for: str  # what `detect` looks for, named in the unknown-layout error
+    marker: str  # the file (relative to the root) that stands for the dataset in the pipeline's stamps; "": the folder
+    submission: str  # what a submission of the dataset is (DatasetDescription.submission)
 
     def detect(self, root: Path) -> bool: ...
 

@@ -104,6 +104,8 @@ class CarvanaFormat:
     name = "carvana"
     label_scale = 1
     looked_for = "train/ with <car>_<NN>.jpg and train_masks/ or train_masks.csv"
+    marker = MASKS_CSV
+    submission = "carvana_csv"
 
     def detect(self, root: Path) -> bool:
         root = Path(root)
@@ -122,7 +124,7 @@ class CarvanaFormat:
         if bands != ("R", "G", "B"):
             raise DataError(f"{first}: image of bands {', '.join(bands)}, expected R, G, B (Carvana images are RGB)")
         return DatasetDescription(name=root.resolve().name, format=self.name, dims="2d", channels=bands,
-                                  labels=("car",), encoding="binary", metric="dice", submission="carvana_csv",
+                                  labels=("car",), encoding="binary", metric="dice", submission=self.submission,
                                   file_ending=".jpg", group_key="car", stratify_key=None)
 
     def samples(self, root: Path, split: str) -> SampleList:

@@ -36,6 +36,8 @@ class EbhiFormat:
     name = "ebhi"
     label_scale = 255  # masks are 0/255
     looked_for = "<category>/image/ and <category>/label/ folders"
+    marker = ""  # no file stands for the dataset: the folder does
+    submission = "label_images"
 
     def detect(self, root: Path) -> bool:
         return any((d / "image").is_dir() and (d / "label").is_dir() for d in _categories(Path(root)))
@@ -51,7 +53,7 @@ class EbhiFormat:
         if n_channels not in CHANNELS:
             raise DataError(f"{first}: image of {n_channels} channels, expected RGB or gray")
         return DatasetDescription(name=root.resolve().name, format=self.name, dims="2d", channels=CHANNELS[n_channels],
-                                  labels=(LABEL,), encoding="binary", metric="dice", submission="label_images",
+                                  labels=(LABEL,), encoding="binary", metric="dice", submission=self.submission,
                                   file_ending=".png", group_key=None, stratify_key="category")
 
     def samples(self, root: Path, split: str) -> SampleList:

@@ -12,6 +12,8 @@ from src.data.layout import CASE_DAY_RE
 class GITractFormat:
     name = "gi"
     looked_for = "train.csv or <split>/case<N>/case<N>_day<D>/scans/"
+    marker = "train.csv"
+    submission = "gi_csv"
 
     def detect(self, root: Path) -> bool:
         if (root / "train.csv").is_file():
@@ -21,7 +23,7 @@ class GITractFormat:
     def describe(self, root: Path) -> DatasetDescription:
         return DatasetDescription(
             name=Path(root).resolve().name, format=self.name, dims="slices", channels=("mri",), labels=CLASSES,
-            encoding="overlapping", metric="gi_tract", submission="gi_csv", file_ending=".png", group_key="case")
+            encoding="overlapping", metric="gi_tract", submission=self.submission, file_ending=".png", group_key="case")
 
 
 FORMAT = GITractFormat()

@@ -108,6 +108,8 @@ class NnunetFormat:
     name = "nnunet"
     label_scale = 1
     looked_for = "dataset.json and imagesTr/"
+    marker = "dataset.json"
+    submission = "label_images"
 
     def detect(self, root: Path) -> bool:
         return (Path(root) / "dataset.json").is_file() and (Path(root) / "imagesTr").is_dir()
@@ -117,7 +119,7 @@ class NnunetFormat:
         try:
             return DatasetDescription(name=spec.name, format=self.name, dims="2d", channels=spec.channels,
                                       labels=spec.labels, encoding="binary" if len(spec.labels) == 1 else "index",
-                                      metric="dice", submission="label_images", file_ending=spec.file_ending)
+                                      metric="dice", submission=self.submission, file_ending=spec.file_ending)
         except DataError as exc:
             raise DataError(f"{spec.path}: {exc}") from None
 

@@ -18,7 +18,7 @@ import pandas as pd
 from src.core.atomic import atomic_dir, atomic_path
 from src.core.errors import DataError
 from src.core.ids import CLASSES
-from src.core.outputs import new_dataset_paths
+from src.core.outputs import TRUTH_ENDINGS, new_dataset_paths
 from src.data import rle
 from src.data.layout import slice_id
 from src.data.synthetic.faults import cut_tail, spoil
@@ -124,7 +124,7 @@ def generate(out_dir: str | Path, cases: int = 12, seed: int = 0, test_cases: in
     _check_args(cases, test_cases, slices, ambiguous_tail, workers)
     size_list = image_sizes(sizes)
     bad = tuple(sorted({parse_case_day(b) for b in bad_case_days}))
-    out, truth = new_dataset_paths(out_dir, truth_out, ".csv", overwrite)
+    out, truth = new_dataset_paths(out_dir, truth_out, TRUTH_ENDINGS["gi"], overwrite)
     specs = plan(cases, seed, test_cases, size_list, slices, ambiguous_tail, bad)
     with atomic_dir(out) as tmp:
         rows = _write_all(specs, seed, tmp, workers)

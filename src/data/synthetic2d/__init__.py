@@ -18,9 +18,8 @@ from src.data.synthetic2d.common import Summary2D
 GENERATORS = {"gi": generate_gi, "carvana": carvana.generate, "ebhi": ebhi.generate, "nnunet": nnunet.generate}
 
 
-def generate_dataset(format: str, out_dir: str | Path, **options):
-    """Write a synthetic dataset of `format` (gi: the GI tract slices of src.data.synthetic) under `out_dir`;
-    its summary (with a `line()`). An option the format does not take is a DataError naming it."""
+def check_options(format: str, options: dict) -> None:
+    """DataError unless `format` has a generator taking every option of `options` (named as flags)."""
     if format not in GENERATORS:
         raise DataError(f"--format {format!r}: not one of {', '.join(GENERATORS)}")
     takes = [name for name in inspect.signature(GENERATORS[format]).parameters if name != "out_dir"]
@@ -29,7 +28,13 @@ def generate_dataset(format: str, out_dir: str | Path, **options):
         flags = ", ".join(f"--{name.replace('_', '-')}" for name in wrong)
         raise DataError(f"{flags} does not apply to --format {format} "
                         f"(it takes {', '.join('--' + name.replace('_', '-') for name in takes)})")
+
+
+def generate_dataset(format: str, out_dir: str | Path, **options):
+    """Write a synthetic dataset of `format` (gi: the GI tract slices of src.data.synthetic) under `out_dir`;
+    its summary (with a `line()`). An option the format does not take is a DataError naming it."""
+    check_options(format, options)
     return GENERATORS[format](out_dir, **options)
 
 
-__all__ = ["GENERATORS", "Summary2D", "generate_dataset"]
+__all__ = ["GENERATORS", "Summary2D", "check_options", "generate_dataset"]

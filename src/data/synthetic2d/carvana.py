@@ -16,7 +16,7 @@ import numpy as np
 
 from src.core.atomic import atomic_dir, atomic_path
 from src.core.errors import DataError
-from src.core.outputs import new_dataset_paths
+from src.core.outputs import TRUTH_ENDINGS, new_dataset_paths
 from src.data import rle
 from src.data.synthetic.writer import write_csv
 from src.data.synthetic2d.common import Summary2D, check_counts, check_size, save_image, save_index_gif
@@ -130,7 +130,7 @@ def generate(out_dir: str | Path, cars: int = 6, test_cars: int = 2, views: int 
     if views > 99:
         raise DataError(f"--views {views}: at most 99 (two-digit view numbers)")
     size = check_size(size)
-    out, truth = new_dataset_paths(out_dir, truth_out, ".csv", overwrite)
+    out, truth = new_dataset_paths(out_dir, truth_out, TRUTH_ENDINGS["carvana"], overwrite)
     ids = car_ids(seed, cars + test_cars)
     with atomic_dir(out) as tmp:
         (tmp / "test").mkdir()

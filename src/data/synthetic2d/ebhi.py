@@ -15,7 +15,7 @@ import numpy as np
 
 from src.core.atomic import atomic_dir
 from src.core.errors import DataError
-from src.core.outputs import new_dataset_paths
+from src.core.outputs import TRUTH_ENDINGS, new_dataset_paths
 from src.data.synthetic2d.common import Summary2D, check_counts, check_size, save_image
 from src.data.synthetic2d.shapes import finish, place, region, rng_for, smooth_noise, superellipse, wobble
 
@@ -82,7 +82,7 @@ def generate(out_dir: str | Path, images: int = 60, unlabelled: int = 1, seed: i
     if unlabelled >= images:
         raise DataError(f"--unlabelled {unlabelled}: must be below --images {images}")
     size = check_size(size)
-    out, _ = new_dataset_paths(out_dir, None, None, overwrite)
+    out, _ = new_dataset_paths(out_dir, None, TRUTH_ENDINGS["ebhi"], overwrite)
     counts = category_counts(images)
     categories = [c for c, n in counts.items() for _ in range(n)]
     no_label = set(rng_for(seed, _UNLABELLED).choice(images, unlabelled, replace=False).tolist())

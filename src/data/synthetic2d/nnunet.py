@@ -16,7 +16,7 @@ import numpy as np
 
 from src.core.atomic import atomic_dir
 from src.core.errors import DataError
-from src.core.outputs import new_dataset_paths
+from src.core.outputs import TRUTH_ENDINGS, new_dataset_paths
 from src.data.synthetic2d.common import Summary2D, check_counts, check_size, save_image
 from src.data.synthetic2d.shapes import finish, place, region, rng_for, smooth_noise, star, superellipse
 
@@ -83,7 +83,7 @@ def generate(out_dir: str | Path, cases: int = 20, test_cases: int = 4, channels
         if value > len(names):
             raise DataError(f"--{name} {value}: at most {len(names)} ({', '.join(names)})")
     size = check_size(size)
-    out, truth = new_dataset_paths(out_dir, truth_out, "", overwrite)
+    out, truth = new_dataset_paths(out_dir, truth_out, TRUTH_ENDINGS["nnunet"], overwrite)
     description = {"channel_names": {str(c): CHANNELS[c] for c in range(channels)},
                    "labels": {"background": 0, **{name: k for k, name in enumerate(list(SHAPES)[:classes], start=1)}},
                    "numTraining": cases, "file_ending": ".png", "name": dataset_name(out),

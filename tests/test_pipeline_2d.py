@@ -1,0 +1,116 @@
+"""Recipes on 2D data: the format from [data] (or the folder), its generator's keys, the data marker,
+the submission and truth paths of each format, and an [ablation] study as a step."""
+import shlex
+
+import pytest
+
+from src.core.errors import DataError
+from src.data.synthetic2d import generate_dataset
+from src.orchestration.recipes import load_recipe, outputs, plan
+
+CARVANA = """
+name = "cv"
+[data]
+dir = "{root}/cv"
+format = "carvana"
+synthetic = {{ cars = 3, test_cars = 1, views = 4, size = "64x48" }}
+[folds]
+n_folds = 3
+[[models]]
+name = "u"
+stage = "seg2d"
+arch = "unet_tiny"
+folds = [0, 1, 2]
+img_size = 32
+[ensemble]
+passes = 1
+"""
+
+ABLATION = """
+name = "abl"
+[data]
+dir = "{root}/ebhi"
+format = "ebhi"
+synthetic = {{ images = 30, size = "64x64" }}
+[ablation]
+base = "--arch unet_tiny --epochs 1 --img-size 32"
+vary = ["lr=1e-3,3e-3"]
+split = "random:0.8"
+repeats = 2
+out = "{root}/study"
+"""
+
+
+def _write(tmp_path, text, name="r.toml"):
+    path = tmp_path / name
+    path.write_text(text.format(root=tmp_path))
+    return path
+
+
+def test_carvana_recipe_forces_its_format_and_waits_on_its_marker(tmp_path):
+    recipe = load_recipe(_write(tmp_path, CARVANA))
+    steps = {s.name: s for s in plan(recipe, str(tmp_path / "runs"))}
+    synthetic, folds, cache = steps["synthetic data"], steps["folds"], steps["cache"]
+    assert synthetic.argv[synthetic.argv.index("--format") + 1] == "carvana"
+    assert synthetic.argv[synthetic.argv.index("--size") + 1] == "64x48"
+    marker = f"{tmp_path}/cv/train_masks.csv"
+    assert synthetic.outputs == (marker,) and folds.inputs == (marker,) and cache.inputs == (marker,)
+    assert "--format" in folds.argv and "--format" in cache.argv
+    out = outputs(recipe, str(tmp_path / "runs"))
+    assert out.submission == "submissions/cv.csv" and out.truth == f"{tmp_path}/cv_test_truth.csv"
+    assert [s for s in steps if s.startswith("train")] == ["train u fold 0", "train u fold 1", "train u fold 2"]
+    assert {"ensemble", "submission", "score", "report"} <= set(steps)
+
+
+def test_label_image_formats_submit_a_folder_and_nnunet_truth_is_a_folder(tmp_path):
+    text = CARVANA.replace('format = "carvana"', 'format = "nnunet"').replace(
+        'cars = 3, test_cars = 1, views = 4, size = "64x48"', 'cases = 4, test_cases = 2, size = "64x64"')
+    recipe = load_recipe(_write(tmp_path, text))
+    out = outputs(recipe, "runs")
+    assert out.submission == "submissions/cv" and out.truth == f"{tmp_path}/cv_test_truth"
+    assert plan(recipe, "runs")[0].outputs == (f"{tmp_path}/cv/dataset.json",)
+    no_test = load_recipe(_write(tmp_path, text.replace("test_cases = 2", "test_cases = 0"), "n.toml"))
+    assert outputs(no_test, "runs").truth is None
+
+
+def test_the_format_is_detected_from_an_existing_folder(tmp_path):
+    generate_dataset("ebhi", tmp_path / "cv", images=12, size=(32, 32))
+    text = CARVANA.replace('format = "carvana"\n', "").replace(
+        'synthetic = {{ cars = 3, test_cars = 1, views = 4, size = "64x48" }}\n', "")
+    recipe = load_recipe(_write(tmp_path, text))
+    assert recipe.format == "ebhi" and recipe.data_marker == f"{tmp_path}/cv"
+    assert plan(recipe, "runs")[0].inputs == (f"{tmp_path}/cv",)  # the folder stands for EBHI data
+
+
+def test_an_ablation_recipe_plans_the_study_on_its_data(tmp_path):
+    recipe = load_recipe(_write(tmp_path, ABLATION))
+    steps = plan(recipe, "runs")
+    assert [s.name for s in steps] == ["synthetic data", "ablation"]
+    study = steps[1]
+    assert study.module == "src.ablate" and study.outputs == (f"{tmp_path}/study/ablation.md",)
+    assert study.inputs == (f"{tmp_path}/ebhi",)
+    base = shlex.split(study.argv[study.argv.index("--base") + 1])
+    assert base[-2:] == ["--data-dir", f"{tmp_path}/ebhi"] and "--arch" in base
+    assert study.argv[study.argv.index("--vary") + 1] == "lr=1e-3,3e-3"
+    assert study.argv[study.argv.index("--split") + 1] == "random:0.8"
+
+
+@pytest.mark.parametrize("change, message", [
+    (('format = "ebhi"', 'format = "pascal"'), r"\[data\] format = 'pascal': known formats are gi, carvana"),
+    (("images = 30", "cars = 3"), r"\[data.synthetic\]: --cars does not apply to --format ebhi"),
+    (('base = "--arch unet_tiny --epochs 1 --img-size 32"\n', ""), r"\[ablation\] lacks the required key 'base'"),
+    (('vary = ["lr=1e-3,3e-3"]', "vary = [1]"), r"\[ablation\] vary: expected a list of texts"),
+    (('split = "random:0.8"', "splits = 2"), r"\[ablation\] unknown key 'splits'"),
+    (("[ablation]", "[studies]"), r"unknown key 'studies'"),
+])
+def test_recipe_errors_on_2d_data_are_one_line(tmp_path, change, message):
+    with pytest.raises(DataError, match=message):
+        load_recipe(_write(tmp_path, ABLATION.replace(*change)))
+
+
+def test_models_need_folds_and_a_recipe_needs_models_or_a_study(tmp_path):
+    with pytest.raises(DataError, match="lacks the required key 'folds'"):
+        load_recipe(_write(tmp_path, CARVANA.replace("[folds]\nn_folds = 3\n", "")))
+    nothing = ABLATION.split("[ablation]")[0]
+    with pytest.raises(DataError, match=r"no \[\[models\]\] and no \[ablation\]"):
+        load_recipe(_write(tmp_path, nothing))
