@@ -1,6 +1,7 @@
 """Stage `report`: `python -m src.report --runs runs/A runs/B [--ensemble ensemble.json] --out reports/NAME`
 writes index.html with PNG figures: training curves, per-case-day scores, overlays, the presence
-report of classifiers, the ensemble table (see src.reporting.build)."""
+report of classifiers, the ensemble table; for runs on 2D images the OOF scores overall and per
+category, Dice per class and the worst and best images (see src.reporting.build)."""
 from __future__ import annotations
 
 import argparse

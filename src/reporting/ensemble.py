@@ -1,4 +1,5 @@
-"""The tables of an ensemble file: its scores, its held-out contributions and its parameters."""
+"""The tables of an ensemble file: its scores, its held-out contributions and its parameters. A GI file's
+scores hold score/dice/hausdorff, a 2D file's ("dims": "2d") score/dice/jaccard, in the same layout."""
 from __future__ import annotations
 
 import json
@@ -8,18 +9,19 @@ import pandas as pd
 from src.ensembling import choice, contributions
 
 METRIC_KEYS = ("score", "dice", "hausdorff")
+IMAGE_METRIC_KEYS = ("score", "dice", "jaccard")  # a 2D ensemble file's
 CONTRIBUTION_COLUMNS = {"component": "component", "score": "held-out score without it",
                         "delta": "delta (what it wins)", "note": "note"}
 
 
-def ensemble_tables(record: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def ensemble_tables(record: dict, metric_keys: tuple[str, ...] = METRIC_KEYS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """From ensemble.json's "scores", whatever keys it has but those with tables of their own:
-    (one row per entry holding score/dice/hausdorff, named by its key path), (every other scalar as
-    name, value)."""
+    (one row per entry holding any of `metric_keys`, named by its key path, those columns first),
+    (every other scalar as name, value)."""
     metric_rows, other_rows = [], []
 
     def walk(name: str, value) -> None:
-        if isinstance(value, dict) and any(k in value for k in METRIC_KEYS):
+        if isinstance(value, dict) and any(k in value for k in metric_keys):
             metric_rows.append({"name": name, **{k: v for k, v in value.items() if not isinstance(v, (dict, list))}})
         elif isinstance(value, dict):
             for key, item in value.items():
@@ -32,7 +34,7 @@ def ensemble_tables(record: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     walk("", {k: v for k, v in scores.items() if k not in own_tables} if isinstance(scores, dict) else scores)
     metrics = pd.DataFrame(metric_rows)
     if not metrics.empty:
-        first = ["name"] + [k for k in METRIC_KEYS if k in metrics]
+        first = ["name"] + [k for k in metric_keys if k in metrics]
         metrics = metrics[first + [c for c in metrics if c not in first]]
     return metrics, pd.DataFrame(other_rows, columns=["name", "value"])
 
@@ -53,9 +55,10 @@ CHOICE_COLUMNS = {"score": "held-out score", "low": "95% low", "high": "95% high
                   "delta_low": "vs written, 95% low", "delta_high": "vs written, 95% high"}
 
 
-def choice_table(record: dict) -> tuple[pd.DataFrame, str] | None:
+def choice_table(record: dict, unit: str = "case-days") -> tuple[pd.DataFrame, str] | None:
     """ensemble.json's final choice (src.ensembling.choice): one row per candidate, the written one
-    marked, and the sentence saying what the intervals are; None when the file has none."""
+    marked, and the sentence saying what the intervals are (its "case_days" counted in `unit`: the
+    images of a 2D file); None when the file has none."""
     scores = record.get("scores")
     made = scores.get(choice.KEY) if isinstance(scores, dict) else None
     if not isinstance(made, dict) or not isinstance(made.get("candidates"), dict):
@@ -66,7 +69,7 @@ def choice_table(record: dict) -> tuple[pd.DataFrame, str] | None:
     table = pd.DataFrame(rows, columns=["candidate", *CHOICE_COLUMNS.values(), "written"])
     numbers = list(CHOICE_COLUMNS.values())
     table[numbers] = table[numbers].apply(pd.to_numeric, errors="coerce").astype(float)
-    return table, f"{made.get('case_days')} case-days; {made.get('interval')}"
+    return table, f"{made.get('case_days')} {unit}; {made.get('interval')}"
 
 
 def params_table(record: dict) -> pd.DataFrame | None:
@@ -75,3 +78,15 @@ def params_table(record: dict) -> pd.DataFrame | None:
     if not isinstance(params, dict):
         return None
     return pd.DataFrame([(k, json.dumps(v)) for k, v in params.items()], columns=["parameter", "value"])
+
+
+def oof_note(record: dict) -> str | None:
+    """What a 2D ensemble file says of the OOF it was tuned on ("oof": images, folds, metric, cache), as
+    one sentence; None without it."""
+    oof = record.get("oof")
+    if not isinstance(oof, dict):
+        return None
+    folds = oof.get("folds")
+    folds = ", ".join(str(f) for f in folds) if isinstance(folds, list) else folds
+    return (f"Tuned on the out-of-fold predictions of {oof.get('images', '?')} images (folds {folds or '?'}), "
+            f"metric {oof.get('metric', '?')}, cache {oof.get('cache_dir', '?')}.")

@@ -16,11 +16,16 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from src.core.ids import CLASSES
 from src.metrics.competition import DICE_WEIGHT, HAUSDORFF_WEIGHT
 
-CLASS_COLOURS = dict(zip(CLASSES, ("#ff3b30", "#34c759", "#0a84ff")))  # legible on a grey MRI slice
+PALETTE = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#bf5af2", "#ff9f0a", "#64d2ff", "#ff375f")  # legible on
+# a grey MRI slice and on most photographs; the GI classes take the first three
 DPI = 100
+
+
+def class_colours(labels) -> dict[str, str]:
+    """A contour and bar colour per class name, in order (the palette repeats past its length)."""
+    return {name: PALETTE[k % len(PALETTE)] for k, name in enumerate(labels)}
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -78,39 +83,41 @@ def case_day_scores(table: pd.DataFrame, path: Path) -> None:
 
 
 def class_dice(values: pd.Series, path: Path) -> None:
-    """One bar per class: the mean Dice over its scored rows."""
-    fig = _figure(5, 3)
+    """One bar per class (the series' index: the class names, in order): the mean Dice over its rows (the
+    series' name, if any, says how it is averaged)."""
+    fig = _figure(max(5.0, 0.9 * len(values) + 1.5), 3)
     ax = fig.subplots()
-    bars = ax.bar(values.index, values.fillna(0.0), color=[CLASS_COLOURS.get(c, "grey") for c in values.index])
+    colours = class_colours(values.index)
+    bars = ax.bar(values.index, values.fillna(0.0), color=[colours[c] for c in values.index])
     ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize="small")
-    ax.set(ylim=(0, 1.1), ylabel="Dice (nanmean over rows)")
+    ax.set(ylim=(0, 1.1), ylabel=values.name or "Dice (nanmean over rows)")
     _save(fig, path)
 
 
-def _legend_handles() -> list:
-    classes = [Patch(color=colour, label=name) for name, colour in CLASS_COLOURS.items()]
+def _legend_handles(labels) -> list:
+    classes = [Patch(color=colour, label=name) for name, colour in class_colours(labels).items()]
     return classes + [Line2D([], [], color="white", linestyle="-", label="truth"),
                       Line2D([], [], color="white", linestyle="--", label="prediction")]
 
 
-def overlays(title: str, panels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], path: Path) -> None:
-    """One panel per (z, image (H, W) in [0, 1], truth (3, H, W), pred (3, H, W)): contours per class,
-    truth solid, prediction dashed."""
+def overlays(title: str, labels, panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: Path) -> None:
+    """One panel per (caption, image (H, W) gray or (H, W, 3) RGB in [0, 1], truth (K, H, W), pred (K, H, W)):
+    contours per class of `labels` (K names), truth solid, prediction dashed."""
     fig = _figure(3.4 * len(panels), 3.8)
     fig.set_facecolor("#222222")
     axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
-    for ax, (z, image, truth, pred) in zip(axes, panels):
+    colours = list(class_colours(labels).values())
+    for ax, (caption, image, truth, pred) in zip(axes, panels):
         ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        for c, colour in enumerate(CLASS_COLOURS.values()):
+        for c, colour in enumerate(colours):
             for mask, style in ((truth[c], "solid"), (pred[c], "dashed")):
                 if mask.any():
                     ax.contour(mask.astype(np.uint8), levels=[0.5], colors=[colour], linestyles=style, linewidths=1.2)
-        ax.set_title(f"slice index {z}", color="white", fontsize="small")
+        ax.set_title(caption, color="white", fontsize="small")
         ax.set_axis_off()
     fig.suptitle(title, color="white")
-    legend = fig.legend(handles=_legend_handles(), loc="outside lower center", ncols=5, fontsize="small",
-                        facecolor="#222222", edgecolor="#555555")
+    legend = fig.legend(handles=_legend_handles(labels), loc="outside lower center", ncols=min(len(labels) + 2, 6),
+                        fontsize="small", facecolor="#222222", edgecolor="#555555")
     for text in legend.get_texts():
         text.set_color("white")
     _save(fig, path)
-

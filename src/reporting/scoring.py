@@ -1,4 +1,6 @@
-"""Scores of the runs: best validation score per fold, and a segmentation run's out-of-fold metric."""
+"""Scores of the runs: best validation score per fold, and a segmentation run's out-of-fold metric (the
+GI competition metric per case-day, or on 2D images src.metrics.overlap's Dice, Jaccard, precision and
+recall per image and category)."""
 from __future__ import annotations
 
 import math
@@ -12,13 +14,15 @@ import pandas as pd
 
 from src.core.errors import DataError
 from src.core.ids import CLASSES
+from src.data.image_cache import ImageCache
 from src.data.volumes import VolumeCache
 from src.inference.runs import TrainedRun
 from src.metrics.competition import DICE_WEIGHT, HAUSDORFF_WEIGHT, dice_rows, score_volumes
-from src.reporting.oof import fold_pairs
-from src.reporting.runs import best_score, oof_arrays
+from src.metrics.overlap import image_means, image_table, summary
+from src.reporting.oof import fold_pairs, image_pairs
+from src.reporting.runs import best_score, oof_arrays, threshold
 
-WORST_BEST = 2  # case-days shown at each end of the ranking
+WORST_BEST = 2  # case-days (images) shown at each end of the ranking
 
 
 def summary_table(runs: list[TrainedRun]) -> pd.DataFrame:
@@ -91,9 +95,47 @@ def evaluate_segmentation(run: TrainedRun, cache: VolumeCache) -> SegmentationRe
     return SegmentationResult(table, pd.Series(per_class, index=list(CLASSES)), sources)
 
 
-def extremes(table: pd.DataFrame) -> list[tuple[str, str]]:
-    """(label, case_day) of the worst and best case-days of a worst-first table, each once."""
+@dataclass
+class ImageResult:
+    """OOF scores of a segmentation run on 2D images (src.metrics.overlap, each image's index map at its
+    fold's threshold): per image (worst Dice first), the summary overall and per stratum, Dice per class."""
+
+    table: pd.DataFrame  # key, id, stratum, fold and STATS (each the image's mean over classes)
+    summary: pd.DataFrame  # overlap.summary: stratum ("all" first), images, STATS
+    class_dice: pd.Series  # index: the description's labels; mean over images of each class's Dice
+    thresholds: list[float]  # of the folds scored
+
+
+def evaluate_images(run: TrainedRun, cache: ImageCache) -> ImageResult | None:
+    """Every fold's OOF images scored against the cache's masks; None when the run has none."""
+    entries = cache.table().set_index("key")
+    strata = {k: ("" if s is None else str(s)) for k, s in entries["stratum"].items()}
+    folds = [f for f in run.folds.values() if oof_arrays(f)]
+    if not folds:
+        return None
+    fold_of = {}
+
+    def scored():
+        for fold in folds:
+            for key, stratum, pred, truth in image_pairs(fold, cache, strata):
+                fold_of[key] = fold.fold
+                yield key, stratum, pred, truth
+
+    labels = cache.description.labels
+    rows = image_table(scored(), labels)
+    table = image_means(rows).rename(columns={"id": "key"})
+    table.insert(1, "id", entries.loc[table["key"], "id"].to_numpy())
+    table.insert(3, "fold", table["key"].map(fold_of))
+    table = table.sort_values(["dice", "key"], kind="stable").reset_index(drop=True)
+    class_dice = rows.groupby("class", sort=False)["dice"].mean().reindex(list(labels))
+    return ImageResult(table, summary(rows), class_dice.rename("Dice (mean over images)"),
+                       sorted({threshold(f) for f in folds}))
+
+
+def extremes(table: pd.DataFrame, column: str = "case_day") -> list[tuple[str, str]]:
+    """(label, `column` value: a case-day, an image's key) of the worst and best rows of a worst-first
+    table, each once."""
     n = len(table)
     picks = [(f"worst {i + 1}", i) for i in range(min(WORST_BEST, n))]
     picks += [(f"best {i + 1}", n - 1 - i) for i in range(min(WORST_BEST, n)) if n - 1 - i >= WORST_BEST]
-    return [(label, table["case_day"].iloc[i]) for label, i in picks]
+    return [(label, table[column].iloc[i]) for label, i in picks]
