@@ -110,3 +110,21 @@ def test_image_samples_scaling_targets_and_label_maps():
     assert one_hot(mask, 2).tolist() == [[[0, 1], [0, 1]], [[0, 0], [1, 0]]]
     probs = np.array([[[0.6, 0.2], [0.4, 0.9]], [[0.1, 0.8], [0.3, 0.95]]])
     assert label_map(probs, 0.5).tolist() == [[1, 2], [0, 2]]  # most probable class above the threshold
+
+
+def test_exclude_names_the_same_image_ids_in_make_folds_and_training(work, monkeypatch):
+    """An EBHI id holds a '/', so its cache key differs from it; both commands take the id."""
+    monkeypatch.chdir(work)
+    left_out = sorted(pd.read_csv(work / "folds" / "folds.csv")["id"])[0] if (work / "folds" / "folds.csv").exists() \
+        else None
+    if left_out is None:
+        assert make_folds_main(["--data-dir", "ebhi", "--n-folds", "2"]) == 0
+        left_out = sorted(pd.read_csv(work / "folds" / "folds.csv")["id"])[0]
+    assert "/" in left_out and entry_key(left_out) != left_out
+    assert make_folds_main(["--data-dir", "ebhi", "--n-folds", "2", "--exclude", left_out,
+                            "--out", str(work / "excluded.csv")]) == 0
+    assert main(["--data-dir", "ebhi", "--fold", "0", "--name", "ex", "--folds-csv", str(work / "excluded.csv"),
+                 "--exclude", left_out, *TINY]) == 0
+    saved = json.loads((work / "runs" / "ex" / "fold0" / "config.json").read_text())
+    assert entry_key(left_out) not in saved["train_case_days"] + saved["val_case_days"]
+    assert len(saved["train_case_days"]) + len(saved["val_case_days"]) == 11

@@ -40,7 +40,7 @@ class TrainConfig:
     folds_csv: str = "folds/folds.csv"
     out: str = "runs"
     name: str = field(default="", metadata={"help": "run name; default: the arch"})
-    exclude: str = field(default="", metadata={"help": "comma-separated case-days left out of training and validation"})
+    exclude: str = field(default="", metadata={"help": "comma-separated case-days (2D data: image ids, as make_folds --exclude) left out of training and validation"})
     epochs: int = 10
     samples_per_epoch: int = field(default=0, metadata={
         "help": "a fresh random subset of this many samples each epoch; 0 = all"})

@@ -29,7 +29,7 @@ from src.core.errors import DataError
 from src.data.augment import build_augment
 from src.data.folds import entry_folds
 from src.data.geometry import Box, Geometry
-from src.data.image_cache import ImageCache
+from src.data.image_cache import ImageCache, entry_key
 from src.data.image_samples import ImageDataset, ImageInput, label_map, model_input
 from src.engine.config import SLICE_FIELDS, Seg2DConfig, changed_fields
 from src.engine.losses import CombinedLoss
@@ -68,6 +68,11 @@ class ImageSegmentationTask:
     def read_folds(self, path: str | Path) -> dict[str, int]:
         """The fold of each entry key, from the 2D folds file (a GI one is a one-line error)."""
         return entry_folds(path)
+
+    @staticmethod
+    def excluded_id(sample_id: str) -> str:
+        """--exclude names sample ids, as make_folds --exclude does; the trainer's ids are their cache keys."""
+        return entry_key(sample_id)
 
     def train_dataset(self, keys: list[str]) -> ImageDataset:
         return ImageDataset(self.cache, keys, self.geometry, self.augment, seed=self.cfg.seed)

@@ -74,7 +74,8 @@ class Task(Protocol):
 
 class TrainableTask(Task, Protocol):
     """A task this loop trains: also its training samples and loss (the detector trains in ultralytics).
-    A task whose ids are not case-days (2D images) also has `read_folds(path) -> {id: fold}`."""
+    A task whose ids are not case-days (2D images) also has `read_folds(path) -> {id: fold}` and
+    `excluded_id(name) -> id` (what --exclude names: the sample ids that make_folds --exclude takes)."""
 
     def train_dataset(self, case_days: list[str]) -> Dataset: ...  # with set_epoch(epoch)
 
@@ -105,9 +106,11 @@ def case_day_folds(path: str) -> dict[str, int]:
 
 
 def split_case_days(cfg: TrainConfig, all_case_days: list[str],
-                    read_folds: Callable[[str], dict[str, int]] = case_day_folds) -> tuple[list[str], list[str]]:
-    """(train, validation) case-days (or other ids, with their `read_folds`) for cfg.fold from the saved folds file."""
-    excluded = set(cfg.excluded)
+                    read_folds: Callable[[str], dict[str, int]] = case_day_folds,
+                    excluded_id: Callable[[str], str] = str) -> tuple[list[str], list[str]]:
+    """(train, validation) case-days (or other ids, with their `read_folds`) for cfg.fold from the saved folds
+    file; `excluded_id` maps a name of --exclude to the id it leaves out (a 2D sample id to its cache key)."""
+    excluded = {excluded_id(name) for name in cfg.excluded}
     available = [cd for cd in all_case_days if cd not in excluded]
     if cfg.fold == "all":
         return available, []
@@ -263,8 +266,8 @@ class Trainer:
         self.dist = init_distributed(self.device)
         if self.device.type == "cuda" and self.dist.world > 1:
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.train_cds, self.val_cds = split_case_days(self.cfg, all_case_days,
-                                                       getattr(task, "read_folds", case_day_folds))
+        self.train_cds, self.val_cds = split_case_days(self.cfg, all_case_days, getattr(task, "read_folds", case_day_folds),
+                                                       getattr(task, "excluded_id", str))
         if not self.train_cds:
             raise DataError("no case-day left to train on (check --fold, --exclude and the folds file)")
         if self.cfg.batch_size % self.dist.world:
