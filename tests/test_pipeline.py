@@ -100,6 +100,27 @@ def test_run_skip_and_resume(recipe, tmp_path, monkeypatch, capsys):
     assert rerun.count("up to date, skipped") == 4 and "cache: python -m src.prepare" in rerun  # the cache is checked
 
 
+def test_a_model_on_two_gpus_trains_under_torchrun(tmp_path, capsys):
+    """gpus = 2: the training step runs torchrun with two processes (here on the CPU, gloo), from the
+    local executor too; the fold is trained by both (world size 2) and done."""
+    text = RECIPE.replace("folds = [0, 1]", "folds = [0]\ngpus = 2").replace("epochs = 2", "epochs = 1")
+    path = tmp_path / "t.toml"
+    path.write_text(text.format(root=tmp_path))
+    runs = str(tmp_path / "runs")
+    train = next(s for s in plan(load_recipe(path), runs) if s.module == "src.train")
+    assert train.procs == 2 and train.command([])[2:6] == ["torch.distributed.run", "--standalone",
+                                                           "--nproc-per-node", "2"]
+    assert main([str(path), "--runs-dir", runs]) == 0
+    assert "[train m fold 0]" in capsys.readouterr().out  # a subprocess's lines, prefixed by their step
+    fold = tmp_path / "runs" / "m" / "fold0"
+    assert (fold / "done.json").exists() and json.loads((fold / "config.json").read_text())["world_size"] == 2
+    (tmp_path / "det.toml").write_text(text.format(root=tmp_path).replace('stage = "seg2d"', 'stage = "det"')
+                                       .replace('arch = "unet_tiny"', 'arch = "yolo26n"')
+                                       .replace('augment = "none"\n', ""))
+    with pytest.raises(DataError, match="gpus = 2: the detector trains on one GPU"):
+        load_recipe(tmp_path / "det.toml")
+
+
 FULL = """
 name = "full"
 compare = ["base"]

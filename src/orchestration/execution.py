@@ -107,7 +107,7 @@ def run_subprocess(step: Step, argv: list[str], cwd: str) -> str | None:
     log = Path(step.log or os.devnull)
     if step.resumable and log.is_file() and log.stat().st_size and "--resume" not in argv:
         argv = [*argv, "--resume"]
-    threads = str(step.cpus)
+    threads = str(max(1, step.cpus // step.procs))  # torchrun's processes share the step's cores
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
     with open(log, "a") as sink:
         print(f"$ {' '.join(step.command(argv))}", file=sink, flush=True)
@@ -125,7 +125,7 @@ def run_subprocess(step: Step, argv: list[str], cwd: str) -> str | None:
 
 # ---- executors ---------------------------------------------------------------------------------------
 class LocalExecutor:
-    """One step at a time, in this process: no Ray needed."""
+    """One step at a time, in this process (a torchrun step in its own processes): no Ray needed."""
 
     slots = 1
 
@@ -138,6 +138,11 @@ class LocalExecutor:
 
     def wait(self, handles: list) -> tuple[str, str | None]:
         step, argv = self.queue.pop(handles[0])
+        if step.procs > 1:
+            try:
+                return handles[0], run_subprocess(step, argv, os.getcwd())
+            except StepKilled as exc:
+                return handles[0], str(exc)
         return handles[0], run_in_process(step, argv)
 
     def close(self) -> None:

@@ -194,7 +194,8 @@ def plan(recipe: Recipe, runs_dir: str = "runs") -> list[Step]:
             where = fold_dir(runs_dir, model["name"], fold)
             steps.append(Step(f"train {model['name']} fold {fold}", "src.train", argv, (str(where.done_path),),
                               (folds_csv, str(cache_dir_for(model.get("cache_dir", ""), data))), resumable=True,
-                              log=f"{where.final_path}.log", cpus=model.get("cpus", 1), gpus=_gpus(model)))
+                              log=f"{where.final_path}.log", cpus=model.get("cpus", 1), gpus=_gpus(model),
+                              procs=max(1, _gpus(model))))
     if recipe.ensemble is not None:
         steps += _final_steps(recipe, runs_dir)
     return [_with_log(step, recipe, runs_dir) for step in steps]

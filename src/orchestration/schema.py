@@ -106,9 +106,11 @@ def validate_recipe(path: Path, raw: dict) -> None:
         folds = model.get("folds", [0])
         if not folds or not all((isinstance(f, int) and not isinstance(f, bool) and f >= 0) or f == "all" for f in folds):
             raise DataError(f"{path}: {where} ({model['name']}) folds = {folds!r}: expected a list of fold numbers or 'all'")
-        if model.get("cpus", 1) < 1 or model.get("gpus", 0) not in (0, 1):
+        if model.get("cpus", 1) < 1 or model.get("gpus", 0) < 0:
             raise DataError(f"{path}: {where} ({model['name']}) cpus = {model.get('cpus', 1)}, gpus = "
-                            f"{model.get('gpus', 0)}: cpus must be at least 1, gpus 0 or 1")
+                            f"{model.get('gpus', 0)}: cpus must be at least 1, gpus at least 0")
+        if model.get("gpus", 0) > 1 and model["stage"] == "det":  # ultralytics runs its own DDP
+            raise DataError(f"{path}: {where} ({model['name']}) gpus = {model['gpus']}: the detector trains on one GPU")
         try:  # the values themselves, as the stage's config checks them
             get_stage(model["stage"]).config(**{k: v for k, v in model.items() if k not in ("name", "folds", *RESOURCE_KEYS)})
         except DataError as exc:

@@ -29,6 +29,7 @@ class Step:
     log: str = ""  # the file its output goes to
     cpus: int = 1  # CPU cores (and threads) it takes
     gpus: int = 0  # GPUs it takes where the cluster has GPUs
+    procs: int = 1  # processes: more than one runs the stage under torchrun (DDP, one process per GPU)
 
     def stamp(self) -> str:
         """Hash of the command and of the inputs: file contents for files, sizes and times in folders."""
@@ -43,6 +44,10 @@ class Step:
         return digest.hexdigest()
 
     def command(self, argv: list[str]) -> list[str]:
+        """`python -m module argv`, or under torchrun with `procs` processes on one machine (a free port each)."""
+        if self.procs > 1:
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(self.procs),
+                    "-m", self.module, *argv]
         return [sys.executable, "-m", self.module, *argv]
 
 
