@@ -66,7 +66,8 @@ def choice_table(record: dict) -> tuple[pd.DataFrame, str] | None:
     table = pd.DataFrame(rows, columns=["candidate", *CHOICE_COLUMNS.values(), "written"])
     numbers = list(CHOICE_COLUMNS.values())
     table[numbers] = table[numbers].apply(pd.to_numeric, errors="coerce").astype(float)
-    return table, f"{made.get('case_days')} case-days; {made.get('interval')}"
+    unit = "images" if "images" in made else "case-days"  # a 2D ensemble's choice is over images
+    return table, f"{made.get(unit.replace('-', '_'))} {unit}; {made.get('interval')}"
 
 
 def params_table(record: dict) -> pd.DataFrame | None:
