@@ -155,7 +155,7 @@ class Ensemble:
 
     @property
     def dims(self) -> str:
-        """"2d" for an ensemble of 2D image runs, "slices" for the GI's (the dataset description's dims)."""
+        """The data its runs segment, as a dataset description's dims: "2d" (images) or "slices" (the GI)."""
         return "2d" if isinstance(self.params, ImageEnsembleParams) else "slices"
 
     def run_uses(self) -> dict[str, RunUse]:

@@ -25,6 +25,9 @@ score by more than SearchRules' bar (min_gain, and a number of standard errors o
 passes repeat until one changes nothing (or `passes` is reached). The result is never below its
 start on the tuning data: the tuner starts from the best model alone there, so that with the bar a
 model joins only when it clearly helps (forward selection), and the plain mean is the default start.
+
+The 2D search (src.ensembling.search2d) runs the same coordinate_descent and cross_tune with its own
+evaluator, parameters and coordinates (Coordinate, field_coordinate, member_candidates of any class count).
 """
 from __future__ import annotations
 
@@ -394,8 +397,8 @@ def _blendable(p: EnsembleParams) -> None:
     effective_weights(p, list(p.weights))
 
 
-def member_candidates(name: str, blendable: Callable[[EnsembleParams], None] = _blendable
-                       ) -> Callable[[EnsembleParams], list[EnsembleParams]]:
+def member_candidates(name: str, blendable: Callable[[EnsembleParams], None] = _blendable,
+                      ) -> Callable[[EnsembleParams], list[EnsembleParams]]:
     """Member selection: the parameters without `name` while it has weight (and the others can blend
     alone: `blendable` raises no ValueError), with it (weight 1) while it has none."""
     def candidates(p: EnsembleParams) -> list[EnsembleParams]:
