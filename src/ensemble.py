@@ -9,6 +9,10 @@ parameters, scores) and prints a table of every model, the plain mean and the tu
 the contribution table (the held-out score with each component removed in turn).
 src.ensembling.postprocess.apply_ensemble is the one code path that turns probabilities into masks,
 here and in src.submit.
+
+Runs of 2D images (Carvana, EBHI-Seg, nnU-Net 2D: their cache says so) are tuned as a 2D ensemble:
+blend weights, thresholds, minimum component size and hole filling per class, on the dataset's Dice
+(src.ensembling.tune2d; src.ensembling.postprocess2d.index_map is its one path to index maps).
 """
 from __future__ import annotations
 

@@ -9,10 +9,12 @@ before the file is written atomically (see src.ensembling.submission). Kaggle's 
 an empty test/: then the stage says so and writes the sample submission with empty predictions (if
 there is one). `--allow-train-fallback N` instead runs on the first N train case-days.
 
-On 2D data (Carvana, EBHI-Seg, nnU-Net 2D; the data folder's format says which) the runs' plain mean
-predicts each test image where it lies, thresholded as validation does, into the dataset's form: the
-Carvana CSV, or label images named like the inputs (see src.ensembling.submission2d):
+On 2D data (Carvana, EBHI-Seg, nnU-Net 2D; the data folder's format says which) a 2D ensemble file
+(tuned by src.ensemble on 2D runs), or the runs' plain mean thresholded as validation does, predicts
+each test image where it lies into the dataset's form: the Carvana CSV, or label images named like the
+inputs (see src.ensembling.submission2d):
 
+`python -m src.submit --ensemble ensemble2d.json --data-dir DIR --out OUT [--images FOLDER]`
 `python -m src.submit --runs runs/A [runs/B ...] --data-dir DIR --out OUT [--images FOLDER] [--threshold P] [--tta hflip]`
 """
 from __future__ import annotations

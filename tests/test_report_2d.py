@@ -1,5 +1,5 @@
 """The HTML run report on 2D runs: one tiny trained fold of a synthetic EBHI-Seg set (RGB, one class, categories)
-and of an nnU-Net 2D set (two gray channels, two classes), reported with and without a hand-written 2D ensemble
+and of an nnU-Net 2D set (two gray channels, two classes), reported with and without a tuned 2D ensemble
 record; the tables are src.metrics.overlap's on the OOF files, the figures decode, GI and 2D runs never mix."""
 import html
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.core.artifacts import load_prediction, write_ensemble
+from src.core.artifacts import load_prediction
 from src.core.errors import DataError
 from src.data.folds import make_folds
 from src.data.image_cache import ImageCache
@@ -18,6 +18,10 @@ from src.data.image_samples import label_map, one_hot
 from src.data.synthetic2d import generate_dataset
 from src.engine.config import Seg2DConfig
 from src.engine.run import train
+from src.ensembling.ensemble_file import EnsembleMember, write_ensemble_file
+from src.ensembling.params import EnsembleParams
+from src.ensembling.tune import TuneOptions, tune
+from src.inference.settings import PredictSettings
 from src.metrics.overlap import image_table, summary
 from src.report import main
 from src.reporting.build import build_report
@@ -27,20 +31,6 @@ from src.reporting.page import cell
 from src.reporting.scoring import extremes
 
 CATEGORIES = ("Adenocarcinoma", "High-grade IN", "Low-grade IN", "Normal", "Polyp", "Serrated adenoma")
-SCORES = {"models": {"ebhi": {"score": 0.6012, "dice": 0.6012, "jaccard": 0.4521}},
-          "plain_mean": {"score": 0.6012, "dice": 0.6012, "jaccard": 0.4521},
-          "tuned_in_sample": {"score": 0.6345, "dice": 0.6345, "jaccard": 0.4777},
-          "tuned_held_out": {"score": 0.6123, "dice": 0.6123, "jaccard": 0.4602},
-          "held_out_by_fold": {"0": 0.6123}, "gap": 0.0222,
-          "choice": {"written": "tuned ensemble", "case_days": 6, "interval": "95% bootstrap over images",
-                     "candidates": {"ebhi alone": {"score": 0.6012, "low": 0.5011, "high": 0.7013, "delta": -0.0111,
-                                                   "delta_low": -0.0301, "delta_high": 0.0051},
-                                    "tuned ensemble": {"score": 0.6123, "low": 0.5104, "high": 0.7108, "delta": 0.0,
-                                                       "delta_low": 0.0, "delta_high": 0.0}}},
-          "written": {"name": "tuned ensemble", "in_sample": {"score": 0.6345, "dice": 0.6345, "jaccard": 0.4777},
-                      "held_out": {"score": 0.6123, "dice": 0.6123, "jaccard": 0.4602}}}
-
-
 def train_fold(root, data, name) -> None:
     make_folds(root / data, n_folds=2, seed=0).to_csv(root / f"{name}_folds.csv", index=False)
     train(Seg2DConfig(data_dir=str(root / data), cache_dir=str(root / f"cache_{name}"),
@@ -55,11 +45,7 @@ def work(tmp_path_factory):
     generate_dataset("nnunet", root / "Dataset501_Tiny", cases=8, test_cases=0, size=(32, 32))
     train_fold(root, "ebhi", "ebhi")
     train_fold(root, "Dataset501_Tiny", "nn")
-    write_ensemble(root / "ensemble2d.json", {
-        "dims": "2d", "runs": [{"name": "ebhi", "path": str(root / "runs" / "ebhi"), "stage": "seg2d", "folds": ["0"]}],
-        "scores": SCORES, "params": {"weights": {"ebhi": 1.0}, "threshold": 0.45},
-        "oof": {"images": 6, "folds": ["0"], "cache_dir": str(root / "cache_ebhi"), "stages": {"ebhi": "seg2d"},
-                "metric": "dice"}})
+    tune(TuneOptions(runs=(root / "runs" / "ebhi",), out=root / "ensemble2d.json", passes=1), log=lambda _: None)
     reports = {"ebhi": build_report(ReportOptions(runs=[root / "runs" / "ebhi"], out=root / "reports" / "ebhi",
                                                   ensemble=root / "ensemble2d.json")),
                "nn": build_report(ReportOptions(runs=[root / "runs" / "nn"], out=root / "reports" / "nn"))}
@@ -105,7 +91,9 @@ def test_ebhi_page_names_the_categories_and_its_sections(work):
         assert f"<tr><td>{html.escape(category)}</td>" in page, category
     assert headings(page) == ["Run report: ebhi", "Summary", "Run ebhi", "Training curves",
                               "Out-of-fold scores per image", "Worst and best images",  # one class: no Dice per class
-                              f"Ensemble {root / 'ensemble2d.json'}", "Final choice", "Parameters"]
+                              f"Ensemble {root / 'ensemble2d.json'}",
+                              *(["Final choice"] if "choice" in json.loads((root / "ensemble2d.json").read_text())[
+                                  "scores"] else []), "Parameters"]  # one trained fold: no held-out choice
     assert "Dataset ebhi: class foreground, channels R, G, B." in page
     done = json.loads((root / "runs" / "ebhi" / "fold0" / "done.json").read_text())
     assert f"<td>seg2d</td><td>unet_tiny</td><td>{done['best_score']:.4f}</td>" in page  # the summary table
@@ -157,18 +145,19 @@ def test_worst_and_best_images_are_the_extremes_with_their_contours(work):
 
 
 def test_2d_ensemble_scores(work):
-    _, reports = work
+    root, reports = work
     page = html.unescape(reports["ebhi"].index.read_text())
+    record = json.loads((root / "ensemble2d.json").read_text())
+    scores, model = record["scores"], record["scores"]["models"]["ebhi"]
     assert "<tr><th>name</th><th>score</th><th>dice</th><th>jaccard</th></tr>" in page and "hausdorff" not in page
-    for text in ("<td>models / ebhi</td><td>0.6012</td><td>0.6012</td><td>0.4521</td>",
-                 "<td>plain_mean</td><td>0.6012</td>", "<td>tuned_in_sample</td><td>0.6345</td>",
-                 "<td>tuned_held_out</td><td>0.6123</td>", "<td>written / held_out</td><td>0.6123</td>",
-                 "<td>held_out_by_fold / 0</td><td>0.6123</td>", "<td>gap</td><td>0.0222</td>",
-                 "6 images; 95% bootstrap over images.", "<td>ebhi alone</td><td>0.6012</td><td>0.5011</td>",
-                 "<td>-0.0301</td>", "Tuned on the out-of-fold predictions of 6 images (folds 0), metric dice",
-                 "<td>threshold</td><td>0.45</td>"):
+    texts = [f"<td>models / ebhi</td><td>{cell(model['score'])}</td><td>{cell(model['dice'])}</td>"
+             f"<td>{cell(model['jaccard'])}</td>",
+             f"<td>tuned_in_sample</td><td>{cell(scores['tuned_in_sample']['score'])}</td>",
+             f"<td>written / in_sample</td><td>{cell(scores['written']['in_sample']['score'])}</td>",
+             f"Tuned on the out-of-fold predictions of {record['oof']['images']} images (folds 0), metric dice",
+             *(f"<td>{key}</td>" for key in record["params"] if key != "weights")]
+    for text in texts:
         assert text in page, text
-    assert "candidates / " not in page  # the choice has its own table
 
 
 def gi_run(root):
@@ -190,9 +179,8 @@ def test_mixed_runs_and_ensembles_of_the_other_kind_are_refused(work, tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(DataError, match="an ensemble of 2D images, the runs are of GI case-days"):
         build_report(ReportOptions(runs=[gi], out=tmp_path / "gi", ensemble=root / "ensemble2d.json"))
-    record = json.loads((root / "ensemble2d.json").read_text())
-    del record["dims"]
-    (tmp_path / "gi_ensemble.json").write_text(json.dumps(record))
+    member = EnsembleMember("g", str(gi), "seg2d", "2d", ("0",), PredictSettings())
+    write_ensemble_file(tmp_path / "gi_ensemble.json", [member], [], None, None, EnsembleParams.plain_mean({"g": "2d"}))
     with pytest.raises(DataError, match="an ensemble of GI case-days, the runs are of 2D images"):
         build_report(ReportOptions(runs=[root / "runs" / "nn"], out=tmp_path / "nn", ensemble=tmp_path / "gi_ensemble.json"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gi_ensemble.json", "runs"]  # no report written

@@ -1,5 +1,5 @@
 """The submission on 2D data: tiny Carvana and nnU-Net sets, trained for one epoch, submitted with
-`python -m src.submit --runs`: the Carvana CSV against the sample and the truth, label images named like
+`python -m src.submit --runs` (with --ensemble: tests/test_ensemble_2d.py): the Carvana CSV against the sample and the truth, label images named like
 the inputs, an arbitrary --images folder, bad outputs and flags, and the shared prediction path
 (ImageInput through FoldModel, RunPredictor and TTA)."""
 import json
@@ -119,9 +119,9 @@ def test_a_failed_csv_leaves_nothing(work, tmp_path):
 
 def test_flags_and_runs_must_fit_the_data(work):
     car = work / "car"
-    with pytest.raises(DataError, match="--ensemble: applies to the GI data only.*does not exist yet"):
+    with pytest.raises(DataError, match="--runs: give --ensemble or --runs, not both"):
         _submit(work, "--ensemble", "e.json", "--runs", str(work / "runs" / "car"), "--data-dir", str(car))
-    with pytest.raises(DataError, match="--runs: required"):
+    with pytest.raises(DataError, match="--ensemble or --runs: required"):
         _submit(work, "--data-dir", str(car))
     with pytest.raises(DataError, match="--tta: applies to 2D data only"):
         SubmitOptions(data_dir=Path("d"), ensemble=Path("e.json"), tta=("hflip",)).check_kind(two_d=False)

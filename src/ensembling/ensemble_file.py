@@ -2,14 +2,19 @@
 and written by `write_ensemble_file`; the kernel, submit, report, benchmarks and pipeline read it here.
 
     {"version": 2,
+     "dims": "2d",                                                          2D ensembles only
      "runs": [{"name", "path", "stage", "group", "folds": [...], "predict": PredictSettings}, ...],
      "auxiliary": [{"path", "stage", "folds": [...], "tta": [...]}, ...],   every gate or crop run used
      "gate": path | null, "crop": path | null,                              the ensemble's own
-     "params": EnsembleParams, "scores": ..., "oof": ..., "search": ...}
+     "params": EnsembleParams (2D: ImageEnsembleParams), "scores": ..., "oof": ..., "search": ...}
 
 Every run the ensemble needs at test time is described once, with the folds and TTA it predicts
 with; a member's `predict` names its gate and crop runs by path, so a run used only as a member's
 gate predicts exactly as its out-of-fold predictions did.
+
+A 2D ensemble (src.ensembling.tune2d) says so with "dims": "2d"; it has no auxiliary, gate or crop
+runs, and its "params" are ImageEnsembleParams (src.ensembling.params2d). `Ensemble.dims` tells them
+apart; a file without "dims" is a GI ensemble, read as before.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from src.core.artifacts import ENSEMBLE_VERSION, read_ensemble, write_ensemble
 from src.core.errors import DataError
 from src.engine.stages import get_stage
 from src.ensembling.params import GROUPS, EnsembleParams
+from src.ensembling.params2d import ImageEnsembleParams
 from src.inference.runs import TrainedRun
 from src.inference.settings import PredictSettings, read_tta
 
@@ -144,8 +150,13 @@ class Ensemble:
     auxiliary: tuple[AuxiliaryRun, ...]
     gate: AuxiliaryRun | None
     crop: AuxiliaryRun | None
-    params: EnsembleParams
+    params: EnsembleParams | ImageEnsembleParams
     record: dict  # the whole file, scores included
+
+    @property
+    def dims(self) -> str:
+        """The data its runs segment, as a dataset description's dims: "2d" (images) or "slices" (the GI)."""
+        return "2d" if isinstance(self.params, ImageEnsembleParams) else "slices"
 
     def run_uses(self) -> dict[str, RunUse]:
         """Every run the ensemble needs at test time, once each, in order: each member then its gate
@@ -175,14 +186,45 @@ def _auxiliary_of(runs: dict[str, AuxiliaryRun], path: str | None, where: str, o
     return runs[path]
 
 
+def _members(record: dict, source: str) -> tuple[EnsembleMember, ...]:
+    runs = record["runs"]
+    if not isinstance(runs, list) or not runs:
+        raise DataError(f"{source}: 'runs' must be a non-empty list of members")
+    return tuple(EnsembleMember.from_dict(r, f"{source}: runs[{i}]") for i, r in enumerate(runs))
+
+
+def _check_names(members: tuple[EnsembleMember, ...], weights: dict, source: str) -> None:
+    names = [m.name for m in members]
+    if len(set(names)) != len(names) or sorted(names) != sorted(weights):
+        raise DataError(f"{source}: runs {names} do not match the weighted models {sorted(weights)}")
+
+
+def _load_images(file, source: str) -> Ensemble:
+    """A 2D ensemble: members without gate or crop runs, ImageEnsembleParams weighing exactly them."""
+    record = file.record
+    members = _members(record, source)
+    if record.get("auxiliary", []) != [] or record.get("gate") is not None or record.get("crop") is not None:
+        raise DataError(f"{source}: a 2D ensemble has no auxiliary, gate or crop runs")
+    for i, m in enumerate(members):
+        if m.predict.runs():
+            raise DataError(f"{source}: runs[{i}].predict: a 2D member has no gate or crop run")
+    if not isinstance(record["params"], dict):
+        raise DataError(f"{source}: 'params' must be an object")
+    params = ImageEnsembleParams.from_dict(record["params"], source)
+    _check_names(members, params.weights, source)
+    return Ensemble(file.path, members, (), None, None, params, record)
+
+
 def load_ensemble(path: str | Path) -> Ensemble:
     """Read and check an ensemble file: every key typed, every referenced run described, parameters in range."""
     file = read_ensemble(path)
     record, source = file.record, str(file.path)
-    runs = record["runs"]
-    if not isinstance(runs, list) or not runs:
-        raise DataError(f"{source}: 'runs' must be a non-empty list of members")
-    members = tuple(EnsembleMember.from_dict(r, f"{source}: runs[{i}]") for i, r in enumerate(runs))
+    dims = record.get("dims")
+    if dims == "2d":
+        return _load_images(file, source)
+    if dims is not None:
+        raise DataError(f"{source}: dims {dims!r}, expected \"2d\" (or none: a GI ensemble)")
+    members = _members(record, source)
     aux_list = record.get("auxiliary", [])
     if not isinstance(aux_list, list):
         raise DataError(f"{source}: 'auxiliary' must be a list")
@@ -198,9 +240,7 @@ def load_ensemble(path: str | Path) -> Ensemble:
     if not isinstance(record["params"], dict):
         raise DataError(f"{source}: 'params' must be an object")
     params = EnsembleParams.from_dict(record["params"], source)
-    names = [m.name for m in members]
-    if len(set(names)) != len(names) or sorted(names) != sorted(params.weights):
-        raise DataError(f"{source}: runs {names} do not match the weighted models {sorted(params.weights)}")
+    _check_names(members, params.weights, source)
     if {m.name: m.group for m in members} != params.groups:
         raise DataError(f"{source}: the runs' blend groups do not match params.groups")
     if any(t > 0 for t in params.gate_threshold) and gate is None:
@@ -211,12 +251,14 @@ def load_ensemble(path: str | Path) -> Ensemble:
 
 
 def write_ensemble_file(path: str | Path, members: list[EnsembleMember], auxiliary: list[AuxiliaryRun],
-                        gate: AuxiliaryRun | None, crop: AuxiliaryRun | None, params: EnsembleParams,
-                        **extra) -> dict:
-    """Write the ensemble file (atomically, versioned); returns the record written. `extra`: scores,
-    oof, search and other JSON-ready sections."""
+                        gate: AuxiliaryRun | None, crop: AuxiliaryRun | None,
+                        params: EnsembleParams | ImageEnsembleParams, dims: str | None = None, **extra) -> dict:
+    """Write the ensemble file (atomically, versioned); returns the record written. `dims`: "2d" for a
+    2D ensemble (first, after the version), none for the GI's. `extra`: scores, oof, search and other
+    JSON-ready sections."""
     unique = list({a.path: a for a in auxiliary}.values())
-    record = {"runs": [m.to_dict() for m in members], "auxiliary": [a.to_dict() for a in unique],
+    record = {**({"dims": dims} if dims else {}),
+              "runs": [m.to_dict() for m in members], "auxiliary": [a.to_dict() for a in unique],
               "gate": gate.path if gate else None, "crop": crop.path if crop else None,
               "params": params.to_dict(), **extra}
     write_ensemble(path, record)

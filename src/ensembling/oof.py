@@ -56,8 +56,11 @@ def check_probs(array: np.ndarray, shape: tuple, source: Path) -> np.ndarray:
     return array
 
 
-def _folds(runs: list[TrainedRun]) -> dict[str, int]:
-    """case-day -> fold, identical in every run (else the OOF predictions are not out-of-fold together)."""
+def shared_folds(runs: list[TrainedRun]) -> dict[str, int]:
+    """case-day (or 2D image) -> fold, identical in every run (else the OOF predictions are not out-of-fold
+    together); the runs' names must be distinct (they key the ensemble's weights)."""
+    if len({r.name for r in runs}) != len(runs):
+        raise DataError(f"run names must be distinct: {[r.name for r in runs]}")
     first = runs[0].case_day_folds()
     for run in runs[1:]:
         other = run.case_day_folds()
@@ -71,11 +74,9 @@ def _folds(runs: list[TrainedRun]) -> dict[str, int]:
 def case_sources(runs: list[TrainedRun], cache_dir: Path, gate: TrainedRun | None = None,
                  crop: TrainedRun | None = None, log: Callable[[str], None] = print) -> list[CaseSource]:
     """Every case-day with an OOF prediction in all runs (and gate/crop), in the cache's order."""
-    if len({r.name for r in runs}) != len(runs):
-        raise DataError(f"run names must be distinct: {[r.name for r in runs]}")
+    folds = shared_folds(runs)
     files = {r.name: r.prediction_files("oof") for r in runs}
     extra = {k: v.prediction_files("oof") for k, v in (("gate", gate), ("crop", crop)) if v}
-    folds = _folds(runs)
     common = set(folds).intersection(*map(set, files.values()), *map(set, extra.values()))
     ordered = [cd for cd in VolumeCache(cache_dir).case_days("train") if cd in common]
     if not ordered:

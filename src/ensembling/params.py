@@ -30,11 +30,11 @@ FILE_FIELDS = {"fusion": (float, 0.0, 1.0), "thresholds": (float, 0.0, 1.0), "ga
 WEIGHT = (float, 0.0, math.inf)
 
 
-def _check_read(name: str, value, kind: type, low: float, high: float) -> None:
-    """ValueError unless `value` is one `kind` or a list of one per class, finite and in [low, high]."""
-    raw = list(value) if isinstance(value, (list, tuple)) else [value] * N_CLASSES
-    if len(raw) != N_CLASSES:
-        raise ValueError(f"{name}: expected {N_CLASSES} per-class values, got {len(raw)}")
+def _check_read(name: str, value, kind: type, low: float, high: float, classes: int = N_CLASSES) -> None:
+    """ValueError unless `value` is one `kind` or a list of one per class (of `classes`), finite and in [low, high]."""
+    raw = list(value) if isinstance(value, (list, tuple)) else [value] * classes
+    if len(raw) != classes:
+        raise ValueError(f"{name}: expected {classes} per-class values, got {len(raw)}")
     if kind is bool:
         if not all(isinstance(v, bool) for v in raw):
             raise ValueError(f"{name}: expected true or false per class, got {raw}")

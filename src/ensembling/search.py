@@ -25,6 +25,9 @@ score by more than SearchRules' bar (min_gain, and a number of standard errors o
 passes repeat until one changes nothing (or `passes` is reached). The result is never below its
 start on the tuning data: the tuner starts from the best model alone there, so that with the bar a
 model joins only when it clearly helps (forward selection), and the plain mean is the default start.
+
+The 2D search (src.ensembling.search2d) runs the same coordinate_descent and cross_tune with its own
+evaluator, parameters and coordinates (Coordinate, field_coordinate, member_candidates of any class count).
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from typing import Callable, Iterable
 import numba
 import numpy as np
 
+from src.core.errors import DataError
 from src.data.half import HALF_TO_FLOAT, bits, mark_above
 from src.ensembling.params import N_CLASSES, EnsembleParams, effective_weights
 from src.ensembling.postprocess import blend_class, postprocess_class
@@ -302,26 +306,27 @@ class Evaluator:
 @dataclass(frozen=True)
 class Coordinate:
     """One parameter of the search: its candidate values for class c given the current parameters, and
-    how to set a class's value."""
+    how to set a class's value (of `classes` classes: the GI's three, or a 2D dataset's)."""
 
     label: str
     values: Callable[[EnsembleParams, int], list]
     assign: Callable[[EnsembleParams, int, object], EnsembleParams]
+    classes: int = N_CLASSES
 
     def per_class(self) -> list[tuple[str, Callable[[EnsembleParams], list[EnsembleParams]]]]:
         """One coordinate per class."""
         return [(f"{self.label} c{c}", lambda p, c=c: [self.assign(p, c, v) for v in self.values(p, c)])
-                for c in range(N_CLASSES)]
+                for c in range(self.classes)]
 
     def shared(self) -> list[tuple[str, Callable[[EnsembleParams], list[EnsembleParams]]]]:
         """One coordinate setting every class to the same value (the values every class allows)."""
         def candidates(p: EnsembleParams) -> list[EnsembleParams]:
-            allowed = [self.values(p, c) for c in range(N_CLASSES)]
+            allowed = [self.values(p, c) for c in range(self.classes)]
             out = []
             for v in allowed[0]:
                 if all(v in other for other in allowed[1:]):
                     q = p
-                    for c in range(N_CLASSES):
+                    for c in range(self.classes):
                         q = self.assign(q, c, v)
                     out.append(q)
             return out
@@ -358,17 +363,17 @@ class SearchSpace:
         """(label, params -> candidate params) in search order (members first, then post-processing's)."""
         expand = (lambda k: k.per_class()) if self.per_class else (lambda k: k.shared())  # noqa: E731
         groups = list(self.groups.values())
-        coords = [(f"model {name}", _member_candidates(name)) for name in self.groups] if len(groups) > 1 else []
+        coords = [(f"model {name}", member_candidates(name)) for name in self.groups] if len(groups) > 1 else []
         for name, group in self.groups.items():
             if groups.count(group) > 1:
                 coords += expand(Coordinate(f"weight {name}", _weight_values(name),
                                             lambda p, c, v, n=name: p.replace_weight(n, c, v)))
         if set(groups) == {"2d", "3d"}:
             coords += expand(Coordinate("fusion", _fusion_values, lambda p, c, v: p.replace_class("fusion", c, v)))
-        coords += expand(_field("thresholds", THRESHOLDS, "threshold")) + expand(self._gate())
+        coords += expand(field_coordinate("thresholds", THRESHOLDS, "threshold")) + expand(self._gate())
         if self.crop:  # one switch for every class
             coords.append(("crop", lambda p: [dataclasses.replace(p, crop=v) for v in (False, True)]))
-        coords += expand(_field("min_size", (0,) + self._counts(SIZE_AREA), "min size"))
+        coords += expand(field_coordinate("min_size", (0,) + self._counts(SIZE_AREA), "min size"))
         coords += expand(Coordinate("z clean-up", lambda p, c: list(Z_RULES), lambda p, c, v: p.replace_class(
             "z_min_run", c, v[0]).replace_class("z_largest", c, v[1])))
         return coords
@@ -376,26 +381,32 @@ class SearchSpace:
     def _gate(self) -> Coordinate:
         """Classifier thresholds when its probabilities exist, else (pixels, probability) of the pixel rule."""
         if self.classifier:
-            return _field("gate_threshold", GATE_THRESHOLDS, "gate")
+            return field_coordinate("gate_threshold", GATE_THRESHOLDS, "gate")
         rules = [(n, q) for n in (0,) + self._counts(GATE_AREA) for q in (GATE_PROBS if n else (0.5,))]
         return Coordinate("gate", lambda p, c: rules,
                           lambda p, c, v: p.replace_class("gate_pixels", c, v[0]).replace_class("gate_prob", c, v[1]))
 
 
-def _field(name: str, values: tuple, label: str | None = None) -> Coordinate:
-    """A per-class field of EnsembleParams over fixed candidate values."""
-    return Coordinate(label or name, lambda p, c: list(values), lambda p, c, v: p.replace_class(name, c, v))
+def field_coordinate(name: str, values: tuple, label: str | None = None, classes: int = N_CLASSES) -> Coordinate:
+    """A per-class field of the parameters (GI or 2D: their replace_class) over fixed candidate values."""
+    return Coordinate(label or name, lambda p, c: list(values), lambda p, c, v: p.replace_class(name, c, v), classes)
 
 
-def _member_candidates(name: str) -> Callable[[EnsembleParams], list[EnsembleParams]]:
+def _blendable(p: EnsembleParams) -> None:
+    """ValueError unless every class has a model with weight."""
+    effective_weights(p, list(p.weights))
+
+
+def member_candidates(name: str, blendable: Callable[[EnsembleParams], None] = _blendable,
+                      ) -> Callable[[EnsembleParams], list[EnsembleParams]]:
     """Member selection: the parameters without `name` while it has weight (and the others can blend
-    alone), with it (weight 1) while it has none."""
+    alone: `blendable` raises no ValueError), with it (weight 1) while it has none."""
     def candidates(p: EnsembleParams) -> list[EnsembleParams]:
         if not any(w > 0 for w in p.weights[name]):
             return [p.with_model(name)]
         dropped = p.without_model(name)
         try:
-            effective_weights(dropped, list(dropped.weights))
+            blendable(dropped)
         except ValueError:  # it was the only model with weight for some class
             return []
         return [dropped]
@@ -490,6 +501,14 @@ def _wins(result: MetricResult, best: MetricResult, gain: float, se_factor: floa
     """Whether `result` beats `best` by more than `gain` and by more than se_factor standard errors."""
     delta = result.score - best.score
     return delta > gain and (se_factor <= 0 or delta > se_factor * paired_gain_se(result, best))
+
+
+def check_holdout_folds(requested: tuple[int, ...] | None, folds: list[int], unit: str = "case-day") -> None:
+    """A one-line error naming --holdout-folds when it names a fold none of the OOF `unit`s is in."""
+    unknown = sorted(set(requested or ()) - set(folds))
+    if unknown:
+        raise DataError(f"--holdout-folds {unknown[0]}: no OOF {unit} is in that fold "
+                        f"(folds: {', '.join(map(str, sorted(folds)))})")
 
 
 def cross_tune(evaluator: Evaluator, space: SearchSpace, folds: list[int], rules: SearchRules = SearchRules(),

@@ -1,5 +1,5 @@
 """The submission: predict the test split with a tuned ensemble and write the competition CSV (on 2D
-data: src.ensembling.submission2d, chosen by `submit`).
+data: src.ensembling.submission2d, chosen by `submit`, with a 2D ensemble file or the runs' plain mean).
 
 `python -m src.submit --ensemble ensemble.json --data-dir DIR --out submissions/submission.csv`
 
@@ -164,19 +164,22 @@ def _read_sample(data_dir: Path) -> pd.DataFrame | None:
 
 @dataclass(frozen=True)
 class SubmitOptions:
-    """What `python -m src.submit` was asked: the GI data takes --ensemble, 2D data --runs (check_kind)."""
+    """What `python -m src.submit` was asked: the GI data takes --ensemble, 2D data --ensemble (a 2D
+    ensemble file) or --runs (check_kind)."""
 
     data_dir: Path = field(metadata={"help": "dataset root with its test images (and sample_submission.csv)"})
     ensemble: Path | None = field(default=None, metadata={
-        "help": "GI data: ensemble.json from python -m src.ensemble tune"})
+        "help": "ensemble.json from python -m src.ensemble tune (GI data; 2D data: one tuned on 2D runs, or --runs)"})
     runs: tuple[Path, ...] = field(default=(), metadata={"nargs": "+", "help": (
-        "2D data: run folders, the plain mean of their probabilities (a tuned 2D ensemble file does not exist yet)")})
+        "2D data: run folders, the plain mean of their probabilities (instead of --ensemble)")})
     images: Path | None = field(default=None, metadata={
         "help": "2D data: predict every image of this folder instead of the test split (label images named like them)"})
     threshold: float | None = field(default=None, metadata={
-        "help": "2D data: pixel threshold of the mean probabilities (default: the runs' validation threshold)"})
+        "help": "2D data with --runs: pixel threshold of the mean probabilities (default: the runs' validation "
+                "threshold)"})
     tta: tuple[str, ...] = field(default=(), metadata={
-        "help": "2D data: comma-separated flips hflip, vflip (GI data: each member's, from the ensemble file)"})
+        "help": "2D data with --runs: comma-separated flips hflip, vflip (with --ensemble: each member's, from the "
+                "ensemble file)"})
     out: Path = field(default=Path("submissions/submission.csv"), metadata={
         "help": "the submission: a CSV (GI, Carvana) or a folder of label images (EBHI, nnU-Net, --images)"})
     allow_train_fallback: int = field(default=0, metadata={
@@ -200,21 +203,29 @@ class SubmitOptions:
             raise DataError(f"--threshold {self.threshold}: expected a probability in (0, 1)")
 
     def check_kind(self, two_d: bool) -> None:
-        """DataError unless the flags fit the data: --ensemble for the GI slices, --runs for 2D images."""
+        """DataError unless the flags fit the data: --ensemble for the GI slices; --ensemble (a 2D
+        ensemble file, which sets thresholds and TTA) or --runs (their plain mean) for 2D images."""
         kind = "2D images" if two_d else "the GI slices"
-        needed = ("--runs", self.runs) if two_d else ("--ensemble", self.ensemble)
-        if not needed[1]:
-            raise DataError(f"{needed[0]}: required, {self.data_dir} holds {kind}")
-        others = ((("--ensemble", self.ensemble), ("--allow-train-fallback", self.allow_train_fallback),
-                   ("--runs-root", self.runs_root), ("--batch-size", self.batch_size is not None),
+        if two_d and self.runs and self.ensemble is not None:
+            raise DataError("--runs: give --ensemble or --runs, not both (the ensemble file names its runs)")
+        if not (self.ensemble or (two_d and self.runs)):
+            raise DataError(f"{'--ensemble or --runs' if two_d else '--ensemble'}: required, "
+                            f"{self.data_dir} holds {kind}")
+        if two_d and self.ensemble is not None:
+            wrong = next((name for name, value in (("--threshold", self.threshold is not None), ("--tta", self.tta))
+                          if value), None)
+            if wrong:
+                raise DataError(f"{wrong}: applies to --runs only; the ensemble file {self.ensemble} sets the "
+                                "thresholds and each member's TTA")
+        others = ((("--allow-train-fallback", self.allow_train_fallback), ("--runs-root", self.runs_root),
+                   ("--batch-size", self.batch_size is not None),
                    ("--max-image-pixels", self.max_image_pixels != MAX_IMAGE_PIXELS)) if two_d else
                   (("--runs", self.runs), ("--images", self.images), ("--threshold", self.threshold is not None),
                    ("--tta", self.tta)))
         wrong = next((name for name, value in others if value), None)
         if wrong:
-            hint = " (a tuned ensemble file of 2D runs does not exist yet: give --runs)" if wrong == "--ensemble" else ""
             raise DataError(f"{wrong}: applies to {'the GI data' if two_d else '2D data'} only, "
-                            f"{self.data_dir} holds {kind}{hint}")
+                            f"{self.data_dir} holds {kind}")
 
 
 def submit(opts: SubmitOptions) -> Path:
@@ -236,6 +247,8 @@ def submit(opts: SubmitOptions) -> Path:
     data_dir, out = Path(opts.data_dir), Path(opts.out)
     check_output(out, "--out", (opts.ensemble,), data_dir)
     ensemble = load_ensemble(opts.ensemble)
+    if ensemble.dims != "slices":
+        raise DataError(f"--ensemble {opts.ensemble}: an ensemble of 2D image runs, {data_dir} holds the GI slices")
     check_writable(out)
     index = scan_split(data_dir, "test", opts.max_image_pixels)
     sample = _read_sample(data_dir)

@@ -1,11 +1,15 @@
 """The submission on 2D data (Carvana, EBHI-Seg, nnU-Net 2D):
 
+`python -m src.submit --ensemble E.json --data-dir DIR --out OUT [--images FOLDER]`
 `python -m src.submit --runs runs/A [runs/B ...] --data-dir DIR --out OUT [--images FOLDER] [--threshold P] [--tta hflip]`
 
 Every test image of the data folder (its format's test split), or with --images every image of FOLDER
 read in the dataset's layout and channels, is predicted where it lies (src.inference.images: each run's
-fold models and TTA flips, the runs' plain mean), thresholded as validation does (label_map: the most
-probable class above the threshold, else background) and written at once, image by image:
+fold models and TTA flips) and turned into an index map: with --ensemble (a file of
+src.ensembling.tune2d) by each member with its recorded folds and TTA, then the ensemble's blend,
+thresholds, component sizes and hole filling (src.ensembling.postprocess2d.index_map, the tuner's own
+path); with --runs by the runs' plain mean thresholded as validation does (label_map: the most probable
+class above the threshold, else background). Each is written at once, image by image:
 
 - Carvana's test split: the `img,rle_mask` CSV OUT, validated against sample_submission.csv;
 - otherwise (EBHI, nnU-Net, and --images on any dataset): label images `OUT/<id><ending>` named like the
@@ -16,8 +20,9 @@ OUT is checked before any work; both forms are written atomically, so an error l
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+import numpy as np
 import torch
 
 from src.core.artifacts import SUBMISSION_MARKER
@@ -28,9 +33,12 @@ from src.data.description import DatasetDescription
 from src.data.formats.base import ImageFormat, Sample
 from src.data.formats.submission import label_ending, write_carvana_csv, write_label_image
 from src.data.image_samples import label_map
+from src.ensembling.ensemble_file import Ensemble, load_ensemble
+from src.ensembling.postprocess2d import index_map
 from src.inference.images import check_image_run, predict_images, run_threshold
 from src.inference.predict import RunPredictor
 from src.inference.runs import TrainedRun
+from src.inference.tta import merge
 
 if TYPE_CHECKING:
     from src.ensembling.submission import SubmitOptions
@@ -50,12 +58,18 @@ def _samples(opts: SubmitOptions, fmt: ImageFormat) -> list[Sample]:
     return listed
 
 
+ToMap = Callable[[list[np.ndarray]], np.ndarray]  # the runs' (K, H, W) probabilities -> (H, W) index map
+
+
 def submit_images(opts: SubmitOptions, fmt: ImageFormat, description: DatasetDescription,
                   device: torch.device) -> Path:
-    """Predict the 2D test images with the runs' mean and write the submission `opts.out`; returns it."""
+    """Predict the 2D test images with the 2D ensemble or the runs' mean and write the submission
+    `opts.out`; returns it."""
     data_dir, out = Path(opts.data_dir), Path(opts.out)
     csv = opts.images is None and description.submission == "carvana_csv"
-    check_output(out, "--out", (*opts.runs, opts.images), data_dir, () if csv else (SUBMISSION_MARKER,), "submission")
+    ensemble = load_ensemble(opts.ensemble) if opts.ensemble is not None else None
+    inputs = (*opts.runs, *(ensemble.run_paths() if ensemble else ()), opts.ensemble, opts.images)
+    check_output(out, "--out", inputs, data_dir, () if csv else (SUBMISSION_MARKER,), "submission")
     if opts.images is not None:
         check_output(out, "--out", (), opts.images)
     if csv:
@@ -63,19 +77,49 @@ def submit_images(opts: SubmitOptions, fmt: ImageFormat, description: DatasetDes
     elif out.suffix.lower() == ".csv":
         raise DataError(f"--out {out}: {description.name} is submitted as label images, give a folder")
     samples = _samples(opts, fmt)
-    runs = [check_image_run(TrainedRun.load(r, opts.allow_incomplete), description, data_dir) for r in opts.runs]
-    predictors = [RunPredictor(r, None, "test", opts.tta, device, opts.batch_size, r.cache_dir()) for r in runs]
-    threshold = run_threshold(predictors, opts.threshold)
-    masks = ((s, label_map(probs, threshold)) for s, probs in predict_images(predictors, fmt, description, samples))
+    if ensemble is not None:
+        predictors, to_map, record, what = _ensemble(opts, ensemble, description, device)
+    else:
+        predictors, to_map, record, what = _plain_mean(opts, description, device)
+    masks = ((s, to_map(probs)) for s, probs in predict_images(predictors, fmt, description, samples))
     if csv:
         count = write_carvana_csv(out, ((s.images[0].name, m) for s, m in masks), data_dir / SAMPLE_CSV)
     else:
-        count = _write_label_images(out, masks, fmt, description, {
-            "runs": [str(r) for r in opts.runs], "threshold": threshold, "tta": list(opts.tta),
-            "images": str(opts.images or data_dir)})
-    print(f"submit: {count} images, {len(runs)} run(s), threshold {threshold}"
-          f"{', tta ' + ','.join(opts.tta) if opts.tta else ''} -> {out}")
+        count = _write_label_images(out, masks, fmt, description, {**record, "images": str(opts.images or data_dir)})
+    print(f"submit: {count} images, {what} -> {out}")
     return out
+
+
+def _plain_mean(opts: SubmitOptions, description: DatasetDescription,
+                device: torch.device) -> tuple[list[RunPredictor], ToMap, dict, str]:
+    """--runs: their predictors, label_map of their mean, the record and the line that say so."""
+    runs = [check_image_run(TrainedRun.load(r, opts.allow_incomplete), description, opts.data_dir) for r in opts.runs]
+    predictors = [RunPredictor(r, None, "test", opts.tta, device, opts.batch_size, r.cache_dir()) for r in runs]
+    threshold = run_threshold(predictors, opts.threshold)
+    record = {"runs": [str(r) for r in opts.runs], "threshold": threshold, "tta": list(opts.tta)}
+    what = f"{len(runs)} run(s), threshold {threshold}{', tta ' + ','.join(opts.tta) if opts.tta else ''}"
+    return predictors, lambda probs: label_map(merge(probs), threshold), record, what
+
+
+def _ensemble(opts: SubmitOptions, ensemble: Ensemble, description: DatasetDescription,
+              device: torch.device) -> tuple[list[RunPredictor], ToMap, dict, str]:
+    """--ensemble: each member's predictor (its folds and TTA), index_map with the file's parameters, the
+    record and the line that say so."""
+    where = f"--ensemble {opts.ensemble}"
+    if ensemble.dims != "2d":
+        raise DataError(f"{where}: an ensemble of the GI slices, {opts.data_dir} holds 2D images")
+    if ensemble.params.n_classes != description.n_classes:
+        raise DataError(f"{where}: parameters for {ensemble.params.n_classes} class(es), {opts.data_dir} has "
+                        f"{description.n_classes} ({', '.join(description.labels)})")
+    members = ensemble.members
+    runs = [check_image_run(TrainedRun.load(m.path, opts.allow_incomplete), description, opts.data_dir,
+                            f"{where}: run") for m in members]
+    predictors = [RunPredictor(r, m.folds, "test", m.predict.tta, device, None, r.cache_dir())
+                  for r, m in zip(runs, members)]
+    names = [m.name for m in members]
+    record = {"ensemble": str(opts.ensemble), "runs": [m.path for m in members]}
+    return (predictors, lambda probs: index_map(dict(zip(names, probs)), ensemble.params), record,
+            f"the 2D ensemble {opts.ensemble} of {len(members)} run(s)")
 
 
 def _write_label_images(out: Path, masks, fmt: ImageFormat, description: DatasetDescription, record: dict) -> int:

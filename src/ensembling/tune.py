@@ -14,6 +14,9 @@ mean or one model alone, whichever is best held out, with bootstrap intervals. E
 is the exact metric on the full volumes (the proxies only rank candidates). Writes the ensemble file
 (the chosen parameters and only the runs they use) and prints the OOF table, the contribution table
 and the choice.
+
+Runs whose cache holds 2D images (Carvana, EBHI-Seg, nnU-Net 2D) are tuned by src.ensembling.tune2d
+instead, with the same options less the GI's own (--gate, --crop, --stride, --screen).
 """
 from __future__ import annotations
 
@@ -26,12 +29,20 @@ import numpy as np
 
 from src.core.atomic import check_writable
 from src.core.errors import DataError
+from src.data.image_cache import is_image_cache
 from src.ensembling import choice, contributions
 from src.ensembling.choice import Candidate
 from src.ensembling.ensemble_file import AuxiliaryRun, EnsembleMember, write_ensemble_file
 from src.ensembling.oof import case_sources
 from src.ensembling.params import EnsembleParams
-from src.ensembling.search import SearchRules, SearchSpace, coordinate_descent, cross_tune, summary
+from src.ensembling.search import (
+    SearchRules,
+    SearchSpace,
+    check_holdout_folds,
+    coordinate_descent,
+    cross_tune,
+    summary,
+)
 from src.ensembling.shards import ShardedEvaluator, choose_stride
 from src.ensembling.uncertainty import score_over
 from src.inference.runs import TrainedRun
@@ -44,8 +55,8 @@ class TuneOptions:
 
     runs: tuple[Path, ...] = field(metadata={"help": "segmentation run folders", "nargs": "+"})
     gate: Path | None = field(default=None, metadata={
-        "help": "classifier run: its presence probabilities gate slices"})
-    crop: Path | None = field(default=None, metadata={"help": "detector run: its boxes may crop the masks"})
+        "help": "GI data: classifier run, its presence probabilities gate slices"})
+    crop: Path | None = field(default=None, metadata={"help": "GI data: detector run, its boxes may crop the masks"})
     out: Path = Path("ensemble.json")
     holdout_folds: tuple[int, ...] | None = field(default=None, metadata={
         "help": "folds held out one at a time for the held-out estimate (default: all; 'none' skips)"})
@@ -61,15 +72,16 @@ class TuneOptions:
         "help": "a value per class for weights, fusion, thresholds, gate, sizes and z clean-up (--no-per-class: "
                 "one value shared by the classes)"})
     workers: int = field(default=1, metadata={
-        "help": "processes, each holding a shard of the case-days (default: CPU count, at most 8)"})
+        "help": "processes, each holding a shard of the case-days (default: CPU count, at most 8; 2D data: "
+                "one process)"})
     memory_gb: float = field(default=8.0, metadata={
         "help": "memory the tuner may hold: its proxies get the finest grid that fits (default 8)"})
     stride: int | None = field(default=None, metadata={
-        "help": "the proxies' in-plane grid step (1 = every pixel) instead of the finest of at most 96 px "
-                "a side that fits --memory-gb"})
+        "help": "GI data: the proxies' in-plane grid step (1 = every pixel) instead of the finest of at most "
+                "96 px a side that fits --memory-gb"})
     screen: int = field(default=16, metadata={
-        "help": "rank each coordinate's candidates on this many case-days first, then score the best on "
-                "all (with at least twice as many; 0: off; default 16)"})
+        "help": "GI data: rank each coordinate's candidates on this many case-days first, then score the best "
+                "on all (with at least twice as many; 0: off; default 16)"})
     allow_incomplete: bool = field(default=False, metadata={
         "help": "tune on folds without their done marker (killed or unfinished runs), with a warning"})
 
@@ -109,18 +121,18 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
     partly fitted noise."""
     check_writable(opts.out)  # fail now, not after the search
     runs = [TrainedRun.load(r, opts.allow_incomplete) for r in opts.runs]
+    cache_dir = Path(opts.cache_dir) if opts.cache_dir else runs[0].cache_dir()
+    if is_image_cache(cache_dir):
+        from src.ensembling.tune2d import tune_images  # here: tune2d uses this module's Clock and score_table
+        return tune_images(opts, runs, cache_dir, log)
     members = [EnsembleMember.of(r) for r in runs]
     gate_run = _auxiliary_run(opts.gate, "presence", "--gate", opts.allow_incomplete)
     crop_run = _auxiliary_run(opts.crop, "box", "--crop", opts.allow_incomplete)
     gate, crop = (AuxiliaryRun.of(r) if r else None for r in (gate_run, crop_run))
     used = [(m, AuxiliaryRun.of(_auxiliary_run(path, output, f"{m.path}: predicted with", opts.allow_incomplete)))
             for m in members for path, output in ((m.predict.gate, "presence"), (m.predict.crop, "box")) if path]
-    cache_dir = Path(opts.cache_dir) if opts.cache_dir else runs[0].cache_dir()
     sources = case_sources(runs, cache_dir, gate_run, crop_run, log)
-    unknown = sorted(set(opts.holdout_folds or ()) - {s.fold for s in sources})
-    if unknown:
-        raise DataError(f"--holdout-folds {unknown[0]}: no OOF case-day is in that fold "
-                        f"(folds: {', '.join(map(str, sorted({s.fold for s in sources})))})")
+    check_holdout_folds(opts.holdout_folds, sorted({s.fold for s in sources}))
     groups = {m.name: m.group for m in members}
     workers = min(opts.workers, len(sources))
     stride = opts.stride or choose_stride([s.shape for s in sources], len(members), opts.memory_gb, workers)
@@ -213,19 +225,26 @@ class Clock:
 
 
 def score_table(record: dict) -> str:
-    """The OOF table: each model and the plain mean at threshold 0.5, the tuned ensemble in-sample and held-out."""
-    scores = record["scores"]
-    stage = record["oof"]["stages"]
-    rows = [(f"{n} ({stage[n]}) @0.5", s) for n, s in scores["models"].items()]
-    rows.append(("plain mean @0.5", scores["plain_mean"]))
+    """The OOF table: each model and the plain mean untuned (GI: at threshold 0.5; 2D: at the runs'
+    validation thresholds), the tuned ensemble in-sample and held-out; GI: score, Dice and Hausdorff,
+    2D: score (= Dice) and Jaccard, over the images."""
+    scores, oof = record["scores"], record["oof"]
+    stage = oof["stages"]
+    if record.get("dims") == "2d":
+        at = {**oof["thresholds"]["models"], None: oof["thresholds"]["plain_mean"]}
+        title, last = f"OOF ({oof['images']} images)", "jaccard"
+    else:
+        at = dict.fromkeys([*scores["models"], None], 0.5)
+        title, last = f"OOF ({oof['case_days']} case-days)", "hausdorff"
+    rows = [(f"{n} ({stage[n]}) @{at[n]:g}", s) for n, s in scores["models"].items()]
+    rows.append((f"plain mean @{at[None]:g}", scores["plain_mean"]))
     rows.append(("tuned ensemble, in-sample", scores["tuned_in_sample"]))
     if "tuned_held_out" in scores:
         rows.append((f"tuned ensemble, held-out ({len(scores['held_out_by_fold'])} folds)", scores["tuned_held_out"]))
     width = max(len(r[0]) for r in rows) + 2
     fmt = lambda v: "   nan" if v is None else f"{v:.4f}"  # noqa: E731
-    title = f"OOF ({record['oof']['case_days']} case-days)"
-    lines = [f"{title:<{width}}{'score':>8}{'dice':>8}{'hausdorff':>11}"]
-    lines += [f"{label:<{width}}{fmt(s['score']):>8}{fmt(s['dice']):>8}{fmt(s['hausdorff']):>11}" for label, s in rows]
+    lines = [f"{title:<{width}}{'score':>8}{'dice':>8}{last:>11}"]
+    lines += [f"{label:<{width}}{fmt(s['score']):>8}{fmt(s['dice']):>8}{fmt(s[last]):>11}" for label, s in rows]
     if "gap" in scores:
         lines.append(f"{'gap in-sample - held-out':<{width}}{scores['gap']:>8.4f}")
     lines.append(f"written: {scores[choice.WRITTEN]['name']}")

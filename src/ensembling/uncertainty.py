@@ -8,9 +8,12 @@ aggregate). A bootstrap resample is a vector of counts w (multinomial), so B res
 matrix product; results over the same case-days use the same resamples, so their difference is
 paired (what matters when two results share most of their errors).
 
+A 2D result (src.ensembling.search2d.ImageResult: the mean over images of each image's Dice) gives
+MeanTerms instead, its `terms`: the score of a re-weighting is the weighted mean. `terms_of` picks.
+
 Used twice: the search keeps a change only if its gain exceeds `se_factor` standard errors of the
 paired gain (src.ensembling.search), and the tuner's final choice is shown with 95% intervals
-(src.ensembling.tune).
+(src.ensembling.tune, src.ensembling.tune2d).
 """
 from __future__ import annotations
 
@@ -57,6 +60,23 @@ class CaseTerms:
         return DICE_WEIGHT * dice + HAUSDORFF_WEIGHT * (1.0 - hausdorff)
 
 
+@dataclass(frozen=True)
+class MeanTerms:
+    """Per unit (a 2D image): the value whose plain mean is the score."""
+
+    case_days: tuple[str, ...]  # the units' ids (named as CaseTerms names them)
+    values: np.ndarray
+
+    def scores(self, weights: np.ndarray) -> np.ndarray:
+        """The weighted mean under each row of unit weights (K, N)."""
+        return (weights @ self.values) / weights.sum(axis=1)
+
+
+def terms_of(result, case_days: list[str] | None = None) -> CaseTerms | MeanTerms:
+    """A GI MetricResult's CaseTerms, or a 2D result's own terms, in the order of `case_days` (default its own)."""
+    return CaseTerms.of(result, case_days) if isinstance(result, MetricResult) else result.terms(case_days)
+
+
 @lru_cache(maxsize=8)
 def resample_counts(n: int, resamples: int, seed: int = SEED) -> np.ndarray:
     """(resamples, n) multinomial counts: how often each of n case-days is drawn in each resample."""
@@ -69,26 +89,26 @@ def resample_counts(n: int, resamples: int, seed: int = SEED) -> np.ndarray:
 def bootstrap(result: MetricResult, case_days: list[str] | None = None, resamples: int = RESAMPLES) -> np.ndarray:
     """The score of each bootstrap resample of the case-days (fixed seed: the same resamples for
     every result over the same number of case-days, so differences are paired)."""
-    terms = CaseTerms.of(result, case_days)
+    terms = terms_of(result, case_days)
     return terms.scores(resample_counts(len(terms.case_days), resamples))
 
 
 def score_over(result: MetricResult, case_days: list[str]) -> float:
     """The score of `result` over `case_days` (each once): its own score when they are all of its case-days."""
-    terms = CaseTerms.of(result, case_days)
+    terms = terms_of(result, case_days)
     return float(terms.scores(np.ones((1, len(terms.case_days))))[0])
 
 
 def score_and_bootstrap(result: MetricResult, case_days: list[str]) -> tuple[float, np.ndarray]:
     """score_over and bootstrap of one result, its per-case-day terms computed once."""
-    terms = CaseTerms.of(result, case_days)
+    terms = terms_of(result, case_days)
     n = len(terms.case_days)
     return float(terms.scores(np.ones((1, n)))[0]), terms.scores(resample_counts(n, RESAMPLES))
 
 
 def paired_gain_se(new: MetricResult, old: MetricResult) -> float:
     """The bootstrap standard error of new.score - old.score over the same case-days."""
-    case_days = list(old.per_case_day["case_day"])
+    case_days = list(terms_of(old).case_days)
     if len(case_days) < 2:
         return 0.0
     gains = bootstrap(new, case_days, SE_RESAMPLES) - bootstrap(old, case_days, SE_RESAMPLES)

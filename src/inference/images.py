@@ -1,7 +1,7 @@
 """Prediction of 2D images read where they lie (a test split is never cached: Carvana's 100,064 test images
 would take 740 GB decoded): each image is decoded by its dataset's format, predicted by every run
-(RunPredictor: the mean of its fold models, with its TTA flips) and the runs' (K, H, W) probabilities are
-averaged, one image in memory at a time."""
+(RunPredictor: the mean of its fold models, with its TTA flips), and the runs' (K, H, W) probabilities
+are handed on (to be averaged, or blended by a 2D ensemble), one image in memory at a time."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,21 +16,21 @@ from src.data.image_cache import is_image_cache
 from src.data.image_samples import ImageInput
 from src.inference.predict import RunPredictor
 from src.inference.runs import TrainedRun
-from src.inference.tta import merge
 
 
-def check_image_run(run: TrainedRun, description: DatasetDescription, data_dir: Path) -> TrainedRun:
+def check_image_run(run: TrainedRun, description: DatasetDescription, data_dir: Path,
+                    flag: str = "--runs") -> TrainedRun:
     """`run`, if it segments 2D images of the channels and classes of `description` (its cache's
-    description says so); else a one-line error naming the run."""
-    run.require("probabilities", "--runs")
+    description says so); else a one-line error naming `flag` and the run."""
+    run.require("probabilities", flag)
     cache = run.cache_dir()
     if not is_image_cache(cache):
-        raise DataError(f"--runs {run.path}: its cache {cache} holds no 2D images (missing, or the GI slices); "
+        raise DataError(f"{flag} {run.path}: its cache {cache} holds no 2D images (missing, or the GI slices); "
                         f"{data_dir} holds 2D images")
     trained = read_description(cache)
     for what in ("channels", "labels"):
         if getattr(trained, what) != getattr(description, what):
-            raise DataError(f"--runs {run.path}: trained on {what} {list(getattr(trained, what))} ({cache}), "
+            raise DataError(f"{flag} {run.path}: trained on {what} {list(getattr(trained, what))} ({cache}), "
                             f"{data_dir} has {list(getattr(description, what))}")
     return run
 
@@ -46,8 +46,9 @@ def run_threshold(predictors: list[RunPredictor], given: float | None) -> float:
 
 
 def predict_images(predictors: list[RunPredictor], fmt: ImageFormat, description: DatasetDescription,
-                   samples: list[Sample]) -> Iterator[tuple[Sample, np.ndarray]]:
-    """Each sample with the plain mean of the runs' (K, H, W) float32 probabilities at its full size."""
+                   samples: list[Sample]) -> Iterator[tuple[Sample, list[np.ndarray]]]:
+    """Each sample with every run's (K, H, W) float32 probabilities at its full size, in the runs' order
+    (src.inference.tta.merge makes their plain mean)."""
     for sample in samples:
         image = ImageInput.of(sample.id, fmt.read_image(sample, description))
-        yield sample, merge([p.predict(image) for p in predictors])
+        yield sample, [p.predict(image) for p in predictors]

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.core.artifacts import REPORT_MARKER, REPORT_PAGE, read_ensemble
+from src.core.artifacts import REPORT_MARKER, REPORT_PAGE
 from src.core.atomic import atomic_dir, write_json_atomic
 from src.core.errors import DataError
 from src.core.outputs import check_output
@@ -60,18 +60,13 @@ def open_caches(runs: list[TrainedRun], data_dir: Path | None, cache_dir: Path |
 
 
 def read_ensemble_record(path: Path, images: bool) -> dict:
-    """The ensemble file's record, for runs of 2D images (`images`) or GI case-days: a GI file checked by
-    load_ensemble, a 2D one ("dims": "2d") read as it is."""
-    record = read_ensemble(path).record
-    dims = record.get("dims")
-    if (dims == "2d") != images:
-        raise DataError(f"--ensemble {path}: an ensemble of {'2D images' if dims == '2d' else 'GI case-days'}, "
+    """The ensemble file's record (checked by load_ensemble), for runs of 2D images (`images`) or GI
+    case-days; a file of the other kind is a one-line error."""
+    ensemble = load_ensemble(path)
+    if (ensemble.dims == "2d") != images:
+        raise DataError(f"--ensemble {path}: an ensemble of {'2D images' if ensemble.dims == '2d' else 'GI case-days'}, "
                         f"the runs are of {'2D images' if images else 'GI case-days'}")
-    if dims == "2d":
-        # load_ensemble does not read 2D files yet: their record is only version-checked (read_ensemble) and
-        # its scores shown as they are; the typed loader of 2D files may replace this read
-        return record
-    return load_ensemble(path).record
+    return ensemble.record
 
 
 def build_report(opts: ReportOptions) -> Report:

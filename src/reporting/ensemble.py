@@ -55,10 +55,10 @@ CHOICE_COLUMNS = {"score": "held-out score", "low": "95% low", "high": "95% high
                   "delta_low": "vs written, 95% low", "delta_high": "vs written, 95% high"}
 
 
-def choice_table(record: dict, unit: str = "case-days") -> tuple[pd.DataFrame, str] | None:
+def choice_table(record: dict) -> tuple[pd.DataFrame, str] | None:
     """ensemble.json's final choice (src.ensembling.choice): one row per candidate, the written one
-    marked, and the sentence saying what the intervals are (its "case_days" counted in `unit`: the
-    images of a 2D file); None when the file has none."""
+    marked, and the sentence saying what the intervals are (over case-days, or the images of a 2D
+    file); None when the file has none."""
     scores = record.get("scores")
     made = scores.get(choice.KEY) if isinstance(scores, dict) else None
     if not isinstance(made, dict) or not isinstance(made.get("candidates"), dict):
@@ -69,7 +69,8 @@ def choice_table(record: dict, unit: str = "case-days") -> tuple[pd.DataFrame, s
     table = pd.DataFrame(rows, columns=["candidate", *CHOICE_COLUMNS.values(), "written"])
     numbers = list(CHOICE_COLUMNS.values())
     table[numbers] = table[numbers].apply(pd.to_numeric, errors="coerce").astype(float)
-    return table, f"{made.get('case_days')} {unit}; {made.get('interval')}"
+    unit = "images" if "images" in made else "case-days"  # a 2D ensemble's choice is over images
+    return table, f"{made.get(unit.replace('-', '_'))} {unit}; {made.get('interval')}"
 
 
 def params_table(record: dict) -> pd.DataFrame | None:

@@ -150,8 +150,8 @@ def run_section(out: FigureWriter, index: int, run: TrainedRun, cache: VolumeCac
 def ensemble_section(path: Path, record: dict, images: bool = False) -> EnsembleSection:
     """The ensemble file's part of the page; `images`: a 2D file (score/dice/jaccard, counted in images)."""
     contribution = ensemble.contribution_table(record)
-    metric_keys, unit = (ensemble.IMAGE_METRIC_KEYS, "images") if images else (ensemble.METRIC_KEYS, "case-days")
+    metric_keys = ensemble.IMAGE_METRIC_KEYS if images else ensemble.METRIC_KEYS
     return EnsembleSection(path, [str(k) for k in record],
                            [t for t in ensemble.ensemble_tables(record, metric_keys) if not t.empty],
-                           None if contribution.empty else contribution, ensemble.choice_table(record, unit),
+                           None if contribution.empty else contribution, ensemble.choice_table(record),
                            ensemble.params_table(record), ensemble.oof_note(record) if images else None)

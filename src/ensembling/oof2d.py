@@ -1,0 +1,114 @@
+"""The 2D tuner's out-of-fold images, one at a time: `image_sources` lists every cached image with an OOF
+prediction in all runs, `proxy_strides` sizes the proxies to the memory budget, `stream` reads each image
+once (its models' float16 (K, H, W) files memory-mapped, its truth from the cache) and scores parameter
+sets on it exactly with index_map, and `read_proxies` does so while keeping each image's proxy.
+
+So the tuner never holds the exact arrays of more than one image: Carvana's 5088 train images at
+1918 x 1280 are 25 GB of float16 OOF per model, read twice (for the proxies with the scores known before
+the search, then for the exact scores of what it found).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from src.core.artifacts import load_prediction
+from src.core.errors import DataError
+from src.data.image_cache import ImageCache
+from src.ensembling.oof import check_probs, shared_folds
+from src.ensembling.params2d import ImageEnsembleParams
+from src.ensembling.postprocess2d import index_map
+from src.ensembling.search2d import ImageCase, ImageResult, image_scores, make_proxy
+from src.ensembling.shards import BASE_GB
+from src.inference.runs import TrainedRun
+
+# The proxies' grid has at most this many pixels a side (unless memory asks for fewer): an evaluation's
+# cost grows with the grid's pixels, and at 256 a Carvana car (about 1000 px wide at 1918 x 1280) is
+# still some 130 grid cells wide, its boundary sampled every 7.5 px.
+PROXY_SIDE = 256
+MIN_SIDE = 16  # below this a proxy no longer ranks candidates: too little memory is an error
+FULL_BYTES_PER_PIXEL = 16  # per class, one image read in full: the float32 blend and its temporaries
+IMAGE_OVERHEAD = 4096  # bytes per proxy beside its arrays (Python objects)
+
+Params = ImageEnsembleParams | dict[int, ImageEnsembleParams]  # one for every image, or one per fold
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One OOF image's files: each model's probabilities; its truth is the cache entry `key`."""
+
+    key: str
+    fold: int
+    shape: tuple[int, int]  # (H, W), from the cache's table
+    files: dict[str, Path]  # model name -> OOF .npy
+
+    def read(self, cache: ImageCache) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Each model's (K, H, W) float16 probabilities (memory-mapped, checked) and the (H, W) truth."""
+        truth = np.asarray(cache.load(self.key)[1])
+        shape = (cache.description.n_classes, *truth.shape)
+        return {name: check_probs(load_prediction(path, mmap=True, image=True), shape, path)
+                for name, path in self.files.items()}, truth
+
+
+def image_sources(runs: list[TrainedRun], cache: ImageCache, log: Callable[[str], None] = print) -> list[ImageSource]:
+    """Every cached image with an OOF prediction in all runs, in the cache's order (by id)."""
+    folds = shared_folds(runs)
+    files = {r.name: r.prediction_files("oof") for r in runs}
+    table = cache.table()
+    common = set(folds).intersection(*map(set, files.values()))
+    rows = table[table["key"].isin(common)]
+    if rows.empty:
+        raise DataError(f"no image has out-of-fold predictions in every run and in the cache {cache.root}")
+    skipped = len(set().union(*map(set, files.values()))) - len(rows)
+    log(f"ensemble: {len(rows)} OOF images{f' ({skipped} without every prediction left out)' if skipped else ''}")
+    return [ImageSource(key, folds[key], (int(h), int(w)), {name: Path(f[key]) for name, f in files.items()})
+            for key, h, w in zip(rows["key"], rows["height"], rows["width"])]
+
+
+def proxy_strides(shapes: list[tuple[int, int]], models: int, classes: int, memory_gb: float) -> tuple[int, list[int]]:
+    """(side, per-image strides): the finest grid of at most `side` pixels a side per image (stride =
+    ceil(longest side / side)) whose proxies fit `memory_gb` beside the interpreter and one full image,
+    `side` shrinking from PROXY_SIDE by a fifth at a time."""
+    largest = max(h * w for h, w in shapes)
+    budget = (memory_gb - BASE_GB) * 2**30 - largest * classes * (2 * models + FULL_BYTES_PER_PIXEL)
+    per_pixel = models * classes + 1  # uint8 probabilities, the uint8 truth
+    side, need = PROXY_SIDE, 0
+    while side >= MIN_SIDE:
+        strides = [max(1, -(-max(shape) // side)) for shape in shapes]
+        need = sum(-(-h // s) * -(-w // s) for (h, w), s in zip(shapes, strides)) * per_pixel
+        if need + len(shapes) * IMAGE_OVERHEAD <= budget:
+            return side, strides
+        side = side * 4 // 5
+    raise DataError(f"--memory-gb {memory_gb}: too little for {len(shapes)} images x {models} models (their "
+                    f"proxies of {MIN_SIDE} px a side need {(need + len(shapes) * IMAGE_OVERHEAD) / 2**30:.2f} GB "
+                    f"beside the interpreter and one full image)")
+
+
+def stream(sources: list[ImageSource], cache: ImageCache, param_sets: list[Params],
+           visit: Callable[[ImageSource, dict[str, np.ndarray], np.ndarray], None] | None = None) -> list[ImageResult]:
+    """The exact result of each parameter set (one per fold: on the images of its folds), reading one
+    image at a time; `visit(source, probs, truth)` sees each image while it is read."""
+    rows = [[] for _ in param_sets]
+    n_classes = cache.description.n_classes
+    for source in sources:
+        probs, truth = source.read(cache)
+        for out, params in zip(rows, param_sets):
+            chosen = params.get(source.fold) if isinstance(params, dict) else params
+            if chosen is not None:
+                out.append((source.key, *image_scores(index_map(probs, chosen), truth, n_classes)))
+        if visit is not None:
+            visit(source, probs, truth)
+    return [ImageResult.of(r) for r in rows]
+
+
+def read_proxies(sources: list[ImageSource], cache: ImageCache, strides: list[int],
+                 param_sets: list[Params]) -> tuple[list[ImageCase], list[ImageResult]]:
+    """Every image's proxy (at its stride), and the exact results of `param_sets` made in the same read."""
+    cases = []
+    stride_of = {s.key: stride for s, stride in zip(sources, strides)}
+    results = stream(sources, cache, param_sets, lambda s, probs, truth: cases.append(
+        make_proxy(s.key, s.fold, probs, truth, stride_of[s.key])))
+    return cases, results
