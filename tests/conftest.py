@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.core.ids import CLASSES
 from src.data import rle
-from src.data.layout import slice_id
+from src.data.layout import CLASSES, slice_id
 
 
 class Spec(NamedTuple):

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 from src.cls_report import main as report_main
 from src.core.errors import DataError
-from src.core.ids import CLASSES
 from src.data.folds import make_folds
+from src.data.layout import CLASSES
 from src.data.preparation import prepare
 from src.data.synthetic import generate
 from src.data.volumes import VolumeCache, read_meta, write_case_day

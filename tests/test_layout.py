@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from src.core.errors import DataError
-from src.core.ids import CLASSES
 from src.data.layout import (
+    CLASSES,
     INDEX_COLUMNS,
     check_labels_match_images,
     masks_for_case_day,

@@ -10,9 +10,8 @@ import pytest
 
 from src import score
 from src.core.errors import DataError, run_cli
-from src.core.ids import CLASSES
 from src.data import rle
-from src.data.layout import slice_id
+from src.data.layout import CLASSES, slice_id
 from src.metrics.competition import dice_rows, hausdorff_naive
 from src.metrics.scoring import score_submission
 

@@ -13,9 +13,8 @@ from test_predict import build_trained_runs, gated_plain_mean, one_thread  # noq
 
 from src.bench.submit import generated_split
 from src.core.errors import DataError
-from src.core.ids import CLASSES
 from src.data import rle
-from src.data.layout import scan_split
+from src.data.layout import CLASSES, scan_split
 from src.ensembling.ensemble_file import load_ensemble
 from src.ensembling.submission import (
     EnsemblePredictor,

@@ -12,9 +12,9 @@ import pytest
 from scipy import ndimage
 
 from src.core.errors import DataError, run_cli
-from src.core.ids import CLASSES
 from src.data import synthetic
 from src.data.layout import (
+    CLASSES,
     check_labels_match_images,
     masks_for_case_day,
     read_labels,

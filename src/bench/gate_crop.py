@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.core.artifacts import FoldDir, fold_dir, load_prediction
+from src.core.artifacts import FoldDir, fold_dir
 from src.core.errors import run_cli
 from src.data.folds import make_folds
+from src.data.layout import load_prediction
 from src.data.preparation import prepare
 from src.data.synthetic import generate
 from src.data.volumes import VolumeCache

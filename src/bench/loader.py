@@ -18,11 +18,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src.core.errors import run_cli
-from src.core.ids import CLASSES
 from src.data import rle
 from src.data.augment import build_augment
 from src.data.geometry import Geometry
-from src.data.layout import read_labels, read_slice, scan_split
+from src.data.layout import CLASSES, read_labels, read_slice, scan_split
 from src.data.samples import SliceDataset, StackSpec
 from src.data.volumes import VolumeCache, cache_dir_for
 from src.engine.losses import CombinedLoss

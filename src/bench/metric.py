@@ -17,8 +17,8 @@ import numpy as np
 from scipy import ndimage
 
 from src.core.errors import DataError, run_cli
-from src.core.ids import CLASSES
 from src.data import rle
+from src.data.layout import CLASSES
 from src.metrics.competition import hausdorff_3d, hausdorff_naive
 
 RLE_SHAPES = ((266, 266), (310, 360))  # (H, W) of the two commonest image sizes

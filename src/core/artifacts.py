@@ -42,7 +42,6 @@ from src.core.atomic import (
     write_text_atomic,
 )
 from src.core.errors import DataError
-from src.core.ids import CLASSES
 from src.core.lock import exclusive_lock
 from src.core.readers import read_json_object
 
@@ -80,10 +79,11 @@ def save_prediction(folder: str | Path, case_day: str, prediction: Prediction) -
     return path
 
 
-def load_prediction(path: str | Path, mmap: bool = False, image: bool = False) -> Prediction:
-    """A saved prediction, checked: a box record (.json) or a float16 array of (Z, 3) presence or
-    (Z, 3, H, W) probabilities, with `image` a 2D image's (K, H, W) probabilities, all in [0, 1] (.npy,
-    memory-mapped read-only with `mmap`). Anything else is a DataError naming the file."""
+def load_prediction(path: str | Path, mmap: bool = False, image: bool = False, classes: int | None = None) -> Prediction:
+    """A saved prediction, checked: a box record (.json) or a float16 array of (Z, K) presence or
+    (Z, K, H, W) probabilities of K = `classes` (any K when None), with `image` a 2D image's (K, H, W)
+    probabilities, all in [0, 1] (.npy, memory-mapped read-only with `mmap`). Anything else is a
+    DataError naming the file. The GI dataset's are read through src.data.layout.load_prediction."""
     path = Path(path)
     if path.suffix == ".json":
         record = read_json_object(path, "box prediction")
@@ -91,19 +91,19 @@ def load_prediction(path: str | Path, mmap: bool = False, image: bool = False) -
         if not (isinstance(box, list) and len(box) == 4 and all(type(v) is int for v in box)):
             raise DataError(f"{path}: box prediction without a 'box' of 4 integers [y0, y1, x0, x1]")
         return record
-    array = _open_array(path, mmap, image)
+    array = _open_array(path, mmap, image, classes)
     if _outside_unit_interval(array.view(np.uint16).reshape(-1)):
         what = "NaN or inf" if np.isnan(array).any() or np.isinf(array).any() else "outside [0, 1]"
         raise DataError(f"{path}: holds {what} probabilities")
     return array
 
 
-def prediction_shape(path: str | Path, image: bool = False) -> tuple[int, ...]:
+def prediction_shape(path: str | Path, image: bool = False, classes: int | None = None) -> tuple[int, ...]:
     """The shape of a saved prediction array from its header (checked as load_prediction does, values aside)."""
-    return _open_array(Path(path), mmap=True, image=image).shape
+    return _open_array(Path(path), mmap=True, image=image, classes=classes).shape
 
 
-def _open_array(path: Path, mmap: bool, image: bool = False) -> np.ndarray:
+def _open_array(path: Path, mmap: bool, image: bool = False, classes: int | None = None) -> np.ndarray:
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
@@ -111,8 +111,9 @@ def _open_array(path: Path, mmap: bool, image: bool = False) -> np.ndarray:
     if image:
         fits, expected = getattr(array, "ndim", 0) == 3, "a 2D image's float16 (K, H, W) probabilities"
     else:
-        fits = getattr(array, "ndim", 0) in (2, 4) and array.shape[1] == len(CLASSES)
-        expected = "float16 (Z, 3) presence or (Z, 3, H, W) probabilities"
+        fits = getattr(array, "ndim", 0) in (2, 4) and (classes is None or array.shape[1] == classes)
+        k = "K" if classes is None else classes
+        expected = f"float16 (Z, {k}) presence or (Z, {k}, H, W) probabilities"
     if not isinstance(array, np.ndarray) or array.dtype != np.float16 or not fits or 0 in array.shape:
         raise DataError(f"{path}: prediction of shape {getattr(array, 'shape', None)} and dtype "
                         f"{getattr(array, 'dtype', type(array).__name__)}; expected {expected}")

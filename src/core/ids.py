@@ -1,7 +1,5 @@
-"""Class names and case-day ids, as the competition spells them."""
+"""Case-day ids, as the competition spells them."""
 from __future__ import annotations
-
-CLASSES = ("large_bowel", "small_bowel", "stomach")  # row order of train.csv
 
 
 def case_day_key(case_day: str) -> tuple[int, int]:

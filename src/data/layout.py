@@ -15,10 +15,12 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from src.core import artifacts
 from src.core.errors import DataError
-from src.core.ids import CLASSES
 from src.data import rle
 
+# The GI dataset's classes, in train.csv's row order; other datasets read theirs from their description (src.data.description).
+CLASSES = ("large_bowel", "small_bowel", "stomach")
 SLICE_RE = re.compile(r"^slice_(\d{4})_(\d+)_(\d+)_(\d+(?:\.\d+)?)_(\d+(?:\.\d+)?)\.png$")
 CASE_DAY_RE = re.compile(r"^case(\d+)_day(\d+)$")
 ID_RE = re.compile(r"^(case(\d+)_day(\d+))_slice_(\d{4})$")
@@ -229,3 +231,14 @@ def check_labels_match_images(labels: pd.DataFrame, index: pd.DataFrame, csv_pat
     short = counts[counts != len(CLASSES)]
     if len(short):
         raise DataError(f"{csv_path}: id {short.index[0]} has {short.iloc[0]} rows, expected {len(CLASSES)}")
+
+
+def load_prediction(path: str | Path, mmap: bool = False, image: bool = False) -> artifacts.Prediction:
+    """src.core.artifacts.load_prediction with the GI class count: a volume's (Z, 3) presence or (Z, 3, H, W)
+    probabilities (a box record, or with `image` a 2D image's (K, H, W), as there)."""
+    return artifacts.load_prediction(path, mmap, image, classes=len(CLASSES))
+
+
+def prediction_shape(path: str | Path, image: bool = False) -> tuple[int, ...]:
+    """src.core.artifacts.prediction_shape of a GI prediction (its class axis checked as load_prediction does)."""
+    return artifacts.prediction_shape(path, image, classes=len(CLASSES))

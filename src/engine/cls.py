@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from sklearn.metrics import average_precision_score
 
-from src.core.ids import CLASSES
+from src.data.layout import CLASSES
 from src.data.samples import volume_batches
 from src.data.volumes import CaseDay
 from src.engine.config import ClsConfig

@@ -9,8 +9,8 @@ from typing import Callable
 
 import numpy as np
 
-from src.core.artifacts import load_prediction, prediction_shape
 from src.core.errors import DataError
+from src.data.layout import load_prediction, prediction_shape
 from src.data.volumes import VolumeCache
 from src.ensembling.search import OOFCase, make_case, region_of_interest
 from src.inference.runs import TrainedRun

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from src.core.errors import DataError
-from src.core.ids import CLASSES
+from src.data.layout import CLASSES
 
 GROUPS = ("2d", "3d")  # blend groups: 3D models vs every other segmenter
 N_CLASSES = len(CLASSES)

@@ -26,10 +26,10 @@ import torch
 from src.core.atomic import atomic_path, check_writable
 from src.core.device import check_device_name, select_device
 from src.core.errors import DataError
-from src.core.ids import CLASSES
 from src.core.outputs import check_output
 from src.data import rle
 from src.data.layout import (
+    CLASSES,
     MAX_IMAGE_PIXELS,
     check_id_class_rows,
     max_image_pixels_field,

@@ -11,8 +11,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.core.artifacts import FoldDir, FoldRecord, Prediction, RunDir, load_prediction
+from src.core.artifacts import FoldDir, FoldRecord, Prediction, RunDir
 from src.core.errors import DataError
+from src.data.layout import load_prediction
 from src.data.volumes import cache_dir_for
 from src.engine.stages import StageSpec, get_stage
 

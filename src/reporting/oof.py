@@ -8,10 +8,11 @@ from typing import Iterator
 
 import numpy as np
 
-from src.core.artifacts import CacheEntryFiles, load_prediction
+from src.core.artifacts import CacheEntryFiles
 from src.core.errors import DataError
 from src.data.image_cache import ImageCache
 from src.data.image_samples import label_map, one_hot
+from src.data.layout import load_prediction
 from src.data.samples import intensity_window, normalise
 from src.data.volumes import VolumeCache
 from src.inference.runs import TrainedFold, TrainedRun

@@ -17,10 +17,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve
 
-from src.core.artifacts import load_prediction
 from src.core.atomic import atomic_path
 from src.core.errors import DataError
-from src.core.ids import CLASSES
+from src.data.layout import CLASSES, load_prediction
 from src.data.volumes import VolumeCache
 from src.engine.cls import presence_table, slice_presence
 from src.inference.runs import TrainedRun

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from src.core.errors import DataError
-from src.core.ids import CLASSES
 from src.data.image_cache import ImageCache
+from src.data.layout import CLASSES
 from src.data.volumes import VolumeCache
 from src.inference.runs import TrainedRun
 from src.metrics.competition import DICE_WEIGHT, HAUSDORFF_WEIGHT, dice_rows, score_volumes

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.core.ids import CLASSES
 from src.data.image_cache import ImageCache
+from src.data.layout import CLASSES
 from src.data.volumes import VolumeCache
 from src.inference.runs import TrainedRun
 from src.reporting import ensemble, figures, presence

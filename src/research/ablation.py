@@ -54,13 +54,14 @@ from typing import Callable, Hashable, Sequence
 import numpy as np
 import pandas as pd
 
-from src.core.artifacts import CacheEntryFiles, FoldDir, fold_dir, load_prediction
+from src.core.artifacts import CacheEntryFiles, FoldDir, fold_dir
 from src.core.atomic import atomic_path, write_json_atomic, write_text_atomic
 from src.core.errors import DataError
-from src.core.ids import CLASSES, case_day_key
+from src.core.ids import case_day_key
 from src.core.options import changed, flag, parse_flags, parse_value, to_flags
 from src.core.readers import read_json_object
 from src.data.image_cache import is_image_cache
+from src.data.layout import CLASSES, load_prediction
 from src.data.preparation import ensure_prepared
 from src.orchestration.execution import address_field, check_executor, executor_field, open_executor, run_graph
 from src.orchestration.steps import OutputLedger, Step

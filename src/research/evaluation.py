@@ -17,9 +17,9 @@ import torch.nn as nn
 from src.core.atomic import atomic_path, write_text_atomic
 from src.core.checkpoint import load_checkpoint
 from src.core.errors import DataError
-from src.core.ids import CLASSES
 from src.core.memory import status_kib
 from src.data.geometry import Geometry
+from src.data.layout import CLASSES
 from src.data.samples import StackSpec, volume_batches
 from src.data.volumes import CaseDay, VolumeCache
 from src.inference.runs import TrainedFold

@@ -36,7 +36,7 @@ import torch.nn.utils.prune as prune
 
 from src.core.atomic import atomic_path
 from src.core.errors import DataError
-from src.core.ids import CLASSES
+from src.data.layout import CLASSES
 from src.inference.runs import TrainedFold, TrainedRun
 
 METHODS = ("l1_unstructured", "random_unstructured", "random_structured", "global_unstructured")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from src.core.ids import CLASSES
 from src.data.description import DatasetDescription
-from src.data.layout import CASE_DAY_RE
+from src.data.layout import CASE_DAY_RE, CLASSES
 
 
 class GITractFormat:

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from scipy import ndimage
 
-from src.core.ids import CLASSES
+from src.data.layout import CLASSES
 from src.data.synthetic.anatomy import BODY_MM, KIDNEYS, LIVER, Anatomy, case_anatomy, day_anatomy
 from src.data.synthetic.planning import REAL_SLICES, CaseDaySpec
 

@@ -17,10 +17,9 @@ import pandas as pd
 
 from src.core.atomic import atomic_dir, atomic_path
 from src.core.errors import DataError
-from src.core.ids import CLASSES
 from src.core.outputs import TRUTH_ENDINGS, new_dataset_paths
 from src.data import rle
-from src.data.layout import slice_id
+from src.data.layout import CLASSES, slice_id
 from src.data.synthetic.faults import cut_tail, spoil
 from src.data.synthetic.planning import REAL_SLICES, CaseDaySpec, image_sizes, plan
 from src.data.synthetic.renderer import render
