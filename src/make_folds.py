@@ -11,6 +11,7 @@ from src.core.errors import run_cli
 from src.core.outputs import check_output
 from src.data.folds import fold_table, make_folds
 from src.data.formats import FORMAT_MODULES
+from src.data.layout import MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS_HELP
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,6 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--exclude", default="",
                         help="comma-separated case-days (GI) or image ids (2D) to leave out, e.g. case7_day0,case81_day30")
     parser.add_argument("--out", type=Path, default=Path("folds/folds.csv"), help="output CSV (default folds/folds.csv)")
+    parser.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS, help=MAX_IMAGE_PIXELS_HELP)
     return parser.parse_args(argv)
 
 
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     check_output(args.out, "--out", data_dir=args.data_dir)
     check_writable(args.out)
     exclude = [name.strip() for name in args.exclude.split(",") if name.strip()]
-    folds = make_folds(args.data_dir, args.n_folds, args.seed, exclude, args.format)
+    folds = make_folds(args.data_dir, args.n_folds, args.seed, exclude, args.format, args.max_image_pixels)
     write_text_atomic(args.out, folds.to_csv(index=False))
     unit = "image" if "id" in folds.columns else "case-day"
     if exclude:

@@ -49,7 +49,7 @@ def _score_2d(opts: ScoreOptions, fmt: ImageFormat, description: DatasetDescript
 
 def main(argv: list[str] | None = None) -> int:
     opts = from_args(ScoreOptions, build_parser().parse_args(argv))
-    dataset = image_dataset(opts.data_dir)
+    dataset = image_dataset(opts.data_dir, opts.max_image_pixels)
     opts.check_kind(two_d=dataset is not None)
     for flag, out in (("--per-case-day", opts.per_case_day), ("--per-image", opts.per_image), ("--summary", opts.summary)):
         if out:

@@ -3,6 +3,7 @@
 the inputs, an arbitrary --images folder, bad outputs and flags, and the shared prediction path
 (ImageInput through FoldModel, RunPredictor and TTA)."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from src.core.errors import DataError
 from src.data.folds import make_folds
@@ -125,15 +127,41 @@ def test_flags_and_runs_must_fit_the_data(work):
         _submit(work, "--data-dir", str(car))
     with pytest.raises(DataError, match="--tta: applies to 2D data only"):
         SubmitOptions(data_dir=Path("d"), ensemble=Path("e.json"), tta=("hflip",)).check_kind(two_d=False)
-    for flag, value in (("--batch-size", "4"), ("--max-image-pixels", "1000")):
-        with pytest.raises(DataError, match=f"{flag}: applies to the GI data only"):
-            _submit(work, "--runs", str(work / "runs" / "car"), "--data-dir", str(car), flag, value)
+    with pytest.raises(DataError, match="--batch-size: applies to the GI data only"):
+        _submit(work, "--runs", str(work / "runs" / "car"), "--data-dir", str(car), "--batch-size", "4")
     with pytest.raises(DataError, match="--runs .*nn: trained on channels"):
         _submit(work, "--runs", str(work / "runs" / "nn"), "--data-dir", str(car), "--out", str(work / "x.csv"))
     (work / "empty").mkdir()
     with pytest.raises(DataError, match="no test images to predict"):
         _submit(work, "--runs", str(work / "runs" / "car"), "--data-dir", str(car), "--images", str(work / "empty"),
                 "--out", str(work / "y"))
+
+
+def test_every_test_image_is_read_with_the_cap(work, tmp_path):
+    """--max-image-pixels on 2D data reaches each image read where it lies: nnU-Net's description reads no
+    pixels, so below the test images' size the first refusal names a test image; at it, the submission is
+    written. Carvana with --images: one image larger than the train ones is refused, naming it."""
+    data, out = work / "Dataset502_Tiny", tmp_path / "nn"
+    nn = ("--runs", str(work / "runs" / "nn"), "--data-dir", str(data), "--out", str(out))
+    with pytest.raises(DataError) as info:
+        _submit(work, *nn, "--max-image-pixels", "1279")  # 40 x 32 = 1280 pixels
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(data / "imagesTs" / ""))
+    assert message.endswith("is over the cap of 1279 (raise it with --max-image-pixels)") and not out.exists()
+    _submit(work, *nn, "--max-image-pixels", "1280")
+    assert len(list(out.glob("*.png"))) == len(NNUNET.samples(data, "test").samples)
+
+    images = tmp_path / "any"
+    images.mkdir()
+    tests = sorted((work / "car" / "test").glob("*.jpg"))
+    shutil.copy(tests[0], images / "a.jpg")
+    with Image.open(tests[1]) as image:
+        image.resize((96, 64)).save(images / "b.jpg")
+    with pytest.raises(DataError, match="^" + re.escape(f"{images / 'b.jpg'}: image of 96x64 (WxH) = 6144 pixels is over "
+                                                        "the cap of 1536 (raise it with --max-image-pixels)") + "$"):
+        _submit(work, "--runs", str(work / "runs" / "car"), "--data-dir", str(work / "car"), "--images", str(images),
+                "--out", str(tmp_path / "car"), "--max-image-pixels", "1536")  # the train views' 48 x 32
+    assert not (tmp_path / "car").exists()
 
 
 def test_image_input_goes_through_fold_models_and_tta(work):

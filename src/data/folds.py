@@ -6,13 +6,14 @@ shares of positive slices. Reads train.csv and the slice file names only, never 
 
 2D: the same splitter over one row per labelled image, grouped by the description's group key (the
 car of a Carvana view; none: each image alone) and stratified by its stratum (the EBHI-Seg category).
-Reads the file names only.
+Reads the file names, and what the format's description reads: the first image's header (Carvana) or
+pixels (EBHI-Seg, for its channel count). Both kinds check sizes against the --max-image-pixels cap.
 """
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -21,20 +22,25 @@ from sklearn.model_selection import StratifiedGroupKFold
 from src.core.errors import DataError
 from src.data.formats import detect_format
 from src.data.image_cache import entry_key
-from src.data.layout import check_labels_match_images, read_labels, scan_split
+from src.data.layout import (
+    MAX_IMAGE_PIXELS,
+    check_labels_match_images,
+    read_labels,
+    scan_split,
+)
 
 FOLD_COLUMNS = ["case", "day", "case_day", "fold"]
 SAMPLE_FOLD_COLUMNS = ["id", "group", "stratum", "fold"]
 
 
-def slice_table(data_dir: str | Path) -> pd.DataFrame:
+def slice_table(data_dir: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> pd.DataFrame:
     """One row per train slice in (case, day, slice) order: case, day, case_day, positive (bool)."""
     data_dir = Path(data_dir)
     csv_path = data_dir / "train.csv"
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: not found (folds are made from the train labels)")
     labels = read_labels(csv_path)
-    index = scan_split(data_dir, "train")
+    index = scan_split(data_dir, "train", max_pixels)
     check_labels_match_images(labels, index, csv_path)
     if index.empty:
         raise DataError(f"{data_dir / 'train'}: no train slices to split into folds")
@@ -77,12 +83,13 @@ def assign_sample_folds(samples: pd.DataFrame, n_folds: int = 5, seed: int = 42)
 
 
 def make_folds(data_dir: str | Path, n_folds: int = 5, seed: int = 42, exclude: Iterable[str] = (),
-               format: str | None = None) -> pd.DataFrame:
-    """Folds of the train case-days (GI) or labelled images (2D) of `data_dir`, leaving out those in `exclude`."""
-    fmt = detect_format(data_dir, format)
+               format: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> pd.DataFrame:
+    """Folds of the train case-days (GI) or labelled images (2D) of `data_dir`, leaving out those in `exclude`;
+    an image read (a slice's name, a 2D description's first image) of more than `max_pixels` pixels is a DataError."""
+    fmt = detect_format(data_dir, format, max_pixels)
     if fmt.describe(Path(data_dir)).dims == "2d":
         return _make_sample_folds(fmt, Path(data_dir), n_folds, seed, set(exclude))
-    slices = slice_table(data_dir)
+    slices = slice_table(data_dir, max_pixels)
     exclude = set(exclude)
     unknown = sorted(exclude - set(slices["case_day"]))
     if unknown:

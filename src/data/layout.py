@@ -25,15 +25,16 @@ SLICE_RE = re.compile(r"^slice_(\d{4})_(\d+)_(\d+)_(\d+(?:\.\d+)?)_(\d+(?:\.\d+)
 CASE_DAY_RE = re.compile(r"^case(\d+)_day(\d+)$")
 ID_RE = re.compile(r"^(case(\d+)_day(\d+))_slice_(\d{4})$")
 INDEX_COLUMNS = ["id", "case", "day", "case_day", "slice", "width", "height", "sx", "sy", "path"]
-MAX_IMAGE_PIXELS = 4096 * 4096  # per slice, checked on the name and the PNG header before decoding
+MAX_IMAGE_PIXELS = 4096 * 4096  # per slice or 2D image, checked on the name and/or the header before decoding
+MAX_IMAGE_PIXELS_HELP = (f"refuse a GI slice or 2D image (or label) of more pixels, from its name or header before "
+                         f"decoding (default {MAX_IMAGE_PIXELS} = 4096 x 4096)")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def max_image_pixels_field():
-    """`--max-image-pixels` of every command that reads slices (prepare, submit, score): the cap of scan_split."""
-    return field(default=MAX_IMAGE_PIXELS, metadata={
-        "help": f"refuse a slice of more pixels, from its name and PNG header before decoding "
-                f"(default {MAX_IMAGE_PIXELS} = 4096 x 4096)"})
+    """`--max-image-pixels` of every command that reads images (prepare, submit, score): the cap of
+    scan_split on the GI slices, of every decode and header read of a 2D format (src.data.formats.detect_format)."""
+    return field(default=MAX_IMAGE_PIXELS, metadata={"help": MAX_IMAGE_PIXELS_HELP})
 
 
 def check_max_pixels(max_pixels: int) -> None:

@@ -93,7 +93,8 @@ def prepare(data_dir: str | Path, cache_dir: str | Path | None = None, split: st
             workers: int = 2, max_pixels: int = MAX_IMAGE_PIXELS, format: str | None = None) -> PrepareSummary:
     """Detect the data's layout (or check `format`), cache `split` ("train", "test" or "all"; a 2D
     dataset caches its labelled images only) and write the dataset description into the cache, last.
-    DataError on any bad input, an image of more than `max_pixels` pixels included."""
+    DataError on any bad input, an image (a GI slice, a 2D image or label) of more than `max_pixels`
+    pixels included."""
     start = time.perf_counter()
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -103,7 +104,7 @@ def prepare(data_dir: str | Path, cache_dir: str | Path | None = None, split: st
     if workers < 1:
         raise DataError(f"--workers must be at least 1, got {workers}")
     check_max_pixels(max_pixels)  # before the cache folder is made
-    fmt = detect_format(data_dir, format)
+    fmt = detect_format(data_dir, format, max_pixels)  # a 2D format reads every image and label with the cap
     description = fmt.describe(data_dir)
     cache_dir = ensure_folder(Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir))
     counts: Counter[str] = Counter()
@@ -121,8 +122,9 @@ def prepare(data_dir: str | Path, cache_dir: str | Path | None = None, split: st
 
 
 def ensure_prepared(data_dir: str | Path, cache_dir: str | Path, log=print) -> Path:
-    """`cache_dir`, prepared from `data_dir` now (its train split) when it holds no train entry yet: the
-    commands that read a cache (training, the research studies) prepare it themselves."""
+    """`cache_dir`, prepared from `data_dir` now (its train split, with the default --max-image-pixels cap)
+    when it holds no train entry yet: the commands that read a cache (training, the research studies)
+    prepare it themselves."""
     if not cached_entries(cache_dir, "train"):
         log(prepare(data_dir, cache_dir).line())
     return Path(cache_dir)

@@ -30,7 +30,6 @@ from src.core.outputs import check_output
 from src.data import rle
 from src.data.layout import (
     CLASSES,
-    MAX_IMAGE_PIXELS,
     check_id_class_rows,
     max_image_pixels_field,
     read_csv_text,
@@ -218,8 +217,7 @@ class SubmitOptions:
                 raise DataError(f"{wrong}: applies to --runs only; the ensemble file {self.ensemble} sets the "
                                 "thresholds and each member's TTA")
         others = ((("--allow-train-fallback", self.allow_train_fallback), ("--runs-root", self.runs_root),
-                   ("--batch-size", self.batch_size is not None),
-                   ("--max-image-pixels", self.max_image_pixels != MAX_IMAGE_PIXELS)) if two_d else
+                   ("--batch-size", self.batch_size is not None)) if two_d else
                   (("--runs", self.runs), ("--images", self.images), ("--threshold", self.threshold is not None),
                    ("--tta", self.tta)))
         wrong = next((name for name, value in others if value), None)
@@ -240,7 +238,7 @@ def submit(opts: SubmitOptions) -> Path:
     predictions; with no sample submission either, it is an error (or --allow-train-fallback).
     """
     device = select_device(opts.device)  # before any work
-    dataset = image_dataset(opts.data_dir)
+    dataset = image_dataset(opts.data_dir, opts.max_image_pixels)  # 2D: every test image is read with the cap
     opts.check_kind(two_d=dataset is not None)
     if dataset is not None:
         return submit_images(opts, *dataset, device)

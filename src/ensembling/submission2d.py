@@ -15,7 +15,9 @@ class above the threshold, else background). Each is written at once, image by i
 - otherwise (EBHI, nnU-Net, and --images on any dataset): label images `OUT/<id><ending>` named like the
   inputs, in the dataset's label encoding and ending (.png for Carvana's .jpg), submission.json last.
 
-OUT is checked before any work; both forms are written atomically, so an error leaves OUT as it was.
+OUT is checked before any work; both forms are written atomically, so an error leaves OUT as it was. Every
+image is decoded by the format `submit` detected with --max-image-pixels (src.metrics.scoring2d.image_dataset):
+one over the cap is a one-line error naming it.
 """
 from __future__ import annotations
 

@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--out", default="/kaggle/working/submission.csv")
     parser.add_argument("--allow-train-fallback", default="0", help="while test/ is empty: predict N train case-days")
     parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cuda or cpu")
-    parser.add_argument("--max-image-pixels", help="refuse a larger slice (passed on to src.submit; default: its own cap)")
+    parser.add_argument("--max-image-pixels", help="refuse a larger slice or 2D image (passed on to src.submit; default: its own cap)")
     args = parser.parse_args()
     manifest = verify(args.bundle)
     print(f"bundle: {len(manifest['files'])} files verified ({manifest['bytes'] / 1e6:.1f} MB)", flush=True)

@@ -8,7 +8,8 @@ own train labels. Every id is an image of the data folder's scored split; its he
 every mask must have (another size is a DataError naming the file). As the GI scorer
 (src.metrics.scoring): the split is the first of test, train that holds every truth id; every truth
 image is scored, a missing prediction counting as empty; a prediction naming no image of the split is
-an error, one for an image without truth is ignored; both counts are reported.
+an error, one for an image without truth is ignored; both counts are reported. Every image, label and
+header is read with the --max-image-pixels cap (image_dataset's format).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from src.data.formats import detect_format
 from src.data.formats.base import ImageFormat, Sample, image_size
 from src.data.formats.carvana import read_img_csv
 from src.data.formats.files import image_files
+from src.data.layout import MAX_IMAGE_PIXELS, check_max_pixels
 from src.metrics.overlap import STATS, image_table, summary
 from src.metrics.scoring import check_ids_have_images, find_split
 
@@ -42,15 +44,17 @@ class Masks(Protocol):
 
 @dataclass(frozen=True)
 class CsvMasks:
-    """A Carvana `img,rle_mask` CSV (src.data.formats.carvana.read_img_csv)."""
+    """A Carvana `img,rle_mask` CSV (src.data.formats.carvana.read_img_csv), decoded at the size of each
+    image's header, which must be of at most `max_pixels` pixels."""
 
     path: Path
     texts: dict[str, str]
+    max_pixels: int
 
     @classmethod
-    def load(cls, path: Path) -> CsvMasks:
+    def load(cls, path: Path, max_pixels: int) -> CsvMasks:
         df = read_img_csv(path)
-        return cls(path, {Path(img).stem: text for img, text in zip(df["img"], df["rle_mask"])})
+        return cls(path, {Path(img).stem: text for img, text in zip(df["img"], df["rle_mask"])}, max_pixels)
 
     @property
     def ids(self) -> frozenset[str]:
@@ -58,7 +62,7 @@ class CsvMasks:
 
     def read(self, sample: Sample) -> np.ndarray:
         try:
-            return rle.decode(self.texts[sample.id], image_size(sample.images[0]))
+            return rle.decode(self.texts[sample.id], image_size(sample.images[0], self.max_pixels))
         except ValueError as exc:
             raise DataError(f"{self.path}: row of {sample.id}: {exc}") from None
 
@@ -94,22 +98,24 @@ class DataMasks:
 
 
 def open_masks(path: str | Path, fmt: ImageFormat, description: DatasetDescription) -> Masks:
-    """A folder of label images or a Carvana CSV; DataError naming `path` when it is neither."""
+    """A folder of label images or a Carvana CSV, read with `fmt`'s cap; DataError naming `path` when it is neither."""
     path = Path(path)
     if path.is_dir():
         return FolderMasks(path, image_files(path, path.resolve(), recursive=True), fmt, description)
     if path.is_file() and path.suffix.lower() == ".csv":
-        return CsvMasks.load(path)
+        return CsvMasks.load(path, fmt.max_pixels)
     if not path.exists():
         raise DataError(f"{path}: not found")
     raise DataError(f"{path}: neither a folder of label images nor a .csv file")
 
 
-def image_dataset(data_dir: str | Path) -> tuple[ImageFormat, DatasetDescription] | None:
-    """The 2D format of the data folder and its description; None for the GI slices, and for a folder of
-    no known layout (left to the GI scorer's own checks)."""
+def image_dataset(data_dir: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[ImageFormat, DatasetDescription] | None:
+    """The 2D format of the data folder, reading every image, label and header with the --max-image-pixels
+    cap `max_pixels`, and its description; None for the GI slices, and for a folder of no known layout
+    (left to the GI scorer's own checks). DataError for a cap below 1 pixel, or an image over it."""
+    check_max_pixels(max_pixels)
     try:
-        fmt = detect_format(data_dir)
+        fmt = detect_format(data_dir, max_pixels=max_pixels)
     except DataError:
         return None
     description = fmt.describe(Path(data_dir))

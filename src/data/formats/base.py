@@ -8,6 +8,8 @@ DataError naming the file.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from src.core.errors import DataError
 from src.data.description import DatasetDescription
+from src.data.layout import check_pixels
 
 IMAGE_ENDINGS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk, the last 12 bytes of every whole PNG
@@ -71,9 +74,14 @@ class DatasetFormat(Protocol):
 
 class ImageFormat(DatasetFormat, Protocol):
     """A 2D layout: its samples, and how to decode one. `label_scale` is the pixel value of class 1 in the
-    layout's own label files (class k is k * label_scale): 255 for EBHI's 0/255 masks, else 1."""
+    layout's own label files (class k is k * label_scale): 255 for EBHI's 0/255 masks, else 1.
+
+    Every 2D format is a frozen dataclass whose one field, `max_pixels` (the --max-image-pixels cap,
+    src.data.layout.MAX_IMAGE_PIXELS by default), caps every file it decodes or reads the header of;
+    `src.data.formats.detect_format(..., max_pixels=N)` gives a copy with another cap."""
 
     label_scale: int
+    max_pixels: int
 
     def samples(self, root: Path, split: str) -> SampleList: ...
 
@@ -94,10 +102,33 @@ def _ends_with(path: Path, tail: bytes) -> bool:
         return f.read() == tail
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) from an image file's header, nothing decoded; DataError naming an unreadable file."""
+@contextmanager
+def open_image(path: Path, max_pixels: int) -> Iterator[Image.Image]:
+    """`path` opened by Pillow, nothing decoded yet, after its header's size is checked: DataError naming
+    the file when it is empty or of more than `max_pixels` pixels (src.data.layout.check_pixels).
+
+    Pillow has a decompression-bomb limit of its own (Image.MAX_IMAGE_PIXELS: a warning above it, an
+    error above twice it, both on opening); it is raised to `max_pixels` when below it (never lowered),
+    so that the cap the user gives is the one that counts, and an image Pillow refuses is over the cap."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: image over the cap of {max_pixels} pixels (raise it with --max-image-pixels; "
+                        f"{exc})") from None
+    with image:
+        check_pixels(path, image.width, image.height, max_pixels)
+        yield image
+
+
+def image_size(path: str | Path, max_pixels: int) -> tuple[int, int]:
+    """(height, width) from an image file's header, nothing decoded; DataError naming the file when it is
+    unreadable or of more than `max_pixels` pixels."""
+    try:
+        with open_image(Path(path), max_pixels) as image:
             width, height = image.size
     except FileNotFoundError:
         raise DataError(f"{path}: image not found") from None
@@ -109,26 +140,18 @@ def image_size(path: str | Path) -> tuple[int, int]:
 def read_image_file(path: str | Path, max_pixels: int) -> np.ndarray:
     """Decode one PNG, JPEG, TIFF, GIF or BMP as (H, W) or (H, W, C) without alpha; DataError naming the
     file when it is unreadable, truncated (a PNG must end with its IEND chunk), or of more than `max_pixels`
-    pixels (checked on the header, before decoding). A palette image (Carvana's GIF masks) is returned as its palette indices."""
+    pixels (checked on the header, before decoding: open_image). A palette image (Carvana's GIF masks) is
+    returned as its palette indices."""
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width < 1 or height < 1:
-                    raise DataError(f"{path}: image of {width}x{height} (WxH) pixels is empty")
-                if width * height > max_pixels:
-                    raise DataError(f"{path}: image of {width}x{height} (WxH) = {width * height} pixels is over the "
-                                    f"cap of {max_pixels} (raise it with --max-image-pixels)")
-                image.load()
-                array = np.asarray(image)
-                if image.format == "PNG" and not _ends_with(path, PNG_END):  # PIL decodes a PNG cut after its pixels
-                    raise OSError("no IEND chunk at the end")
+        with open_image(path, max_pixels) as image:
+            image.load()
+            array = np.asarray(image)
+            if image.format == "PNG" and not _ends_with(path, PNG_END):  # PIL decodes a PNG cut after its pixels
+                raise OSError("no IEND chunk at the end")
     except FileNotFoundError:
         raise DataError(f"{path}: image not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc})") from None
     if array.ndim == 3 and array.shape[2] in (2, 4):  # gray + alpha, RGBA: the alpha is dropped
         array = array[..., :-1]

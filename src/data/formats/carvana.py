@@ -11,18 +11,18 @@ decodes nothing; any fault is a DataError naming the file (and the CSV row).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from src.core.errors import DataError
 from src.data import rle
 from src.data.description import DatasetDescription
-from src.data.formats.base import Sample, SampleList, read_image_file
+from src.data.formats.base import Sample, SampleList, open_image, read_image_file
 from src.data.formats.files import single_file_samples
-from src.data.layout import MAX_IMAGE_PIXELS, check_pixels, check_regular_file, read_csv_text
+from src.data.layout import MAX_IMAGE_PIXELS, check_regular_file, read_csv_text
 
 _VIEW = r"(?P<car>[0-9A-Za-z]+)_(?P<view>0[1-9]|[1-9][0-9])"
 IMAGE_RE = re.compile(rf"^{_VIEW}\.(?:jpg|jpeg)$", re.IGNORECASE)
@@ -80,12 +80,10 @@ def _image_header(path: Path, max_pixels: int) -> tuple[int, int, tuple[str, ...
     """(height, width, bands) from the image's header, nothing decoded; DataError naming the file when
     it has no readable header or more than `max_pixels` pixels."""
     try:
-        with Image.open(path) as image:
-            width, height, bands = image.width, image.height, image.getbands()
-    except (OSError, Image.DecompressionBombError) as exc:
+        with open_image(path, max_pixels) as image:
+            return image.height, image.width, image.getbands()
+    except OSError as exc:
         raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
-    check_pixels(path, width, height, max_pixels)
-    return height, width, bands
 
 
 def _read_mask_file(path: Path, max_pixels: int) -> np.ndarray:
@@ -100,7 +98,9 @@ def _read_mask_file(path: Path, max_pixels: int) -> np.ndarray:
     return (mask != 0).astype(np.uint8)
 
 
+@dataclass(frozen=True)
 class CarvanaFormat:
+    max_pixels: int = MAX_IMAGE_PIXELS  # the cap of every image, mask and header read (src.data.formats.base)
     name = "carvana"
     label_scale = 1
     looked_for = "train/ with <car>_<NN>.jpg and train_masks/ or train_masks.csv"
@@ -120,7 +120,7 @@ class CarvanaFormat:
         if not images:
             raise DataError(f"{root / 'train'}: no {NAMES[IMAGE_RE]} images")
         first = images[min(images)]
-        bands = _image_header(first, MAX_IMAGE_PIXELS)[2]
+        bands = _image_header(first, self.max_pixels)[2]
         if bands != ("R", "G", "B"):
             raise DataError(f"{first}: image of bands {', '.join(bands)}, expected R, G, B (Carvana images are RGB)")
         return DatasetDescription(name=root.resolve().name, format=self.name, dims="2d", channels=bands,
@@ -161,28 +161,26 @@ class CarvanaFormat:
     def folder_samples(self, root: Path, folder: Path) -> SampleList:
         return single_file_samples(folder)
 
-    def read_image(self, sample: Sample, description: DatasetDescription,
-                   max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    def read_image(self, sample: Sample, description: DatasetDescription) -> np.ndarray:
         """(H, W, C) uint8 with C = description.n_channels; DataError naming the file otherwise."""
         path = sample.images[0]
-        image = read_image_file(path, max_pixels)
+        image = read_image_file(path, self.max_pixels)
         channels = 1 if image.ndim == 2 else image.shape[2]
         if channels != description.n_channels:
             raise DataError(f"{path}: {channels} channel(s), the dataset has {description.n_channels} "
                             f"({', '.join(description.channels)})")
         return image
 
-    def read_label(self, sample: Sample, description: DatasetDescription,
-                   max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    def read_label(self, sample: Sample, description: DatasetDescription) -> np.ndarray:
         """(H, W) uint8 0/1 of the GIF, or of the CSV row without one; DataError naming the files when
         the GIF's size is not the image's or the row does not decode to the GIF."""
         image = sample.images[0]
         if sample.label is None and sample.label_text is None:
             raise DataError(f"{image}: no label (neither a mask GIF nor a {MASKS_CSV} row)")
-        height, width, _ = _image_header(image, max_pixels)
+        height, width, _ = _image_header(image, self.max_pixels)
         mask = None
         if sample.label is not None:
-            mask = _read_mask_file(sample.label, max_pixels)
+            mask = _read_mask_file(sample.label, self.max_pixels)
             if mask.shape != (height, width):
                 raise DataError(f"{sample.label}: mask of {mask.shape[0]}x{mask.shape[1]} (HxW) but its image "
                                 f"{image} is {height}x{width}")

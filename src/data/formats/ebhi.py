@@ -32,7 +32,7 @@ def _categories(root: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class EbhiFormat:
-    max_pixels: int = MAX_IMAGE_PIXELS
+    max_pixels: int = MAX_IMAGE_PIXELS  # the cap of every image and label read (src.data.formats.base)
     name = "ebhi"
     label_scale = 255  # masks are 0/255
     looked_for = "<category>/image/ and <category>/label/ folders"

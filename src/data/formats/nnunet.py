@@ -104,7 +104,7 @@ def _cases(folder: Path, inside: Path, spec: DatasetJson) -> dict[str, tuple[Pat
 
 @dataclass(frozen=True)
 class NnunetFormat:
-    max_pixels: int = MAX_IMAGE_PIXELS
+    max_pixels: int = MAX_IMAGE_PIXELS  # the cap of every image and label read (src.data.formats.base)
     name = "nnunet"
     label_scale = 1
     looked_for = "dataset.json and imagesTr/"

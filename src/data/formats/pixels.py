@@ -57,5 +57,5 @@ def read_label_map(label_path: Path, image_path: Path, n_classes: int, max_pixel
             shown = ", ".join(str(v) for v in bad[:5].tolist()) + (", ..." if bad.size > 5 else "")
             accepted = f"0..{n_classes}" + (" (or 0/255)" if foreground_255 else "")
             raise DataError(f"{label_path}: label values {shown} outside {accepted}")
-    check_same_size(label_path, array.shape, image_path, image_size(image_path))
+    check_same_size(label_path, array.shape, image_path, image_size(image_path, max_pixels))
     return array.astype(np.uint8)
