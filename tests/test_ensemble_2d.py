@@ -278,3 +278,26 @@ def test_submit_flags_and_ensemble_kinds_must_fit_the_data(car, tiny_dataset):
     with pytest.raises(DataError, match="an ensemble of 2D image runs, .* holds the GI slices"):
         _submit("--ensemble", neutral, "--data-dir", slices.root, "--out", car / "y.csv")
     assert not (car / "x.csv").exists() and not (car / "y.csv").exists()
+
+
+def test_the_bootstrap_resamples_groups_not_their_correlated_images():
+    """Views of one car share their errors: a gain that holds on a few cars only must not look sure.
+    Images without a group are each their own (the per-image bootstrap)."""
+    from src.ensembling.search2d import ImageResult
+    from src.ensembling.uncertainty import paired_gain_se, score_over
+
+    cars, views = 4, 16
+    ids = [f"car{c}_{v:02d}" for c in range(cars) for v in range(views)]
+    gain = np.repeat([0.03, -0.01, 0.02, -0.02], views)  # per car: shared by its views
+    old_dice = np.full(len(ids), 0.9)
+
+    def result(groups, dice):
+        return ImageResult(tuple(ids), tuple(groups), dice, dice)
+
+    by_car = [i.split("_")[0] for i in ids]
+    old, new = result(by_car, old_dice), result(by_car, old_dice + gain)
+    assert old.terms().n_units == cars and score_over(new, ids) == pytest.approx(new.score)
+    alone_old, alone_new = result(ids, old_dice), result(ids, old_dice + gain)
+    assert alone_old.terms().n_units == len(ids)
+    se_cars, se_images = paired_gain_se(new, old), paired_gain_se(alone_new, alone_old)
+    assert se_cars > 2 * se_images > 0  # 4 cars, not 64 independent images

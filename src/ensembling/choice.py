@@ -90,8 +90,9 @@ def choose(candidates: list[Candidate], case_days: list[str], unit: str = "case-
         rows[c.name] = {"score": round(own[c.name], 6), "low": round(low, 6), "high": round(high, 6),
                         "delta": round(own[c.name] - own[chosen.name], 6),
                         "delta_low": round(delta_low, 6), "delta_high": round(delta_high, 6)}
+    resampled = unit if unit != "images" else "the images' groups (a group's images drawn together)"
     record = {"written": chosen.name, unit.replace("-", "_"): len(case_days),
-              "interval": f"{LEVEL:.0%} bootstrap over {unit} ({RESAMPLES} resamples, seed {SEED}); "
+              "interval": f"{LEVEL:.0%} bootstrap over {resampled} ({RESAMPLES} resamples, seed {SEED}); "
                           "delta: paired difference to the written candidate",
               "candidates": rows}
     return chosen, record

@@ -38,9 +38,11 @@ Params = ImageEnsembleParams | dict[int, ImageEnsembleParams]  # one for every i
 
 @dataclass(frozen=True)
 class ImageSource:
-    """One OOF image's files: each model's probabilities; its truth is the cache entry `key`."""
+    """One OOF image's files: each model's probabilities; its truth is the cache entry `key`; `group` the
+    bootstrap's unit (its car; the key itself where the data has no groups)."""
 
     key: str
+    group: str
     fold: int
     shape: tuple[int, int]  # (H, W), from the cache's table
     files: dict[str, Path]  # model name -> OOF .npy
@@ -64,8 +66,9 @@ def image_sources(runs: list[TrainedRun], cache: ImageCache, log: Callable[[str]
         raise DataError(f"no image has out-of-fold predictions in every run and in the cache {cache.root}")
     skipped = len(set().union(*map(set, files.values()))) - len(rows)
     log(f"ensemble: {len(rows)} OOF images{f' ({skipped} without every prediction left out)' if skipped else ''}")
-    return [ImageSource(key, folds[key], (int(h), int(w)), {name: Path(f[key]) for name, f in files.items()})
-            for key, h, w in zip(rows["key"], rows["height"], rows["width"])]
+    return [ImageSource(key, group if isinstance(group, str) and group else key, folds[key], (int(h), int(w)),
+                        {name: Path(f[key]) for name, f in files.items()})
+            for key, group, h, w in zip(rows["key"], rows["group"], rows["height"], rows["width"])]
 
 
 def proxy_strides(shapes: list[tuple[int, int]], models: int, classes: int, memory_gb: float) -> tuple[int, list[int]]:
@@ -98,7 +101,7 @@ def stream(sources: list[ImageSource], cache: ImageCache, param_sets: list[Param
         for out, params in zip(rows, param_sets):
             chosen = params.get(source.fold) if isinstance(params, dict) else params
             if chosen is not None:
-                out.append((source.key, *image_scores(index_map(probs, chosen), truth, n_classes)))
+                out.append((source.key, source.group, *image_scores(index_map(probs, chosen), truth, n_classes)))
         if visit is not None:
             visit(source, probs, truth)
     return [ImageResult.of(r) for r in rows]
@@ -110,5 +113,5 @@ def read_proxies(sources: list[ImageSource], cache: ImageCache, strides: list[in
     cases = []
     stride_of = {s.key: stride for s, stride in zip(sources, strides)}
     results = stream(sources, cache, param_sets, lambda s, probs, truth: cases.append(
-        make_proxy(s.key, s.fold, probs, truth, stride_of[s.key])))
+        make_proxy(s.key, s.group, s.fold, probs, truth, stride_of[s.key])))
     return cases, results

@@ -36,18 +36,19 @@ def image_scores(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> tuple[f
 
 @dataclass(frozen=True)
 class ImageResult:
-    """Per image (cache key): Dice and Jaccard, each the mean over classes. The dataset's "dice" metric
-    (the score) is the mean of the images' Dice."""
+    """Per image (cache key): its group (the bootstrap's unit), Dice and Jaccard, each the mean over
+    classes. The dataset's "dice" metric (the score) is the mean of the images' Dice."""
 
     ids: tuple[str, ...]
+    groups: tuple[str, ...]
     dice: np.ndarray
     jaccard: np.ndarray
 
     @classmethod
-    def of(cls, rows: list[tuple[str, float, float]]) -> ImageResult:
-        """From (id, dice, jaccard) rows."""
-        return cls(tuple(r[0] for r in rows), np.array([r[1] for r in rows], dtype=np.float64),
-                   np.array([r[2] for r in rows], dtype=np.float64))
+    def of(cls, rows: list[tuple[str, str, float, float]]) -> ImageResult:
+        """From (id, group, dice, jaccard) rows."""
+        return cls(tuple(r[0] for r in rows), tuple(r[1] for r in rows), np.array([r[2] for r in rows], dtype=np.float64),
+                   np.array([r[3] for r in rows], dtype=np.float64))
 
     @property
     def score(self) -> float:
@@ -57,12 +58,13 @@ class ImageResult:
         """The result on `ids` (each once, in that order)."""
         where = {k: i for i, k in enumerate(self.ids)}
         index = np.array([where[k] for k in ids], dtype=np.int64)
-        return ImageResult(tuple(ids), self.dice[index], self.jaccard[index])
+        return ImageResult(tuple(ids), tuple(self.groups[i] for i in index), self.dice[index], self.jaccard[index])
 
     def terms(self, ids: list[str] | None = None) -> MeanTerms:
-        """The per-image Dice the bootstrap resamples (src.ensembling.uncertainty.terms_of)."""
+        """The per-image Dice, resampled by group (src.ensembling.uncertainty.terms_of)."""
         part = self if ids is None else self.over(list(ids))
-        return MeanTerms(part.ids, part.dice)
+        index = {g: i for i, g in enumerate(dict.fromkeys(part.groups))}
+        return MeanTerms(part.ids, part.dice, np.array([index[g] for g in part.groups], dtype=np.int64))
 
     def summary(self) -> dict[str, float | None]:
         """score / dice / jaccard, JSON-ready."""
@@ -76,6 +78,7 @@ class ImageCase:
     """One OOF image on its proxy grid: every model's uint8 (K, h, w) probabilities and the (h, w) truth."""
 
     key: str
+    group: str  # the bootstrap's unit (ImageResult)
     fold: int
     stride: int
     probs: dict[str, np.ndarray]
@@ -86,10 +89,11 @@ class ImageCase:
         return sum(p.nbytes for p in self.probs.values()) + self.truth.nbytes
 
 
-def make_proxy(key: str, fold: int, probs: dict[str, np.ndarray], truth: np.ndarray, stride: int) -> ImageCase:
+def make_proxy(key: str, group: str, fold: int, probs: dict[str, np.ndarray], truth: np.ndarray,
+               stride: int) -> ImageCase:
     """The proxy of one image's (K, H, W) probabilities (float16, memory-mapped) and (H, W) truth."""
     cut = lambda a: np.ascontiguousarray(a[..., ::stride, ::stride])  # noqa: E731
-    return ImageCase(key, fold, stride, {n: quantise(cut(p)) for n, p in probs.items()}, cut(truth))
+    return ImageCase(key, group, fold, stride, {n: quantise(cut(p)) for n, p in probs.items()}, cut(truth))
 
 
 class ImageEvaluator:
@@ -111,7 +115,8 @@ class ImageEvaluator:
         if isinstance(params, dict):
             chosen = [c for c in chosen if c.fold in params]
         pick = params.get if isinstance(params, dict) else (lambda fold: params)
-        return ImageResult.of([(c.key, *image_scores(index_map(c.probs, pick(c.fold), QUANT), c.truth, self.n_classes))
+        return ImageResult.of([(c.key, c.group, *image_scores(index_map(c.probs, pick(c.fold), QUANT), c.truth,
+                                                              self.n_classes))
                                for c in chosen])
 
 

@@ -10,6 +10,9 @@ paired (what matters when two results share most of their errors).
 
 A 2D result (src.ensembling.search2d.ImageResult: the mean over images of each image's Dice) gives
 MeanTerms instead, its `terms`: the score of a re-weighting is the weighted mean. `terms_of` picks.
+Its resampled units are the images' groups (the cars of Carvana: the 16 views of one car are drawn
+together, since they share their errors), each image its own group where the data has none; a
+bootstrap over correlated images would call a gain that holds on a few cars beyond noise.
 
 Used twice: the search keeps a change only if its gain exceeds `se_factor` standard errors of the
 paired gain (src.ensembling.search), and the tuner's final choice is shown with 95% intervals
@@ -49,6 +52,11 @@ class CaseTerms:
         dice_sum = np.where(rows > 0, table["dice"].to_numpy(dtype=np.float64), 0.0) * rows
         return cls(tuple(table.index), dice_sum, rows, table["hausdorff"].to_numpy(dtype=np.float64))
 
+    @property
+    def n_units(self) -> int:
+        """What a bootstrap resamples: the case-days."""
+        return len(self.case_days)
+
     def scores(self, weights: np.ndarray) -> np.ndarray:
         """The metric under each row of case-day weights (K, N) (a row of ones: the result's own score)."""
         has_h = ~np.isnan(self.hausdorff)
@@ -62,14 +70,20 @@ class CaseTerms:
 
 @dataclass(frozen=True)
 class MeanTerms:
-    """Per unit (a 2D image): the value whose plain mean is the score."""
+    """Per image: the value whose plain mean is the score, and the index of its group (0 .. G-1)."""
 
-    case_days: tuple[str, ...]  # the units' ids (named as CaseTerms names them)
+    case_days: tuple[str, ...]  # the images' ids (named as CaseTerms names them)
     values: np.ndarray
+    groups: np.ndarray  # what a bootstrap resamples: the groups, each image with its group's weight
+
+    @property
+    def n_units(self) -> int:
+        return int(self.groups.max()) + 1 if len(self.groups) else 0
 
     def scores(self, weights: np.ndarray) -> np.ndarray:
-        """The weighted mean under each row of unit weights (K, N)."""
-        return (weights @ self.values) / weights.sum(axis=1)
+        """The weighted mean under each row of group weights (K, G)."""
+        per_image = weights[:, self.groups]
+        return (per_image @ self.values) / per_image.sum(axis=1)
 
 
 def terms_of(result, case_days: list[str] | None = None) -> CaseTerms | MeanTerms:
@@ -90,26 +104,27 @@ def bootstrap(result: MetricResult, case_days: list[str] | None = None, resample
     """The score of each bootstrap resample of the case-days (fixed seed: the same resamples for
     every result over the same number of case-days, so differences are paired)."""
     terms = terms_of(result, case_days)
-    return terms.scores(resample_counts(len(terms.case_days), resamples))
+    return terms.scores(resample_counts(terms.n_units, resamples))
 
 
 def score_over(result: MetricResult, case_days: list[str]) -> float:
     """The score of `result` over `case_days` (each once): its own score when they are all of its case-days."""
     terms = terms_of(result, case_days)
-    return float(terms.scores(np.ones((1, len(terms.case_days))))[0])
+    return float(terms.scores(np.ones((1, terms.n_units)))[0])
 
 
 def score_and_bootstrap(result: MetricResult, case_days: list[str]) -> tuple[float, np.ndarray]:
     """score_over and bootstrap of one result, its per-case-day terms computed once."""
     terms = terms_of(result, case_days)
-    n = len(terms.case_days)
+    n = terms.n_units
     return float(terms.scores(np.ones((1, n)))[0]), terms.scores(resample_counts(n, RESAMPLES))
 
 
 def paired_gain_se(new: MetricResult, old: MetricResult) -> float:
     """The bootstrap standard error of new.score - old.score over the same case-days."""
-    case_days = list(terms_of(old).case_days)
-    if len(case_days) < 2:
+    terms = terms_of(old)
+    case_days = list(terms.case_days)
+    if terms.n_units < 2:
         return 0.0
     gains = bootstrap(new, case_days, SE_RESAMPLES) - bootstrap(old, case_days, SE_RESAMPLES)
     return float(np.std(gains, ddof=1))
