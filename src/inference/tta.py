@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from src.core.artifacts import Prediction
 from src.core.errors import DataError
-from src.inference.fold_model import ModelInput
+
+if TYPE_CHECKING:  # torch stays out of the tuner, which reads TTA names only (src.inference.settings)
+    from src.inference.fold_model import ModelInput
 
 FLIPS = {"hflip": -1, "vflip": -2}  # in-plane axis flipped: W, H
 
