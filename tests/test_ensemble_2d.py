@@ -301,3 +301,27 @@ def test_the_bootstrap_resamples_groups_not_their_correlated_images():
     assert alone_old.terms().n_units == len(ids)
     se_cars, se_images = paired_gain_se(new, old), paired_gain_se(alone_new, alone_old)
     assert se_cars > 2 * se_images > 0  # 4 cars, not 64 independent images
+
+
+def test_a_tta_oof_of_a_2d_run_is_what_the_tuner_reads_and_the_submission_predicts_with(car, tmp_path):
+    """src.predict --split oof --tta hflip on 2D runs: each validation image by its fold model, mirrored
+    and back, averaged; the tuner's member then predicts test images with the same flips."""
+    from src.predict import main as predict_main
+
+    run = shutil.copytree(car / "runs" / "a", tmp_path / "runs" / "t")
+    assert predict_main(["--run", str(run), "--split", "oof", "--tta", "hflip", "--device", "cpu"]) == 0
+    loaded = TrainedRun.load(run)
+    manifest = loaded.manifest("oof")
+    assert manifest["tta"] == ["hflip"] and sorted(manifest["case_days"]) == sorted(loaded.folds["0"].val_case_days)
+    key = manifest["case_days"][0]
+    fold = RunPredictor(loaded, ("0",), "oof", (), cache_dir=car / "cache").folds[0]
+    image = ImageInput.of(key, *ImageCache(car / "cache").load(key))
+    plain, mirrored = fold.predict(image), fold.predict(ImageInput(key, image.image[..., ::-1].copy()))
+    expected = (plain + mirrored[..., ::-1]) / 2
+    saved = np.load(loaded.prediction_files("oof")[key])
+    assert np.allclose(saved, expected.astype(np.float16), atol=1e-3)
+    assert EnsembleMember.of(loaded).predict.tta == ("hflip",)
+    for flags, message in ((("--split", "test"), "test images are predicted where they lie by python -m src.submit"),
+                           (("--split", "oof", "--gate-rule", "5:0.5"), "--gate-rule: an option of the GI slices")):
+        with pytest.raises(DataError, match=message):
+            predict_main(["--run", str(run), *flags, "--device", "cpu"])

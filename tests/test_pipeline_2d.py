@@ -22,6 +22,7 @@ stage = "seg2d"
 arch = "unet_tiny"
 folds = [0, 1, 2]
 img_size = 32
+tta = "hflip"
 [ensemble]
 passes = 1
 """
@@ -60,6 +61,12 @@ def test_carvana_recipe_forces_its_format_and_waits_on_its_marker(tmp_path):
     assert out.submission == "submissions/cv.csv" and out.truth == f"{tmp_path}/cv_test_truth.csv"
     assert [s for s in steps if s.startswith("train")] == ["train u fold 0", "train u fold 1", "train u fold 2"]
     assert {"ensemble", "submission", "score", "report"} <= set(steps)
+    predict, ensemble = steps["predict u oof"], steps["ensemble"]  # tta: the OOF predicted again, then tuned on
+    assert predict.argv[predict.argv.index("--tta") + 1] == "hflip" and predict.module == "src.predict"
+    assert predict.outputs[0] in ensemble.inputs and set(predict.inputs) < set(ensemble.inputs)
+    assert all("--tta" not in s.argv for name, s in steps.items() if name.startswith("train"))
+    with pytest.raises(DataError, match=r"\[\[models\]\] 1 \(u\): --tta flop"):
+        load_recipe(_write(tmp_path, CARVANA.replace('tta = "hflip"', 'tta = "flop"'), "bad.toml"))
 
 
 def test_label_image_formats_submit_a_folder_and_nnunet_truth_is_a_folder(tmp_path):

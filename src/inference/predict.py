@@ -5,6 +5,11 @@ replace the training-time OOF); `test` predicts the cached test split (prepared 
 mean of the chosen fold models, or with the fold-"all" model. Output: one prediction per case-day
 in the run's prediction folder (segmenters (Z, 3, H, W) float16, classifiers (Z, 3), detectors a
 box record) and the manifest, written last, saying what was predicted and how.
+
+A run of 2D images (its cache's description says dims "2d") predicts `oof` only: each cached image
+with the fold model that validated it, (K, H, W) float16 at its size, so a TTA OOF can feed the 2D
+ensemble search; its test images are not cached (Carvana's 100,064 would take 740 GB) and are
+predicted where they lie by `python -m src.submit`.
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from src.core.artifacts import Prediction, PredictionDir
 from src.core.device import check_device_name, select_device
 from src.core.errors import DataError
 from src.core.outputs import check_output
+from src.data.image_cache import ImageCache, is_image_cache
+from src.data.image_samples import ImageInput
 from src.data.preparation import prepare
 from src.data.volumes import CaseDay, VolumeCache
 from src.inference.fold_model import FoldModel, ModelInput
@@ -142,6 +149,8 @@ def predict_run(opts: PredictOptions) -> Path:
     settings = opts.settings
     chosen = run.select(opts.folds, opts.split)
     cache_dir = run.cache_dir(opts.data_dir, opts.cache_dir)
+    if is_image_cache(cache_dir):
+        return _predict_images(opts, run, chosen, cache_dir, device)
     cache = VolumeCache(cache_dir)
     case_days = split_case_days(opts.split, chosen, cache, run.data_dir(opts.data_dir))
     predictor = RunPredictor(run, [f.fold for f in chosen], opts.split, settings.tta, device,
@@ -163,4 +172,36 @@ def predict_run(opts: PredictOptions) -> Path:
     finally:  # a failed prediction leaves the previous one as it was
         out.discard()
     print(f"predict: {run.name} {opts.split}: {len(case_days)} case-days -> {out.path}")
+    return out.path
+
+
+def _predict_images(opts: PredictOptions, run: TrainedRun, chosen: list[TrainedFold], cache_dir: Path,
+                    device: torch.device) -> Path:
+    """The OOF of a run of 2D images: each cached validation image by the fold model that validated it."""
+    if opts.split != "oof":
+        raise DataError(f"--split {opts.split}: {run.path} segments 2D images, whose test images are predicted "
+                        "where they lie by python -m src.submit (they are not cached)")
+    given = [flag for flag, value in (("--gate", opts.gate), ("--crop", opts.crop), ("--gate-rule", opts.gate_rule))
+             if value]
+    if given:
+        raise DataError(f"{given[0]}: an option of the GI slices; {run.path} segments 2D images")
+    cache = ImageCache(cache_dir)
+    wanted = {key for f in chosen for key in f.val_case_days}
+    keys = [key for key in cache.table()["key"] if key in wanted]
+    missing = sorted(wanted - set(keys))
+    if missing:
+        raise DataError(f"{cache_dir / 'train'}: validation image {missing[0]} is not cached (run python -m src.prepare)")
+    predictor = RunPredictor(run, [f.fold for f in chosen], "oof", opts.tta, device, opts.batch_size, cache_dir)
+    out = PredictionDir(opts.out) if opts.out else run.dir.predictions("oof")
+    check_output(out.path, "--out", (opts.run, cache_dir), run.data_dir(opts.data_dir), (out.manifest_path.name,),
+                 "prediction folder")
+    out.begin()
+    try:
+        for key in keys:
+            out.save(key, predictor.predict_oof(ImageInput.of(key, *cache.load(key))))
+        out.commit({"run": str(opts.run), "split": "oof", "stage": predictor.stage, "folds": predictor.fold_names,
+                    **opts.settings.to_dict(), "case_days": keys})
+    finally:  # a failed prediction leaves the previous one as it was
+        out.discard()
+    print(f"predict: {run.name} oof: {len(keys)} images{', tta ' + ','.join(opts.tta) if opts.tta else ''} -> {out.path}")
     return out.path

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from src.core.artifacts import REPORT_PAGE, fold_dir, read_ensemble
+from src.core.artifacts import REPORT_PAGE, RunDir, fold_dir, read_ensemble
 from src.core.atomic import write_text_atomic
 from src.core.errors import DataError
 from src.core.options import to_flags
@@ -25,7 +25,7 @@ from src.data.volumes import cache_dir_for
 from src.engine.stages import get_stage
 from src.ensembling import choice, contributions
 from src.orchestration.execution import address_field, check_executor, executor_field, open_executor, run_graph
-from src.orchestration.schema import RESOURCE_KEYS, validate_recipe
+from src.orchestration.schema import NOT_TRAINING, validate_recipe
 from src.orchestration.steps import StampLedger, Step
 
 
@@ -113,8 +113,15 @@ def _has_test_split(recipe: Recipe) -> bool:
     return recipe.format == "gi" and synthetic.get("test_cases", 0) > 0
 
 
+def _oof_manifest(runs_dir: str, name: str) -> str:
+    """The manifest of a run's OOF predicted again (with its model's `tta`), written last."""
+    return str(RunDir(Path(runs_dir) / name).predictions("oof").manifest_path)
+
+
 def _done_files(recipe: Recipe, names: list[str], runs_dir: str) -> tuple[str, ...]:
-    return tuple(str(fold_dir(runs_dir, n, f).done_path) for n in names for f in recipe.model(n).get("folds", [0]))
+    """What the ensemble waits for: every fold's done marker, and the OOF of a model with `tta`."""
+    return tuple(str(fold_dir(runs_dir, n, f).done_path) for n in names for f in recipe.model(n).get("folds", [0])) \
+        + tuple(_oof_manifest(runs_dir, n) for n in names if recipe.model(n).get("tta"))
 
 
 def _final_steps(recipe: Recipe, runs_dir: str) -> list[Step]:
@@ -187,7 +194,7 @@ def plan(recipe: Recipe, runs_dir: str = "runs") -> list[Step]:
     steps.append(Step("cache", "src.prepare", ("--data-dir", data, *forced, "--split", "all"), (cache,), (marker,),
                       always=True))
     for model in recipe.models:
-        options = {k: v for k, v in model.items() if k not in ("name", "stage", "arch", "folds", *RESOURCE_KEYS)}
+        options = {k: v for k, v in model.items() if k not in ("stage", "arch", *NOT_TRAINING)}
         for fold in model.get("folds", [0]):
             argv = ("--stage", model["stage"], "--arch", model["arch"], "--name", model["name"], "--fold", str(fold),
                     "--data-dir", data, "--folds-csv", folds_csv, "--out", runs_dir, *to_flags(options))
@@ -196,6 +203,12 @@ def plan(recipe: Recipe, runs_dir: str = "runs") -> list[Step]:
                               (folds_csv, str(cache_dir_for(model.get("cache_dir", ""), data))), resumable=True,
                               log=f"{where.final_path}.log", cpus=model.get("cpus", 1), gpus=_gpus(model),
                               procs=max(1, _gpus(model))))
+        if model.get("tta"):
+            device = ("--device", model["device"]) if "device" in model else ()
+            steps.append(Step(f"predict {model['name']} oof", "src.predict",
+                              ("--run", f"{runs_dir}/{model['name']}", "--split", "oof", "--tta", model["tta"], *device),
+                              (_oof_manifest(runs_dir, model["name"]),), _done_files(recipe, [model["name"]], runs_dir)[:-1],
+                              gpus=_gpus(model)))
     if recipe.ensemble is not None:
         steps += _final_steps(recipe, runs_dir)
     return [_with_log(step, recipe, runs_dir) for step in steps]

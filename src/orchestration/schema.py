@@ -9,6 +9,7 @@ from pathlib import Path
 from src.core.errors import DataError
 from src.core.outputs import check_name
 from src.engine.stages import get_stage, stage_names
+from src.inference.tta import parse_tta
 
 ANY_FOLDS = (list,)
 # section -> key -> accepted types; a key in REQUIRED must be present.
@@ -32,7 +33,11 @@ SYNTHETIC = {"cases": (int,), "seed": (int,), "test_cases": (int,), "truth_out":
 TOP = {"name": (str,), "compare": (list,), "models": (list,), **{s: (dict,) for s in SECTIONS}}
 REQUIRED = {"": ("data",), "data": ("dir",), "ablation": ("base",)}
 RESOURCE_KEYS = ("cpus", "gpus")  # what a training step takes (--executor ray): not training flags
-MODEL_KEYS = {"name": (str,), "stage": (str,), "arch": (str,), "folds": (list,), **{k: (int,) for k in RESOURCE_KEYS}}
+# a [[models]] entry's keys that are not training flags: resources, and `tta`: its OOF predicted again with
+# these flips after training (src.predict --split oof), which the ensemble then tunes on and submits with
+MODEL_KEYS = {"name": (str,), "stage": (str,), "arch": (str,), "folds": (list,), "tta": (str,),
+              **{k: (int,) for k in RESOURCE_KEYS}}
+NOT_TRAINING = ("name", "folds", "tta", *RESOURCE_KEYS)
 # config fields the pipeline sets itself for every training step
 SET_BY_PIPELINE = {"stage", "arch", "name", "fold", "data_dir", "folds_csv", "out"}
 _PY_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
@@ -112,7 +117,8 @@ def validate_recipe(path: Path, raw: dict) -> None:
         if model.get("gpus", 0) > 1 and model["stage"] == "det":  # ultralytics runs its own DDP
             raise DataError(f"{path}: {where} ({model['name']}) gpus = {model['gpus']}: the detector trains on one GPU")
         try:  # the values themselves, as the stage's config checks them
-            get_stage(model["stage"]).config(**{k: v for k, v in model.items() if k not in ("name", "folds", *RESOURCE_KEYS)})
+            get_stage(model["stage"]).config(**{k: v for k, v in model.items() if k not in NOT_TRAINING})
+            parse_tta(model.get("tta"))
         except DataError as exc:
             raise DataError(f"{path}: {where} ({model['name']}): {exc}") from None
         names.append(model["name"])
