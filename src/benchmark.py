@@ -5,6 +5,8 @@ image, data-loading time per batch, peak memory (CUDA max allocated; peak RSS gr
 over --repeats; with --train-epochs N also the validation score and Dice of a training on --fold.
 A configuration that runs out of memory (on CPU: past --memory-limit MB) is an OOM row and the run
 goes on. Writes <out>/benchmark.csv and benchmark.md and prints the table.
+On 2D images (told from the prepared cache) the model has the data's channels and classes, data_ms
+times the 2D ImageDataset and the score is the mean per-image Dice (src.research.benchmark).
 """
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ per convolution block (--per-module) or the whole net, scores it on the fold's v
 with the competition metric and per-class Dice, and writes <out>/prune.csv, prune.md and
 prune_heatmap.png (the drop, module x amount, per class). --remove makes the pruning permanent
 and reports the pruned checkpoint's size.
+On a run trained on 2D images the score is the mean per-image Dice at the run's threshold, with
+Jaccard and per-label Dice (src.research.pruning).
 """
 from __future__ import annotations
 

@@ -20,6 +20,13 @@ arch's row says OOM and the benchmark goes on with the next.
 With `train_epochs`, each arch that fitted is also trained on `fold` through `python -m src.train`
 and its best epoch's validation score and Dice are reported, with the training time. A trained run
 that is complete (done.json) is reused on a re-run.
+
+On a dataset of 2D images (the prepared cache's description says dims "2d"; Carvana, EBHI-Seg, nnU-Net
+2D) the model is the seg2d stage's for that cache (src.engine.image2d.ImageSegmentationTask.build_model:
+the description's input channels and classes; --channels is then an error), data_ms times batches of
+the task's ImageDataset over every cached image (same `light` augmentation), the loss is BCE on the
+one-vs-rest targets, and the training's val_score / val_dice are the dataset's metric, the mean
+per-image Dice (--folds-csv must then be a 2D folds file: python -m src.make_folds on the data).
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ from src.core.artifacts import fold_dir
 from src.core.device import select_device
 from src.core.errors import DataError
 from src.core.memory import reset_peak_rss
+from src.data.image_cache import is_image_cache
 from src.data.preparation import ensure_prepared
 
 OOM_EXIT = 75  # exit status of a worker whose watchdog saw the memory limit passed
@@ -164,16 +172,48 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def _volume_data(spec: dict):
+    """GI volumes: the 2.5D sampler's training slices (`light` augmentation) and a `channels`-input, 3-class model."""
+    from src.data.augment import build_augment
+    from src.data.geometry import Geometry
+    from src.data.samples import SliceDataset, StackSpec
+    from src.data.volumes import VolumeCache
+    from src.models.registry import create_model
+
+    case_days = VolumeCache(spec["cache"]).case_days()
+    if not case_days:
+        raise DataError(f"{spec['cache']}: empty cache (run python -m src.prepare --data-dir {spec['data_dir']})")
+    dataset = SliceDataset(spec["cache"], case_days, StackSpec(spec["channels"]), Geometry(spec["img_size"]),
+                           build_augment("light"))
+    return dataset, lambda: create_model(spec["arch"], in_channels=spec["channels"], classes=3)
+
+
+def image_task(spec: dict):
+    """2D images: the seg2d stage's task for the cache (src.engine.image2d), so the model's input channels
+    and classes come from the dataset description by the rule training uses."""
+    from src.engine.config import Seg2DConfig
+    from src.engine.seg2d import seg2d_task
+
+    cfg = Seg2DConfig(arch=spec["arch"], img_size=spec["img_size"], batch_size=spec["batch_size"], augment="light",
+                      device=spec["device"], workers=spec["workers"], data_dir=spec["data_dir"], cache_dir=spec["cache"])
+    return seg2d_task(cfg, spec["cache"])
+
+
+def _image_data(spec: dict):
+    """2D images: every cached training image through the task's ImageDataset, and the task's model."""
+    task = image_task(spec)
+    keys = list(task.cache.table()["key"])
+    if not keys:
+        raise DataError(f"{spec['cache']}: no cached images (run python -m src.prepare --data-dir {spec['data_dir']})")
+    return task.train_dataset(keys), task.build_model
+
+
 def measure(spec: dict) -> dict:
     """Measure one arch (spec: the fields of BenchmarkOptions with `arch` and `cache`) in this process."""
     import torch
     from torch.utils.data import DataLoader
 
-    from src.data.augment import build_augment
-    from src.data.geometry import Geometry
-    from src.data.samples import SliceDataset, StackSpec
-    from src.data.volumes import VolumeCache
-    from src.models.registry import count_parameters, create_model, get_arch
+    from src.models.registry import count_parameters, get_arch
     from src.research.evaluation import peak_rss_bytes, rss_bytes
 
     if spec["threads"]:
@@ -187,12 +227,7 @@ def measure(spec: dict) -> dict:
         if limit:
             total = torch.cuda.get_device_properties(device).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), device)
-    cache = VolumeCache(spec["cache"])
-    case_days = cache.case_days()
-    if not case_days:
-        raise DataError(f"{spec['cache']}: empty cache (run python -m src.prepare --data-dir {spec['data_dir']})")
-    dataset = SliceDataset(spec["cache"], case_days, StackSpec(spec["channels"]), Geometry(spec["img_size"]),
-                           build_augment("light"))
+    dataset, build_model = _image_data(spec) if is_image_cache(spec["cache"]) else _volume_data(spec)
     loader = iter(DataLoader(dataset, batch_size=spec["batch_size"], shuffle=True, num_workers=spec["workers"],
                              drop_last=len(dataset) >= spec["batch_size"]))
     batches, data_times = [next(loader)], []
@@ -216,7 +251,7 @@ def measure(spec: dict) -> dict:
         _memory_watchdog(limit, base)
     row: dict = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "data_ms": 1e3 * statistics.median(data_times)}
     try:
-        model = create_model(spec["arch"], in_channels=spec["channels"], classes=3).to(device)
+        model = build_model().to(device)
         row["params_m"] = count_parameters(model) / 1e6
         images = [b["image"].to(device) for b in batches]
         masks = [b["mask"].to(device) for b in batches]
@@ -292,14 +327,16 @@ TRAIN_COLUMNS = ["train_s", "val_score", "val_dice"]
 def _train_and_score(opts: BenchmarkOptions, arch: str, runs: Path, log) -> dict:
     from src.research.evaluation import train
 
-    name = f"bench_{arch}_{opts.img_size}px_b{opts.batch_size}_c{opts.channels}_e{opts.train_epochs}"
+    image = is_image_cache(opts.cache)
+    channels = "" if image else f"_c{opts.channels}"
+    name = f"bench_{arch}_{opts.img_size}px_b{opts.batch_size}{channels}_e{opts.train_epochs}"
     fold = fold_dir(runs, name, opts.fold)
     seconds = math.nan
     if not fold.is_done():
         args = ["--stage", "seg2d", "--arch", arch, "--fold", opts.fold, "--data-dir", opts.data_dir,
                 "--cache-dir", str(opts.cache), "--folds-csv", opts.folds_csv, "--out", str(runs), "--name", name,
-                "--img-size", str(opts.img_size), "--batch-size", str(opts.batch_size), "--channels", str(opts.channels),
-                "--epochs", str(opts.train_epochs), "--device", opts.device, "--workers", str(opts.workers)]
+                "--img-size", str(opts.img_size), "--batch-size", str(opts.batch_size),
+                *([] if image else ["--channels", str(opts.channels)]), "--epochs", str(opts.train_epochs), "--device", opts.device, "--workers", str(opts.workers)]
         if fold.has_resume_state():
             args.append("--resume")
         try:
@@ -322,6 +359,9 @@ def run_benchmark(opts: BenchmarkOptions, log=print) -> pd.DataFrame:
     from src.research.evaluation import write_tables
 
     ensure_prepared(opts.data_dir, opts.cache, log)
+    if is_image_cache(opts.cache) and opts.channels != 3:
+        raise DataError(f"--channels is an option of slice volumes; {opts.cache} holds 2D images "
+                        "(the model's input channels come from its description)")
     out = Path(opts.out)
     rows = []
     for i, arch in enumerate(opts.archs, 1):

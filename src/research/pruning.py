@@ -17,6 +17,16 @@ with the achieved sparsity (of the targeted weights, and of all convolution weig
 its drop from the unpruned model, per-class Dice and their drops; with `remove`, the size of the pruned
 checkpoint (prune.remove makes the zeros permanent; raw and gzip-compressed bytes, since a dense
 checkpoint of a pruned net only shrinks when compressed).
+
+On a run trained on 2D images (its cache's description says dims "2d") the fold model is rebuilt by the
+seg2d stage's task for that cache (src.inference.fold_model.FoldModel: input channels and classes from
+the description), each validation image is predicted at its own size (task.predict_volume), turned into
+an index map at the run's --threshold (src.data.image_samples.label_map) and scored with the dataset's
+metric (src.metrics.overlap): `score` is the mean over images of the per-image Dice (the run's
+val_score), `jaccard` the same mean of the per-image Jaccard (with `drop_jaccard`), and `dice_<label>`
+the mean per-image Dice of each of the description's classes (with `drop_dice_<label>`, one heatmap
+panel each). The GI columns comp_dice / hausdorff have no 2D meaning and are not there; --batch-size
+does not apply (one image at a time, at its own size).
 """
 from __future__ import annotations
 
@@ -25,6 +35,7 @@ import gzip
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,27 +149,80 @@ def _scores(model: nn.Module, cfg: dict, cache, case_days, batch_size: int) -> d
     return {"score": result["score"], **{f"dice_{c}": result[f"dice_{c}"] for c in CLASSES}}
 
 
+@dataclass
+class Scorer:
+    """A fold's model and how to score a (pruned) copy of it: `score(model)` -> {"score", extra metrics,
+    "dice_<class>"}; `classes` names the per-class Dice columns, `extra` the other metrics with a drop."""
+
+    model: nn.Module
+    score: Callable[[nn.Module], dict[str, float]]
+    classes: tuple[str, ...]
+    extra: tuple[str, ...]
+    what: str  # what was scored, for the log: "N validation case-days" / "N validation images"
+
+
+def _volume_scorer(fold: TrainedFold, cache_dir: Path, keys: list[str], batch_size: int) -> Scorer:
+    from src.data.volumes import VolumeCache
+    from src.research.evaluation import load_fold_model
+
+    model, cfg = load_fold_model(fold)
+    cache = VolumeCache(cache_dir)
+    return Scorer(model, lambda m: _scores(m, cfg, cache, keys, batch_size), tuple(CLASSES), (),
+                  f"{len(keys)} validation case-days")
+
+
+def _image_scorer(fold: TrainedFold, cache_dir: Path, keys: list[str]) -> Scorer:
+    """2D images: the fold model through the seg2d task for the cache (channels and classes from the
+    description), each validation image predicted at its size (task.predict_volume), thresholded at the
+    run's threshold (label_map) and scored with src.metrics.overlap."""
+    from src.data.image_samples import ImageInput, label_map
+    from src.inference.fold_model import FoldModel
+    from src.metrics.overlap import image_means, image_table
+
+    if fold.stage != "seg2d":
+        raise DataError(f"{fold.dir.config_path}: stage {fold.stage!r}; only seg2d runs can be studied")
+    loaded = FoldModel.load(fold, torch.device("cpu"), cache_dir)
+    task = loaded.task
+    labels = tuple(task.description.labels)
+    strata = task.entries["stratum"]
+    inputs = [ImageInput.of(key, *task.cache.load(key)) for key in keys]  # memory-mapped
+
+    @torch.no_grad()
+    def score(model: nn.Module) -> dict[str, float]:
+        maps = ((entry.name, strata.get(entry.name), label_map(task.predict_volume(model, entry, torch.device("cpu")),
+                                                                task.cfg.threshold), np.asarray(entry.mask))
+                for entry in inputs)
+        per_class = image_table(maps, labels)
+        per_image = image_means(per_class)
+        return {"score": float(per_image["dice"].mean()), "jaccard": float(per_image["jaccard"].mean()),
+                **{f"dice_{name}": float(per_class.loc[per_class["class"] == name, "dice"].mean()) for name in labels}}
+
+    return Scorer(loaded.model, score, labels, ("jaccard",), f"{len(keys)} validation images")
+
+
 def run_pruning(opts: PruneOptions, log=print) -> pd.DataFrame:
     """The sensitivity table (also <out>/prune.csv, prune.md) and <out>/prune_heatmap.png."""
-    from src.data.volumes import VolumeCache
-    from src.research.evaluation import load_fold_model, write_tables
+    from src.data.image_cache import is_image_cache
+    from src.research.evaluation import write_tables
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
     run = TrainedRun.load(opts.run)
     fold = _pick_fold(run, opts.fold)
-    model, cfg = load_fold_model(fold)
     case_days = list(fold.val_case_days)
     if not case_days:
         raise DataError(f"--fold: {fold.dir.path} has no validation case-days to score on")
-    cache = VolumeCache(run.cache_dir(cache_dir=opts.cache_dir))
+    cache_dir = run.cache_dir(cache_dir=opts.cache_dir)
+    scorer = (_image_scorer(fold, cache_dir, case_days) if is_image_cache(cache_dir)
+              else _volume_scorer(fold, cache_dir, case_days, opts.batch_size))
+    model, classes = scorer.model, scorer.classes
     all_convs = targets(model)
-    base = _scores(model, cfg, cache, case_days, opts.batch_size)
+    base = scorer.score(model)
     rows = [{"module": "none", "amount": 0.0, "method": opts.method, "sparsity": sparsity(all_convs),
              "model_sparsity": sparsity(all_convs), **base}]
     if opts.remove:
         rows[0]["checkpoint_mb"], rows[0]["checkpoint_gz_mb"] = (b / 2**20 for b in checkpoint_bytes(model))
-    log(f"{fold.dir.path}: unpruned score {base['score']:.4f} on {len(case_days)} validation case-days")
+    log(f"{fold.dir.path}: unpruned score {base['score']:.4f} on {scorer.what}")
     names = list(conv_blocks(model)) if opts.per_module else ["all"]
     for name in names:
         for amount in opts.amounts:
@@ -166,7 +230,7 @@ def run_pruning(opts: PruneOptions, log=print) -> pd.DataFrame:
             pruned = copy.deepcopy(model)
             chosen = targets(pruned) if name == "all" else targets(conv_blocks(pruned)[name])
             apply_pruning(chosen, opts.method, amount, opts.seed)
-            scores = _scores(pruned.eval(), cfg, cache, case_days, opts.batch_size)
+            scores = scorer.score(pruned.eval())
             row = {"module": name, "amount": amount, "method": opts.method, "sparsity": sparsity(chosen),
                    "model_sparsity": sparsity(targets(pruned)), **scores}
             if opts.remove:
@@ -178,17 +242,20 @@ def run_pruning(opts: PruneOptions, log=print) -> pd.DataFrame:
                 f"({time.perf_counter() - start:.1f} s)")
     table = pd.DataFrame(rows)
     table.insert(table.columns.get_loc("score") + 1, "drop_score", base["score"] - table["score"])
-    for c in CLASSES:
+    for metric in scorer.extra:
+        table.insert(table.columns.get_loc(metric) + 1, f"drop_{metric}", base[metric] - table[metric])
+    for c in classes:
         table[f"drop_dice_{c}"] = base[f"dice_{c}"] - table[f"dice_{c}"]
     out = opts.out_dir
-    md = table[["module", "amount", "sparsity", "score", "drop_score", *[f"drop_dice_{c}" for c in CLASSES]]
-               + (["checkpoint_mb", "checkpoint_gz_mb"] if opts.remove else [])]
+    md = table[["module", "amount", "sparsity", "score", "drop_score", *[f"drop_{m}" for m in scorer.extra],
+                *[f"drop_dice_{c}" for c in classes]] + (["checkpoint_mb", "checkpoint_gz_mb"] if opts.remove else [])]
     write_tables(table, out / "prune.csv", out / "prune.md", md_table=md)
-    heatmap(table[table["module"] != "none"], out / "prune_heatmap.png", f"{Path(opts.run).name}: {opts.method}")
+    heatmap(table[table["module"] != "none"], out / "prune_heatmap.png", f"{Path(opts.run).name}: {opts.method}",
+            classes)
     return table
 
 
-def heatmap(table: pd.DataFrame, path: Path, title: str) -> None:
+def heatmap(table: pd.DataFrame, path: Path, title: str, classes: tuple[str, ...] = tuple(CLASSES)) -> None:
     """Drop of the score and of each class's Dice, module x amount, one panel each."""
     import matplotlib
 
@@ -197,7 +264,7 @@ def heatmap(table: pd.DataFrame, path: Path, title: str) -> None:
 
     modules = list(dict.fromkeys(table["module"]))
     amounts = sorted(set(table["amount"]))
-    panels = [("drop_score", "score")] + [(f"drop_dice_{c}", f"Dice {c}") for c in CLASSES]
+    panels = [("drop_score", "score")] + [(f"drop_dice_{c}", f"Dice {c}") for c in classes]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1, 0.45 * len(modules) + 2), squeeze=False)
     values = table.pivot_table(index="module", columns="amount", values=[p for p, _ in panels], aggfunc="first")
     limit = max(1e-6, float(np.nanmax(np.abs(values.to_numpy()))))
