@@ -17,8 +17,8 @@ from src.data.formats import detect_format, get_format, with_max_pixels
 from src.data.formats.base import Sample, image_size, read_image_file
 from src.data.formats.submission import write_label_image
 from src.data.layout import MAX_IMAGE_PIXELS
-from src.data.synthetic2d import generate_dataset
 from src.metrics.scoring2d import open_masks
+from tests.expect import tiny_sets
 
 TINY = {"carvana": dict(cars=2, test_cars=1, views=2, size=(64, 48)),
         "ebhi": dict(images=12, unlabelled=0, size=(40, 32)),
@@ -29,10 +29,7 @@ FORMATS = list(TINY)
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("maxpix")
-    for fmt, options in TINY.items():
-        generate_dataset(fmt, root / fmt, **options)
-    return {fmt: root / fmt for fmt in TINY}
+    return tiny_sets(tmp_path_factory.mktemp("maxpix"), TINY)
 
 
 def _cli_error(main, args: list, capsys) -> str:

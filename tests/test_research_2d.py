@@ -17,9 +17,9 @@ from src.engine.config import Seg2DConfig
 from src.engine.seg2d import seg2d_task
 from src.metrics.overlap import image_means, image_table
 from src.models.registry import count_parameters
+from tests.expect import TINY_TRAIN
 
-TINY = ["--arch", "unet_tiny", "--img-size", "24", "--batch-size", "4", "--epochs", "1", "--workers", "0",
-        "--device", "cpu", "--lr", "3e-3"]
+TINY = TINY_TRAIN
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ from src.data import rle
 from src.data.formats import detect_format
 from src.data.formats.carvana import read_img_csv
 from src.data.formats.submission import write_carvana_csv, write_label_image
-from src.data.synthetic2d import generate_dataset
 from src.metrics.overlap import STATS, confusion, overlap_scores
 from src.metrics.scoring2d import image_dataset, score_images
+from tests.expect import tiny_sets
 
 TINY = {"carvana": dict(cars=1, test_cars=1, views=3, size=(64, 48)),
         "ebhi": dict(images=12, unlabelled=1, size=(32, 32)),
@@ -29,10 +29,7 @@ TINY = {"carvana": dict(cars=1, test_cars=1, views=3, size=(64, 48)),
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("sets")
-    for fmt, options in TINY.items():
-        generate_dataset(fmt, root / fmt, **options)
-    return {fmt: root / fmt for fmt in TINY}
+    return tiny_sets(tmp_path_factory.mktemp("sets"), TINY)
 
 
 def _dataset(root: Path):

@@ -19,9 +19,9 @@ from src.engine.config import Seg2DConfig, Seg3DConfig
 from src.engine.run import train
 from src.make_folds import main as make_folds_main
 from src.train import main
+from tests.expect import TINY_TRAIN
 
-TINY = ["--arch", "unet_tiny", "--img-size", "24", "--batch-size", "4", "--epochs", "1", "--workers", "0",
-        "--device", "cpu", "--lr", "3e-3"]
+TINY = TINY_TRAIN
 
 
 @pytest.fixture(scope="module")

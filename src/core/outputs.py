@@ -55,8 +55,11 @@ TRUTH_ENDINGS = {"gi": ".csv", "carvana": ".csv", "ebhi": None, "nnunet": ""}
 
 def synthetic_truth(format: str, out_dir: str | os.PathLike) -> Path | None:
     """Where the generator of `format` puts the test truth of `out_dir` by default (None: it writes none)."""
-    ending = TRUTH_ENDINGS[format]
-    return None if ending is None else Path(out_dir).parent / f"{Path(out_dir).name}_test_truth{ending}"
+    return _truth_beside(Path(out_dir), TRUTH_ENDINGS[format])
+
+
+def _truth_beside(out: Path, ending: str | None) -> Path | None:
+    return None if ending is None else out.parent / f"{out.name}_test_truth{ending}"
 
 
 def new_dataset_paths(out_dir: str | os.PathLike, truth_out: str | os.PathLike | None, truth_ending: str | None,
@@ -68,7 +71,7 @@ def new_dataset_paths(out_dir: str | os.PathLike, truth_out: str | os.PathLike |
     out = Path(out_dir).resolve()
     truth = None
     if truth_ending is not None:
-        truth = Path(truth_out).resolve() if truth_out else out.parent / f"{out.name}_test_truth{truth_ending}"
+        truth = Path(truth_out).resolve() if truth_out else _truth_beside(out, truth_ending)
         if truth.is_relative_to(out):
             raise DataError(f"{truth}: the test truth must lie outside the dataset folder {out}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:

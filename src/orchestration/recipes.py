@@ -9,6 +9,7 @@ runs the steps that are not up to date, by stamp, adding --resume to a started t
 """
 from __future__ import annotations
 
+import inspect
 import shlex
 import time
 from dataclasses import dataclass, field, replace
@@ -21,12 +22,16 @@ from src.core.options import to_flags
 from src.core.outputs import check_name, synthetic_truth
 from src.core.readers import read_json_object, read_toml
 from src.data.formats import detect_format, get_format
+from src.data.synthetic2d import GENERATORS
 from src.data.volumes import cache_dir_for
 from src.engine.stages import get_stage
 from src.ensembling import choice, contributions
 from src.orchestration.execution import address_field, check_executor, executor_field, open_executor, run_graph
 from src.orchestration.schema import NOT_TRAINING, validate_recipe
 from src.orchestration.steps import StampLedger, Step
+
+
+TEST_COUNT_KEYS = {"gi": "test_cases", "carvana": "test_cars", "nnunet": "test_cases"}  # generator options
 
 
 @dataclass(frozen=True)
@@ -104,13 +109,13 @@ def outputs(recipe: Recipe, runs_dir: str = "runs") -> Outputs:
 
 
 def _has_test_split(recipe: Recipe) -> bool:
-    """Whether the recipe's synthetic data has test images with a truth (each generator's own key and default)."""
-    synthetic = recipe.synthetic or {}
-    if recipe.format == "carvana":
-        return synthetic.get("test_cars", 2) > 0
-    if recipe.format == "nnunet":
-        return synthetic.get("test_cases", 4) > 0
-    return recipe.format == "gi" and synthetic.get("test_cases", 0) > 0
+    """Whether the recipe's synthetic data has test images with a truth: its generator's count of test
+    cars or cases, as given, else the generator's own default."""
+    key = TEST_COUNT_KEYS.get(recipe.format)
+    if key is None:  # a format whose generator writes no test split (EBHI-Seg)
+        return False
+    default = inspect.signature(GENERATORS[recipe.format]).parameters[key].default
+    return (recipe.synthetic or {}).get(key, default) > 0
 
 
 def _oof_manifest(runs_dir: str, name: str) -> str:
