@@ -15,7 +15,8 @@ from src.data.layout import CLASSES
 from src.data.preparation import prepare
 from src.data.synthetic import generate
 from src.data.volumes import VolumeCache, read_meta, write_case_day
-from src.engine.cls import ClsTask, presence_score, presence_table, slice_presence
+from src.engine.cls import ClsTask
+from src.metrics.presence import presence_score, presence_table, slice_presence
 from src.engine.config import ClsConfig
 from src.inference.gating import pixel_gate
 from src.models.registry import create_model, list_archs

@@ -160,8 +160,7 @@ def test_proxy_scores_agree_with_exact_ones(fake, monkeypatch, tmp_path):
     assert "tuned_held_out" not in record["scores"] and record["search"]["held_out_folds"] == []
 
 
-@pytest.mark.parametrize("flag,value", [("gate", Path("runs/cls")), ("crop", Path("runs/det")), ("stride", 2),
-                                        ("screen", 4)])
+@pytest.mark.parametrize("flag,value", [("crop", Path("runs/det")), ("stride", 2), ("screen", 4)])
 def test_gi_options_are_refused_on_2d_data(fake, tmp_path, flag, value):
     _, runs = fake
     with pytest.raises(DataError, match=f"^--{flag}: applies to the GI data only, .* holds 2D images$"):
@@ -191,7 +190,8 @@ def test_runs_must_share_labels_and_folds(fake, tmp_path):
     (lambda r: r["params"].update(min_area=[0.1]), r"bad ensemble parameters \(min_area: expected 2"),
     (lambda r: r["params"].update(fill_holes=["yes", False]), r"bad ensemble parameters \(fill_holes"),
     (lambda r: r["params"]["weights"].update(ghost=[1, 1]), "do not match the weighted models"),
-    (lambda r: r.update(gate="runs/cls"), "a 2D ensemble has no auxiliary, gate or crop runs"),
+    (lambda r: r.update(gate="runs/cls"), "gate: run 'runs/cls' is not described under 'auxiliary'"),
+    (lambda r: r["runs"][0]["predict"].update(gate="runs/cls"), r"runs\[0\].predict: a 2D member has no gate"),
     (lambda r: r.update(dims="3d"), "dims '3d'"),
 ])
 def test_a_bad_2d_file_is_a_one_line_error_naming_it(fake, tuned, tmp_path, change, message):

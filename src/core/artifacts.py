@@ -82,7 +82,7 @@ def save_prediction(folder: str | Path, case_day: str, prediction: Prediction) -
 def load_prediction(path: str | Path, mmap: bool = False, image: bool = False, classes: int | None = None) -> Prediction:
     """A saved prediction, checked: a box record (.json) or a float16 array of (Z, K) presence or
     (Z, K, H, W) probabilities of K = `classes` (any K when None), with `image` a 2D image's (K, H, W)
-    probabilities, all in [0, 1] (.npy, memory-mapped read-only with `mmap`). Anything else is a
+    probabilities or (K,) presence, all in [0, 1] (.npy, memory-mapped read-only with `mmap`). Anything else is a
     DataError naming the file. The GI dataset's are read through src.data.layout.load_prediction."""
     path = Path(path)
     if path.suffix == ".json":
@@ -109,7 +109,8 @@ def _open_array(path: Path, mmap: bool, image: bool = False, classes: int | None
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: unreadable prediction ({type(exc).__name__}: {exc})") from None
     if image:
-        fits, expected = getattr(array, "ndim", 0) == 3, "a 2D image's float16 (K, H, W) probabilities"
+        fits = getattr(array, "ndim", 0) in (1, 3)
+        expected = "a 2D image's float16 (K, H, W) probabilities or (K,) presence"
     else:
         fits = getattr(array, "ndim", 0) in (2, 4) and (classes is None or array.shape[1] == classes)
         k = "K" if classes is None else classes

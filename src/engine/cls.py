@@ -1,4 +1,5 @@
-"""Empty-slice gate: the `cls` stage of src.train, and the segmenter-as-classifier rule.
+"""Empty-slice gate: the `cls` stage of src.train, and the segmenter-as-classifier rule. On a cache of
+2D images the stage trains the image classifier instead (src.engine.image_presence).
 
 `python -m src.train --stage cls --fold 0 --arch cls_effb4` trains a slice classifier on exactly the
 segmenters' 2.5D inputs (same stack, geometry, augmentation and sampler; target: whether each class
@@ -17,46 +18,18 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from sklearn.metrics import average_precision_score
 
+from src.data.image_cache import is_image_cache
 from src.data.layout import CLASSES
 from src.data.samples import volume_batches
 from src.data.volumes import CaseDay
 from src.engine.config import ClsConfig
+from src.engine.image_presence import ImagePresenceTask
 from src.engine.seg2d import Seg2DTask
 from src.engine.stages import StageSpec, register_stage
 from src.engine.trainer import Evaluation, Trainer
+from src.metrics.presence import presence_score, presence_table, slice_presence
 from src.models.registry import create_model
-
-
-def slice_presence(mask: np.ndarray) -> np.ndarray:
-    """(Z, 3, H, W) mask -> (Z, 3) bool: the class has a pixel in the slice."""
-    mask = np.asarray(mask)
-    return mask.reshape(*mask.shape[:2], -1).any(axis=2)
-
-
-def presence_table(probs: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:
-    """Per class on (N, 3) presence probabilities and truth: slices, positives, AP, and precision,
-    recall, F1 and true-negative rate at `threshold` (NaN where undefined)."""
-    rows = []
-    for c, name in enumerate(CLASSES):
-        p, t = probs[:, c].astype(np.float64), truth[:, c].astype(bool)
-        pred = p >= threshold
-        tp, fp, fn, tn = (np.count_nonzero(pred & t), np.count_nonzero(pred & ~t),
-                          np.count_nonzero(~pred & t), np.count_nonzero(~pred & ~t))
-        precision = tp / (tp + fp) if tp + fp else np.nan
-        recall = tp / (tp + fn) if tp + fn else np.nan
-        rows.append({"class": name, "slices": len(t), "positives": int(t.sum()),
-                     "ap": average_precision_score(t, p) if t.any() else np.nan,
-                     "precision": precision, "recall": recall,
-                     "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else np.nan,
-                     "tnr": tn / (tn + fp) if tn + fp else np.nan})
-    return pd.DataFrame(rows)
-
-
-def presence_score(table: pd.DataFrame) -> float:
-    """Mean over classes of the AP, or of the true-negative rate for a class with no positive."""
-    return float(np.where(table["positives"] > 0, table["ap"], table["tnr"]).mean())
 
 
 class ClsTask(Seg2DTask):
@@ -102,5 +75,11 @@ class ClsTask(Seg2DTask):
         return Evaluation(score, metrics, pd.DataFrame(rows))
 
 
-register_stage(StageSpec("cls", ClsConfig, ClsTask, "presence", None, Trainer,
-                         "empty-slice classifier: (Z, 3) presence probabilities"))
+def cls_task(cfg: ClsConfig, cache_dir) -> ClsTask | ImagePresenceTask:
+    """The cls stage's task for a cache: the image classifier on 2D images (src.engine.image_presence),
+    else the slice classifier."""
+    return (ImagePresenceTask if is_image_cache(cache_dir) else ClsTask)(cfg, cache_dir)
+
+
+register_stage(StageSpec("cls", ClsConfig, cls_task, "presence", None, Trainer,
+                         "empty-slice classifier: (Z, 3) presence probabilities; on 2D images, (K,) per image"))

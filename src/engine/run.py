@@ -12,7 +12,7 @@ from src.data.volumes import VolumeCache, cache_dir_for
 from src.engine.config import TrainConfig
 from src.engine.stages import check_arch, get_stage
 
-IMAGE_STAGES = ("seg2d",)  # the stages that train on 2D images (seg2d with its image task)
+IMAGE_STAGES = ("seg2d", "cls")  # the stages that train on 2D images (each with its image task)
 
 
 def train_entries(cache_dir: Path) -> list[str]:

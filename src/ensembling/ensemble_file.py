@@ -12,8 +12,9 @@ Every run the ensemble needs at test time is described once, with the folds and 
 with; a member's `predict` names its gate and crop runs by path, so a run used only as a member's
 gate predicts exactly as its out-of-fold predictions did.
 
-A 2D ensemble (src.ensembling.tune2d) says so with "dims": "2d"; it has no auxiliary, gate or crop
-runs, and its "params" are ImageEnsembleParams (src.ensembling.params2d). `Ensemble.dims` tells them
+A 2D ensemble (src.ensembling.tune2d) says so with "dims": "2d"; it has no crop run, its members no
+gate or crop of their own, and its "gate" (a classifier of the images, its one auxiliary run) is there
+exactly when its parameters gate; its "params" are ImageEnsembleParams (src.ensembling.params2d). `Ensemble.dims` tells them
 apart; a file without "dims" is a GI ensemble, read as before.
 """
 from __future__ import annotations
@@ -200,19 +201,30 @@ def _check_names(members: tuple[EnsembleMember, ...], weights: dict, source: str
 
 
 def _load_images(file, source: str) -> Ensemble:
-    """A 2D ensemble: members without gate or crop runs, ImageEnsembleParams weighing exactly them."""
+    """A 2D ensemble: members without gate or crop runs of their own, ImageEnsembleParams weighing exactly
+    them; the ensemble's gate (a classifier of the images) when, and only when, the parameters gate."""
     record = file.record
     members = _members(record, source)
-    if record.get("auxiliary", []) != [] or record.get("gate") is not None or record.get("crop") is not None:
-        raise DataError(f"{source}: a 2D ensemble has no auxiliary, gate or crop runs")
     for i, m in enumerate(members):
         if m.predict.runs():
             raise DataError(f"{source}: runs[{i}].predict: a 2D member has no gate or crop run")
+    if record.get("crop") is not None:
+        raise DataError(f"{source}: a 2D ensemble has no crop run")
+    aux_list = record.get("auxiliary", [])
+    if not isinstance(aux_list, list) or len(aux_list) > 1:
+        raise DataError(f"{source}: 'auxiliary' of a 2D ensemble is a list of at most its gate run")
+    auxiliary = tuple(AuxiliaryRun.from_dict(a, f"{source}: auxiliary[{i}]") for i, a in enumerate(aux_list))
+    gate = _auxiliary_of({a.path: a for a in auxiliary}, record.get("gate"), f"{source}: gate", "presence")
+    if len(auxiliary) != (gate is not None):
+        raise DataError(f"{source}: 'auxiliary' describes a run that 'gate' does not name")
     if not isinstance(record["params"], dict):
         raise DataError(f"{source}: 'params' must be an object")
     params = ImageEnsembleParams.from_dict(record["params"], source)
     _check_names(members, params.weights, source)
-    return Ensemble(file.path, members, (), None, None, params, record)
+    if params.gated != (gate is not None):
+        raise DataError(f"{source}: params.gate_threshold " + ("gates on a classifier but 'gate' names no run"
+                                                               if params.gated else "is off but 'gate' names a run"))
+    return Ensemble(file.path, members, auxiliary, gate, None, params, record)
 
 
 def load_ensemble(path: str | Path) -> Ensemble:

@@ -51,18 +51,19 @@ class CaseSource:
 def check_probs(array: np.ndarray, shape: tuple, source: Path) -> np.ndarray:
     """`array` (values checked by load_prediction) if it has `shape`, else a DataError naming `source`."""
     if array.shape != shape:
-        hint = " (a classifier? pass it with --gate)" if array.ndim == 2 else ""
+        hint = " (a classifier? pass it with --gate)" if array.ndim in (1, 2) and array.ndim < len(shape) else ""
         raise DataError(f"{source}: probabilities of shape {array.shape}, expected {shape}{hint}")
     return array
 
 
-def shared_folds(runs: list[TrainedRun]) -> dict[str, int]:
-    """case-day (or 2D image) -> fold, identical in every run (else the OOF predictions are not out-of-fold
-    together); the runs' names must be distinct (they key the ensemble's weights)."""
+def shared_folds(runs: list[TrainedRun], also: list[TrainedRun] = ()) -> dict[str, int]:
+    """case-day (or 2D image) -> fold, identical in every run and in the runs `also` (a gate) (else the OOF
+    predictions are not out-of-fold together); the runs' names must be distinct (they key the ensemble's
+    weights)."""
     if len({r.name for r in runs}) != len(runs):
         raise DataError(f"run names must be distinct: {[r.name for r in runs]}")
     first = runs[0].case_day_folds()
-    for run in runs[1:]:
+    for run in [*runs[1:], *also]:
         other = run.case_day_folds()
         clash = sorted(cd for cd in set(first) & set(other) if first[cd] != other[cd])
         if clash:

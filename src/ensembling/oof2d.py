@@ -1,5 +1,5 @@
 """The 2D tuner's out-of-fold images, one at a time: `image_sources` lists every cached image with an OOF
-prediction in all runs, `proxy_strides` sizes the proxies to the memory budget, `stream` reads each image
+prediction in all runs (and in the gate run, whose (K,) presence gates the classes), `proxy_strides` sizes the proxies to the memory budget, `stream` reads each image
 once (its models' float16 (K, H, W) files memory-mapped, its truth from the cache) and scores parameter
 sets on it exactly with index_map, and `read_proxies` does so while keeping each image's proxy.
 
@@ -46,28 +46,37 @@ class ImageSource:
     fold: int
     shape: tuple[int, int]  # (H, W), from the cache's table
     files: dict[str, Path]  # model name -> OOF .npy
+    gate: Path | None = None  # the gate run's OOF (K,) presence
 
-    def read(self, cache: ImageCache) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Each model's (K, H, W) float16 probabilities (memory-mapped, checked) and the (H, W) truth."""
+    def read(self, cache: ImageCache) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
+        """Each model's (K, H, W) float16 probabilities (memory-mapped, checked), the (H, W) truth and the
+        gate's (K,) float32 presence (None without a gate)."""
         truth = np.asarray(cache.load(self.key)[1])
-        shape = (cache.description.n_classes, *truth.shape)
-        return {name: check_probs(load_prediction(path, mmap=True, image=True), shape, path)
-                for name, path in self.files.items()}, truth
+        k = cache.description.n_classes
+        probs = {name: check_probs(load_prediction(path, mmap=True, image=True), (k, *truth.shape), path)
+                 for name, path in self.files.items()}
+        presence = None
+        if self.gate is not None:
+            presence = check_probs(load_prediction(self.gate, image=True), (k,), self.gate).astype(np.float32)
+        return probs, truth, presence
 
 
-def image_sources(runs: list[TrainedRun], cache: ImageCache, log: Callable[[str], None] = print) -> list[ImageSource]:
-    """Every cached image with an OOF prediction in all runs, in the cache's order (by id)."""
-    folds = shared_folds(runs)
+def image_sources(runs: list[TrainedRun], cache: ImageCache, log: Callable[[str], None] = print,
+                  gate: TrainedRun | None = None) -> list[ImageSource]:
+    """Every cached image with an OOF prediction in all runs (and the `gate` run, on the same folds), in
+    the cache's order (by id)."""
+    folds = shared_folds(runs, also=[gate] if gate else [])
     files = {r.name: r.prediction_files("oof") for r in runs}
+    gate_files = gate.prediction_files("oof") if gate else {}
     table = cache.table()
-    common = set(folds).intersection(*map(set, files.values()))
+    common = set(folds).intersection(*map(set, files.values()), *([set(gate_files)] if gate else []))
     rows = table[table["key"].isin(common)]
     if rows.empty:
         raise DataError(f"no image has out-of-fold predictions in every run and in the cache {cache.root}")
     skipped = len(set().union(*map(set, files.values()))) - len(rows)
     log(f"ensemble: {len(rows)} OOF images{f' ({skipped} without every prediction left out)' if skipped else ''}")
     return [ImageSource(key, group if isinstance(group, str) and group else key, folds[key], (int(h), int(w)),
-                        {name: Path(f[key]) for name, f in files.items()})
+                        {name: Path(f[key]) for name, f in files.items()}, Path(gate_files[key]) if gate else None)
             for key, group, h, w in zip(rows["key"], rows["group"], rows["height"], rows["width"])]
 
 
@@ -91,19 +100,21 @@ def proxy_strides(shapes: list[tuple[int, int]], models: int, classes: int, memo
 
 
 def stream(sources: list[ImageSource], cache: ImageCache, param_sets: list[Params],
-           visit: Callable[[ImageSource, dict[str, np.ndarray], np.ndarray], None] | None = None) -> list[ImageResult]:
+           visit: Callable[[ImageSource, dict[str, np.ndarray], np.ndarray, np.ndarray | None], None] | None = None
+           ) -> list[ImageResult]:
     """The exact result of each parameter set (one per fold: on the images of its folds), reading one
-    image at a time; `visit(source, probs, truth)` sees each image while it is read."""
+    image at a time; `visit(source, probs, truth, presence)` sees each image while it is read."""
     rows = [[] for _ in param_sets]
     n_classes = cache.description.n_classes
     for source in sources:
-        probs, truth = source.read(cache)
+        probs, truth, presence = source.read(cache)
         for out, params in zip(rows, param_sets):
             chosen = params.get(source.fold) if isinstance(params, dict) else params
             if chosen is not None:
-                out.append((source.key, source.group, *image_scores(index_map(probs, chosen), truth, n_classes)))
+                pred = index_map(probs, chosen, presence=presence)
+                out.append((source.key, source.group, *image_scores(pred, truth, n_classes)))
         if visit is not None:
-            visit(source, probs, truth)
+            visit(source, probs, truth, presence)
     return [ImageResult.of(r) for r in rows]
 
 
@@ -112,6 +123,6 @@ def read_proxies(sources: list[ImageSource], cache: ImageCache, strides: list[in
     """Every image's proxy (at its stride), and the exact results of `param_sets` made in the same read."""
     cases = []
     stride_of = {s.key: stride for s, stride in zip(sources, strides)}
-    results = stream(sources, cache, param_sets, lambda s, probs, truth: cases.append(
-        make_proxy(s.key, s.group, s.fold, probs, truth, stride_of[s.key])))
+    results = stream(sources, cache, param_sets, lambda s, probs, truth, presence: cases.append(
+        make_proxy(s.key, s.group, s.fold, probs, truth, stride_of[s.key], presence)))
     return cases, results

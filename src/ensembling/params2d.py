@@ -1,13 +1,14 @@
 """The 2D ensemble's parameters (`ImageEnsembleParams`): per model and class blend weights, and per
-class the threshold, the minimum connected-component size and hole filling, applied in that order by
-src.ensembling.postprocess2d.index_map. Per-class tuples follow the dataset description's labels.
+class the threshold, the classifier gate, the minimum connected-component size and hole filling,
+applied in that order by src.ensembling.postprocess2d.index_map. Per-class tuples follow the dataset
+description's labels.
 
 Component sizes are stored as fractions of the image's area (`min_area`): a component of class k is
 dropped when it has fewer than min_area[k] x H x W pixels of its H x W image. So one value works at
 any image size (nnU-Net 2D sets mix sizes, Carvana's test images are its train images' size) and on
 the tuner's proxies, whose pixels stand for stride^2 pixels each, without rescaling.
 
-Neutral values leave a step off (min_area 0, fill_holes false); the plain mean (equal weights, the
+Neutral values leave a step off (gate_threshold 0, min_area 0, fill_holes false); the plain mean (equal weights, the
 runs' validation threshold) gives exactly the validation's label_map of the runs' mean.
 """
 from __future__ import annotations
@@ -21,7 +22,8 @@ from src.core.errors import DataError
 from src.ensembling.params import WEIGHT, _check_read
 
 # the type and range (inclusive) of each per-class field as an ensemble file holds it
-FILE_FIELDS = {"thresholds": (float, 0.0, 1.0), "min_area": (float, 0.0, 1.0), "fill_holes": (bool, False, True)}
+FILE_FIELDS = {"thresholds": (float, 0.0, 1.0), "gate_threshold": (float, 0.0, 1.0), "min_area": (float, 0.0, 1.0),
+               "fill_holes": (bool, False, True)}
 
 
 def _per_class(value, n: int, kind=float) -> tuple:
@@ -39,6 +41,7 @@ class ImageEnsembleParams:
     thresholds: tuple[float, ...]  # a class is a candidate where its blend is above its threshold
     min_area: tuple[float, ...] | None = None  # drop components below this fraction of the image; 0 = off
     fill_holes: tuple[bool, ...] | None = None  # fill the background holes of each class's mask
+    gate_threshold: tuple[float, ...] | None = None  # a class only in images whose presence reaches this; 0 = off
 
     def __post_init__(self):
         if not isinstance(self.weights, dict) or not self.weights:
@@ -47,6 +50,8 @@ class ImageEnsembleParams:
         if n < 1:
             raise ValueError("thresholds: expected one per class")
         object.__setattr__(self, "thresholds", _per_class(self.thresholds, n))
+        object.__setattr__(self, "gate_threshold",
+                           _per_class(0.0 if self.gate_threshold is None else self.gate_threshold, n))
         object.__setattr__(self, "min_area", _per_class(0.0 if self.min_area is None else self.min_area, n))
         object.__setattr__(self, "fill_holes", _per_class(False if self.fill_holes is None else self.fill_holes,
                                                           n, bool))
@@ -55,6 +60,11 @@ class ImageEnsembleParams:
     @property
     def n_classes(self) -> int:
         return len(self.thresholds)
+
+    @property
+    def gated(self) -> bool:
+        """Whether some class needs the classifier's presence (a gate run)."""
+        return any(t > 0 for t in self.gate_threshold)
 
     @classmethod
     def plain_mean(cls, names: list[str], n_classes: int, threshold: float) -> ImageEnsembleParams:
@@ -107,7 +117,8 @@ class ImageEnsembleParams:
     def to_dict(self) -> dict:
         """JSON-ready: tuples become lists."""
         return {"weights": {k: list(v) for k, v in self.weights.items()}, "thresholds": list(self.thresholds),
-                "min_area": list(self.min_area), "fill_holes": list(self.fill_holes)}
+                "gate_threshold": list(self.gate_threshold), "min_area": list(self.min_area),
+                "fill_holes": list(self.fill_holes)}
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "ensemble.json") -> ImageEnsembleParams:

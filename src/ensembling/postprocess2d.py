@@ -4,7 +4,8 @@ images and on its proxies) and the submission (src.ensembling.submission2d):
 
 1. blend: per class k, sum_m w[m, k] x p_m[k] / sum_m w[m, k] in float32, summed in member order as
    src.inference.tta.merge sums, so equal weights give exactly the runs' mean;
-2. threshold: class k is a candidate where its blend is above thresholds[k];
+2. threshold: class k is a candidate where its blend is above thresholds[k], and only in an image whose
+   presence (the gate run's (K,) probabilities) reaches gate_threshold[k] when that is above 0;
 3. among the candidates the most probable class (the first of ties), else background (0);
 4. per class, its 8-connected components of fewer than min_area[k] x H x W pixels become background;
 5. per class with fill_holes, the background pixels its mask encloses (binary_fill_holes: holes not
@@ -38,9 +39,12 @@ def blend(probs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
     return total / weights.sum(axis=0)[:, None, None]
 
 
-def labels(blended: np.ndarray, params: ImageEnsembleParams, scale: float = 1.0) -> np.ndarray:
-    """Steps 2-5 on a (K, H, W) blend of probabilities in [0, scale] (255: the tuner's uint8 proxies)."""
-    above = [blended[k] > t * scale for k, t in enumerate(params.thresholds)]  # compared in the blend's dtype
+def labels(blended: np.ndarray, params: ImageEnsembleParams, scale: float = 1.0,
+           presence: np.ndarray | None = None) -> np.ndarray:
+    """Steps 2-5 on a (K, H, W) blend of probabilities in [0, scale] (255: the tuner's uint8 proxies) and
+    the image's (K,) presence probabilities (needed when params gate)."""
+    kept = gate(params, presence)
+    above = [(blended[k] > t * scale) & kept[k] for k, t in enumerate(params.thresholds)]  # in the blend's dtype
     if len(above) == 1:
         out = above[0].astype(np.uint8)
     else:
@@ -59,6 +63,15 @@ def labels(blended: np.ndarray, params: ImageEnsembleParams, scale: float = 1.0)
     return out
 
 
+def gate(params: ImageEnsembleParams, presence: np.ndarray | None) -> list[bool]:
+    """Per class, whether the image may hold it: its presence reaches its gate threshold (0: always)."""
+    if presence is None:
+        if params.gated:
+            raise ValueError("the parameters gate on a classifier's presence, and none was given")
+        return [True] * params.n_classes
+    return [t <= 0 or bool(p >= t) for p, t in zip(np.asarray(presence, dtype=np.float32), params.gate_threshold)]
+
+
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """scipy.ndimage.binary_fill_holes(mask), 2D, by one labelling of the background (about 3x faster):
     the background components (4-connected) that touch no edge of the image are holes."""
@@ -70,8 +83,9 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return ~outside[background]
 
 
-def index_map(probs: dict[str, np.ndarray], params: ImageEnsembleParams, scale: float = 1.0) -> np.ndarray:
+def index_map(probs: dict[str, np.ndarray], params: ImageEnsembleParams, scale: float = 1.0,
+              presence: np.ndarray | None = None) -> np.ndarray:
     """(H, W) uint8 index map of the members' (K, H, W) probabilities (name -> array, every model of
-    params.weights) under `params` (steps 1-5 of the module doc)."""
+    params.weights) and the gate run's (K,) `presence` under `params` (steps 1-5 of the module doc)."""
     names = list(params.weights)
-    return labels(blend([probs[n] for n in names], params.weight_matrix(names)), params, scale)
+    return labels(blend([probs[n] for n in names], params.weight_matrix(names)), params, scale, presence)

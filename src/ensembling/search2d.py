@@ -20,7 +20,15 @@ import numpy as np
 
 from src.ensembling.params2d import ImageEnsembleParams
 from src.ensembling.postprocess2d import index_map
-from src.ensembling.search import THRESHOLDS, WEIGHTS, Coordinate, field_coordinate, member_candidates, quantise
+from src.ensembling.search import (
+    GATE_THRESHOLDS,
+    THRESHOLDS,
+    WEIGHTS,
+    Coordinate,
+    field_coordinate,
+    member_candidates,
+    quantise,
+)
 from src.ensembling.uncertainty import MeanTerms
 from src.metrics.overlap import confusion, overlap_scores
 
@@ -83,6 +91,7 @@ class ImageCase:
     stride: int
     probs: dict[str, np.ndarray]
     truth: np.ndarray
+    presence: np.ndarray | None = None  # the gate run's (K,) float32 presence, exact (not a proxy)
 
     @property
     def nbytes(self) -> int:
@@ -90,10 +99,11 @@ class ImageCase:
 
 
 def make_proxy(key: str, group: str, fold: int, probs: dict[str, np.ndarray], truth: np.ndarray,
-               stride: int) -> ImageCase:
-    """The proxy of one image's (K, H, W) probabilities (float16, memory-mapped) and (H, W) truth."""
+               stride: int, presence: np.ndarray | None = None) -> ImageCase:
+    """The proxy of one image's (K, H, W) probabilities (float16, memory-mapped) and (H, W) truth; its (K,)
+    presence is kept as it is."""
     cut = lambda a: np.ascontiguousarray(a[..., ::stride, ::stride])  # noqa: E731
-    return ImageCase(key, group, fold, stride, {n: quantise(cut(p)) for n, p in probs.items()}, cut(truth))
+    return ImageCase(key, group, fold, stride, {n: quantise(cut(p)) for n, p in probs.items()}, cut(truth), presence)
 
 
 class ImageEvaluator:
@@ -115,8 +125,8 @@ class ImageEvaluator:
         if isinstance(params, dict):
             chosen = [c for c in chosen if c.fold in params]
         pick = params.get if isinstance(params, dict) else (lambda fold: params)
-        return ImageResult.of([(c.key, c.group, *image_scores(index_map(c.probs, pick(c.fold), QUANT), c.truth,
-                                                              self.n_classes))
+        return ImageResult.of([(c.key, c.group, *image_scores(index_map(c.probs, pick(c.fold), QUANT, c.presence),
+                                                              c.truth, self.n_classes))
                                for c in chosen])
 
 
@@ -135,12 +145,13 @@ def _weight_values(name: str) -> Callable[[ImageEnsembleParams, int], list[float
 @dataclass(frozen=True)
 class ImageSearchSpace:
     """What the 2D search may change, in this order: which models take part and their weights (with
-    several), then per class the threshold, the minimum component size and hole filling (one value
-    shared by the classes without `per_class`)."""
+    several), then per class the threshold, the gate threshold (with a gate run), the minimum component
+    size and hole filling (one value shared by the classes without `per_class`)."""
 
     names: tuple[str, ...]
     n_classes: int
     per_class: bool = True
+    gate: bool = False  # a gate run's presence is there to gate on
 
     def coordinates(self) -> list[tuple[str, Callable[[ImageEnsembleParams], list[ImageEnsembleParams]]]]:
         expand = (lambda k: k.per_class()) if self.per_class else (lambda k: k.shared())  # noqa: E731
@@ -151,7 +162,8 @@ class ImageSearchSpace:
             for n in self.names:
                 coords += expand(Coordinate(f"weight {n}", _weight_values(n),
                                             lambda p, c, v, n=n: p.replace_weight(n, c, v), k))
-        for name, values, label in (("thresholds", THRESHOLDS, "threshold"), ("min_area", MIN_AREA, "min area"),
-                                    ("fill_holes", (False, True), "fill holes")):
+        fields = [("thresholds", THRESHOLDS, "threshold")] + ([("gate_threshold", GATE_THRESHOLDS, "gate")] * self.gate)
+        fields += [("min_area", MIN_AREA, "min area"), ("fill_holes", (False, True), "fill holes")]
+        for name, values, label in fields:
             coords += expand(field_coordinate(name, values, label, k))
         return coords

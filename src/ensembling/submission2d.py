@@ -113,15 +113,24 @@ def _ensemble(opts: SubmitOptions, ensemble: Ensemble, description: DatasetDescr
     if ensemble.params.n_classes != description.n_classes:
         raise DataError(f"{where}: parameters for {ensemble.params.n_classes} class(es), {opts.data_dir} has "
                         f"{description.n_classes} ({', '.join(description.labels)})")
-    members = ensemble.members
+    members, gate = ensemble.members, ensemble.gate
     runs = [check_image_run(TrainedRun.load(m.path, opts.allow_incomplete), description, opts.data_dir,
                             f"{where}: run") for m in members]
     predictors = [RunPredictor(r, m.folds, "test", m.predict.tta, device, None, r.cache_dir())
                   for r, m in zip(runs, members)]
+    if gate is not None:  # predicted last: its (K,) presence ends the list to_map gets
+        run = check_image_run(TrainedRun.load(gate.path, opts.allow_incomplete), description, opts.data_dir,
+                              f"{where}: gate", output="presence")
+        predictors.append(RunPredictor(run, gate.folds, "test", gate.tta, device, None, run.cache_dir()))
     names = [m.name for m in members]
-    record = {"ensemble": str(opts.ensemble), "runs": [m.path for m in members]}
-    return (predictors, lambda probs: index_map(dict(zip(names, probs)), ensemble.params), record,
-            f"the 2D ensemble {opts.ensemble} of {len(members)} run(s)")
+    record = {"ensemble": str(opts.ensemble), "runs": [m.path for m in members], "gate": gate.path if gate else None}
+
+    def to_map(probs: list[np.ndarray]) -> np.ndarray:
+        presence = probs.pop() if gate is not None else None
+        return index_map(dict(zip(names, probs)), ensemble.params, presence=presence)
+
+    return (predictors, to_map, record,
+            f"the 2D ensemble {opts.ensemble} of {len(members)} run(s){' with its gate' if gate else ''}")
 
 
 def _write_label_images(out: Path, masks, fmt: ImageFormat, description: DatasetDescription, record: dict) -> int:

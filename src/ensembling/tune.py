@@ -16,7 +16,7 @@ is the exact metric on the full volumes (the proxies only rank candidates). Writ
 and the choice.
 
 Runs whose cache holds 2D images (Carvana, EBHI-Seg, nnU-Net 2D) are tuned by src.ensembling.tune2d
-instead, with the same options less the GI's own (--gate, --crop, --stride, --screen).
+instead, with the same options less the GI's own (--crop, --stride, --screen).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class TuneOptions:
 
     runs: tuple[Path, ...] = field(metadata={"help": "segmentation run folders", "nargs": "+"})
     gate: Path | None = field(default=None, metadata={
-        "help": "GI data: classifier run, its presence probabilities gate slices"})
+        "help": "classifier run: its presence probabilities gate slices (2D data: images)"})
     crop: Path | None = field(default=None, metadata={"help": "GI data: detector run, its boxes may crop the masks"})
     out: Path = Path("ensemble.json")
     holdout_folds: tuple[int, ...] | None = field(default=None, metadata={
@@ -107,7 +107,7 @@ class TuneOptions:
 
 
 # ---- tuning ------------------------------------------------------------------------------------
-def _auxiliary_run(path: Path | str | None, output: str, flag: str, allow_incomplete: bool) -> TrainedRun | None:
+def auxiliary_run(path: Path | str | None, output: str, flag: str, allow_incomplete: bool) -> TrainedRun | None:
     """A gate or crop run, loaded; its stage must predict `output`."""
     return TrainedRun.load(path, allow_incomplete).require(output, flag) if path else None
 
@@ -126,10 +126,10 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = print) -> dict:
         from src.ensembling.tune2d import tune_images  # here: tune2d uses this module's Clock and score_table
         return tune_images(opts, runs, cache_dir, log)
     members = [EnsembleMember.of(r) for r in runs]
-    gate_run = _auxiliary_run(opts.gate, "presence", "--gate", opts.allow_incomplete)
-    crop_run = _auxiliary_run(opts.crop, "box", "--crop", opts.allow_incomplete)
+    gate_run = auxiliary_run(opts.gate, "presence", "--gate", opts.allow_incomplete)
+    crop_run = auxiliary_run(opts.crop, "box", "--crop", opts.allow_incomplete)
     gate, crop = (AuxiliaryRun.of(r) if r else None for r in (gate_run, crop_run))
-    used = [(m, AuxiliaryRun.of(_auxiliary_run(path, output, f"{m.path}: predicted with", opts.allow_incomplete)))
+    used = [(m, AuxiliaryRun.of(auxiliary_run(path, output, f"{m.path}: predicted with", opts.allow_incomplete)))
             for m in members for path, output in ((m.predict.gate, "presence"), (m.predict.crop, "box")) if path]
     sources = case_sources(runs, cache_dir, gate_run, crop_run, log)
     check_holdout_folds(opts.holdout_folds, sorted({s.fold for s in sources}))

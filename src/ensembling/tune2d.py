@@ -1,11 +1,13 @@
 """Tuning a 2D ensemble (Carvana, EBHI-Seg, nnU-Net 2D) on out-of-fold predictions: `tune_images`, which
 `python -m src.ensemble tune` (src.ensembling.tune.tune) runs when the runs' cache holds 2D images.
 
-The runs must segment the cache's channels and labels (check_image_run) on the same folds. Each image
+The runs must segment the cache's channels and labels (check_image_run) on the same folds; so must the
+`--gate` run classify them (the cls stage on 2D images: each image's (K,) presence), whose presence the
+search may then require per class before the class is predicted in an image. Each image
 is read once into a proxy sized to --memory-gb (src.ensembling.oof2d), scoring each model alone and
 the plain mean exactly on the way; then the GI tuner's coordinate descent searches, on the proxies,
-which models take part, their weights per class, and per class the threshold, the minimum component
-size and hole filling (src.ensembling.search2d), from the model that scores best alone on the tuning
+which models take part, their weights per class, and per class the threshold, the gate threshold (with
+a gate run), the minimum component size and hole filling (src.ensembling.search2d), from the model that scores best alone on the tuning
 images, keeping a change only when its gain clears --min-gain and --se-factor bootstrap standard
 errors of the paired per-image gain. The held-out estimate cross-tunes (tune on the other folds, score
 fold f), and the final choice (src.ensembling.choice) takes the tuned ensemble, the plain mean or one
@@ -26,12 +28,12 @@ from src.core.errors import DataError
 from src.data.image_cache import ImageCache
 from src.ensembling import choice
 from src.ensembling.choice import Candidate
-from src.ensembling.ensemble_file import EnsembleMember, write_ensemble_file
+from src.ensembling.ensemble_file import AuxiliaryRun, EnsembleMember, write_ensemble_file
 from src.ensembling.oof2d import image_sources, proxy_strides, read_proxies, stream
 from src.ensembling.params2d import ImageEnsembleParams
 from src.ensembling.search import SearchRules, check_holdout_folds, coordinate_descent, cross_tune
 from src.ensembling.search2d import ImageEvaluator, ImageSearchSpace
-from src.ensembling.tune import Clock, score_table
+from src.ensembling.tune import Clock, auxiliary_run, score_table
 from src.ensembling.uncertainty import score_over
 from src.inference.images import check_image_run
 from src.inference.runs import TrainedRun
@@ -39,7 +41,7 @@ from src.inference.runs import TrainedRun
 if TYPE_CHECKING:
     from src.ensembling.tune import TuneOptions
 
-GI_ONLY = ("gate", "crop", "stride", "screen")  # TuneOptions fields that mean nothing on 2D images
+GI_ONLY = ("crop", "stride", "screen")  # TuneOptions fields that mean nothing on 2D images
 
 
 def check_options(opts: TuneOptions, cache_dir: Path) -> None:
@@ -65,9 +67,12 @@ def tune_images(opts: TuneOptions, runs: list[TrainedRun], cache_dir: Path, log:
     cache = ImageCache(cache_dir)
     k = cache.description.n_classes
     runs = [check_image_run(r, cache.description, cache_dir) for r in runs]
+    gate_run = auxiliary_run(opts.gate, "presence", "--gate", opts.allow_incomplete)
+    if gate_run is not None:
+        check_image_run(gate_run, cache.description, cache_dir, "--gate", output="presence")
     members = [EnsembleMember.of(r) for r in runs]
     names = [m.name for m in members]
-    sources = image_sources(runs, cache, log)
+    sources = image_sources(runs, cache, log, gate_run)
     folds = sorted({s.fold for s in sources})
     check_holdout_folds(opts.holdout_folds, folds, "image")
     thresholds, plain_threshold = validation_thresholds(runs, log)
@@ -81,7 +86,7 @@ def tune_images(opts: TuneOptions, runs: list[TrainedRun], cache_dir: Path, log:
     alone = dict(zip(names, single_results))  # model -> its exact OOF result alone
     scores = {"models": {n: r.summary() for n, r in alone.items()}, "plain_mean": plain_result.summary()}
     evaluator = ImageEvaluator(cases, k)
-    space = ImageSearchSpace(tuple(names), k, opts.per_class)
+    space = ImageSearchSpace(tuple(names), k, opts.per_class, gate=gate_run is not None)
     rules = SearchRules(opts.passes, opts.min_gain, opts.se_factor)
 
     def best_alone(chosen) -> ImageEnsembleParams:
@@ -121,12 +126,14 @@ def tune_images(opts: TuneOptions, runs: list[TrainedRun], cache_dir: Path, log:
                         "bytes": evaluator.nbytes(), "in_sample_score": round(found.result.score, 6)},
               "workers": 1, "seconds": clock.laps}
     oof = {"images": len(sources), "folds": folds, "cache_dir": str(cache_dir),
-           "stages": {m.name: m.stage for m in members}, "metric": cache.description.metric,
+           "stages": {m.name: m.stage for m in members}, "gate": str(gate_run.path) if gate_run else None,
+           "metric": cache.description.metric,
            "thresholds": {"models": thresholds, "plain_mean": plain_threshold}}
     params = chosen.params.only(chosen.params.used_models())  # what test time predicts: the models it weighs
     kept = [m for m in members if m.name in params.weights]
-    record = write_ensemble_file(opts.out, kept, [], None, None, params, dims="2d", scores=scores, oof=oof,
-                                 search=search)
+    gate = AuxiliaryRun.of(gate_run) if gate_run is not None and params.gated else None  # only when it gates
+    record = write_ensemble_file(opts.out, kept, [gate] if gate else [], gate, None, params, dims="2d",
+                                 scores=scores, oof=oof, search=search)
     log(score_table(record))
     if scores.get(choice.KEY):
         log("\n" + choice.table(scores[choice.KEY]))

@@ -19,10 +19,10 @@ from src.inference.runs import TrainedRun
 
 
 def check_image_run(run: TrainedRun, description: DatasetDescription, data_dir: Path,
-                    flag: str = "--runs") -> TrainedRun:
-    """`run`, if it segments 2D images of the channels and classes of `description` (its cache's
-    description says so); else a one-line error naming `flag` and the run."""
-    run.require("probabilities", flag)
+                    flag: str = "--runs", output: str = "probabilities") -> TrainedRun:
+    """`run`, if it predicts `output` (segments, or with "presence" classifies) 2D images of the channels and
+    classes of `description` (its cache's description says so); else a one-line error naming `flag` and the run."""
+    run.require(output, flag)
     cache = run.cache_dir()
     if not is_image_cache(cache):
         raise DataError(f"{flag} {run.path}: its cache {cache} holds no 2D images (missing, or the GI slices); "

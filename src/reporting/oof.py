@@ -102,7 +102,7 @@ def image_panel(run: TrainedRun, cache: ImageCache, key: str, caption: str) -> P
     return caption, display_image(image, cache.description.channels), one_hot(mask, n_classes) > 0, one_hot(pred, n_classes) > 0
 
 
-def presence_oof(run: TrainedRun, cache: VolumeCache) -> tuple[np.ndarray, np.ndarray] | None:
-    """(N, 3) OOF presence probabilities and truth over every fold of a classifier run; None without OOF."""
+def presence_oof(run: TrainedRun, cache: VolumeCache | ImageCache) -> tuple[np.ndarray, np.ndarray] | None:
+    """(N, K) OOF presence probabilities and truth over every fold of a classifier run; None without OOF."""
     files = {cd: path for fold in run.folds.values() for cd, path in oof_arrays(fold)}
     return presence.load_presence(files, cache) if files else None

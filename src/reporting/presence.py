@@ -1,8 +1,8 @@
-"""Presence report of a slice-classifier run (`python -m src.cls_report`).
+"""Presence report of a classifier run (`python -m src.cls_report`).
 
-Reads the run's out-of-fold presence probabilities, (Z, 3) per case-day (fold<K>/oof/ with --fold,
-else the run's pred_oof/ when complete, else every fold's oof/), and the truth from the cache
-masks (a class is present in a slice when it has a pixel). Writes DIR/cls_report.csv, one row per
+Reads the run's out-of-fold presence probabilities, (Z, 3) per GI case-day or (K,) per 2D image
+(fold<K>/oof/ with --fold, else the run's pred_oof/ when complete, else every fold's oof/), and the
+truth from the cache masks (a class is present in a slice or image when it has a pixel). Writes DIR/cls_report.csv, one row per
 class and their mean: slices, positives, average precision, precision / recall / F1 / true-negative
 rate at --threshold, and the best F1 over thresholds with its threshold; and DIR/cls_pr_curve.png,
 the precision-recall curve of each class with the --threshold point marked.
@@ -17,11 +17,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve
 
+from src.core import artifacts
 from src.core.atomic import atomic_path
 from src.core.errors import DataError
+from src.data.image_cache import ImageCache, is_image_cache
 from src.data.layout import CLASSES, load_prediction
 from src.data.volumes import VolumeCache
-from src.engine.cls import presence_table, slice_presence
+from src.metrics.presence import image_presence, presence_table, slice_presence
 from src.inference.runs import TrainedRun
 
 CSV_NAME, PNG_NAME = "cls_report.csv", "cls_pr_curve.png"
@@ -34,25 +36,44 @@ def oof_files(run: TrainedRun, fold: str | None = None) -> dict[str, Path]:
     return run.select([fold], "oof")[0].dir.oof_files()
 
 
-def load_presence(files: dict[str, Path], cache: VolumeCache) -> tuple[np.ndarray, np.ndarray]:
-    """Stacked (N, 3) probabilities and truth over the case-days of `files`, in cache order."""
+def class_names(cache: VolumeCache | ImageCache) -> tuple[str, ...]:
+    """The classes whose presence a run of this cache predicts: the GI's, or the 2D dataset's labels."""
+    return cache.description.labels if isinstance(cache, ImageCache) else CLASSES
+
+
+def _pairs(files: dict[str, Path], cache: VolumeCache | ImageCache):
+    """(file, probabilities, truth) of each entry of `files`, in cache order: a GI case-day's (Z, 3) per
+    slice, or a 2D image's (K,)."""
+    if isinstance(cache, ImageCache):
+        k = cache.description.n_classes
+        for key in [key for key in cache.table()["key"] if key in files]:
+            yield files[key], artifacts.load_prediction(files[key], image=True), image_presence(cache.load(key)[1], k)[None]
+    else:
+        for cd in [cd for cd in cache.case_days("train") if cd in files]:
+            yield files[cd], load_prediction(files[cd]), slice_presence(cache.load(cd).mask)
+
+
+def load_presence(files: dict[str, Path], cache: VolumeCache | ImageCache) -> tuple[np.ndarray, np.ndarray]:
+    """Stacked (N, K) probabilities and truth over the case-days (slices) or 2D images of `files`, in cache order."""
     probs, truth = [], []
-    for cd in [cd for cd in cache.case_days("train") if cd in files]:
-        p, t = load_prediction(files[cd]), slice_presence(cache.load(cd).mask)
+    for path, p, t in _pairs(files, cache):
+        p = p.reshape(t.shape) if p.size == t.size and p.ndim == 1 else p
         if p.shape != t.shape:
-            raise DataError(f"{files[cd]}: presence of shape {p.shape}, expected {t.shape} (is this a classifier run?)")
+            raise DataError(f"{path}: presence of shape {p.shape}, expected {t.shape[-1:] if isinstance(cache, ImageCache) else t.shape} "
+                            "(is this a classifier run?)")
         probs.append(p.astype(np.float32))
         truth.append(t)
     if not probs:
-        raise DataError(f"{cache.root}: none of the run's OOF case-days is in this cache")
+        raise DataError(f"{cache.root}: none of the run's OOF case-days or images is in this cache")
     return np.concatenate(probs), np.concatenate(truth)
 
 
-def report_table(probs: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:
+def report_table(probs: np.ndarray, truth: np.ndarray, threshold: float = 0.5,
+                 classes: tuple[str, ...] = CLASSES) -> pd.DataFrame:
     """presence_table plus the best F1 over thresholds per class, and a mean row."""
-    table = presence_table(probs, truth, threshold)
+    table = presence_table(probs, truth, threshold, classes)
     best_f1, best_thr = [], []
-    for c in range(len(CLASSES)):
+    for c in range(len(classes)):
         if not truth[:, c].any():
             best_f1.append(np.nan)
             best_thr.append(np.nan)
@@ -67,12 +88,13 @@ def report_table(probs: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -
     return pd.concat([table, pd.DataFrame([{"class": "mean", **mean}])], ignore_index=True)
 
 
-def pr_curve_figure(probs: np.ndarray, truth: np.ndarray, threshold: float, path: Path) -> None:
-    """Precision-recall curve per class (classes without a positive slice are left out), PNG."""
+def pr_curve_figure(probs: np.ndarray, truth: np.ndarray, threshold: float, classes: tuple[str, ...],
+                    path: Path) -> None:
+    """Precision-recall curve per class (classes without a positive slice or image are left out), PNG."""
     fig = Figure(figsize=(5.5, 4.5), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    for c, name in enumerate(CLASSES):
+    for c, name in enumerate(classes):
         if not truth[:, c].any():
             continue
         precision, recall, thresholds = precision_recall_curve(truth[:, c], probs[:, c])
@@ -80,7 +102,7 @@ def pr_curve_figure(probs: np.ndarray, truth: np.ndarray, threshold: float, path
         at = int(np.searchsorted(thresholds, threshold))  # first point predicted at >= threshold
         ax.plot(recall[at], precision[at], "o", color=line.get_color())
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02),
-           title=f"slice presence (dots: threshold {threshold:g})")
+           title=f"presence (dots: threshold {threshold:g})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="lower left")
     with atomic_path(path, suffix=".png") as tmp:
@@ -91,14 +113,16 @@ def presence_report(run_dir: str | Path, out_dir: str | Path, fold: str | None =
                     cache_dir: str | Path | None = None, threshold: float = 0.5) -> pd.DataFrame:
     """Write cls_report.csv and cls_pr_curve.png under out_dir; return the table."""
     run = TrainedRun.load(run_dir)
-    cache = VolumeCache(run.cache_dir(cache_dir=cache_dir))
+    folder = run.cache_dir(cache_dir=cache_dir)
+    cache = ImageCache(folder) if is_image_cache(folder) else VolumeCache(folder)
     files = oof_files(run, fold)
     if not files:
         raise DataError(f"{run_dir}: no out-of-fold predictions" + (f" in fold {fold}" if fold else ""))
     probs, truth = load_presence(files, cache)
-    table = report_table(probs, truth, threshold)
+    classes = class_names(cache)
+    table = report_table(probs, truth, threshold, classes)
     out_dir = Path(out_dir)
     with atomic_path(out_dir / CSV_NAME) as tmp:
         table.to_csv(tmp, index=False)
-    pr_curve_figure(probs, truth, threshold, out_dir / PNG_NAME)
+    pr_curve_figure(probs, truth, threshold, classes, out_dir / PNG_NAME)
     return table

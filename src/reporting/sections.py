@@ -117,14 +117,14 @@ def _images(out: FigureWriter, run: TrainedRun, cache: ImageCache, slug: str) ->
     return ImageSection(result, description.name, description.labels, description.channels, table, class_dice, shown)
 
 
-def _presence(out: FigureWriter, run: TrainedRun, cache: VolumeCache, slug: str) -> PresenceSection | None:
+def _presence(out: FigureWriter, run: TrainedRun, cache: VolumeCache | ImageCache, slug: str) -> PresenceSection | None:
     oof = presence_oof(run, cache)
     if oof is None:
         return None
-    cut = threshold(next(iter(run.folds.values())))
-    table = presence.report_table(*oof, cut)
-    curve = out.draw(f"{slug}_precision_recall.png", f"{run.name}: precision-recall per class of slice presence",
-                     presence.pr_curve_figure, *oof, cut)
+    cut, classes = threshold(next(iter(run.folds.values()))), presence.class_names(cache)
+    table = presence.report_table(*oof, cut, classes)
+    curve = out.draw(f"{slug}_precision_recall.png", f"{run.name}: precision-recall per class of presence",
+                     presence.pr_curve_figure, *oof, cut, classes)
     return PresenceSection(table, cut, curve)
 
 
@@ -138,10 +138,10 @@ def run_section(out: FigureWriter, index: int, run: TrainedRun, cache: VolumeCac
                           f"{run.name}: training loss and validation metrics per epoch, one line per fold",
                           figures.training_curves, logs)
     section = RunSection(run, cache.root, curves)
-    if isinstance(cache, ImageCache):
-        section.images = _images(out, run, cache, slug)
-    elif run.stage.name == CLS_STAGE:
+    if run.stage.name == CLS_STAGE:
         section.presence = _presence(out, run, cache, slug)
+    elif isinstance(cache, ImageCache):
+        section.images = _images(out, run, cache, slug)
     else:
         section.segmentation = _segmentation(out, run, cache, slug)
     return section
