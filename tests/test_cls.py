@@ -16,9 +16,9 @@ from src.data.preparation import prepare
 from src.data.synthetic import generate
 from src.data.volumes import VolumeCache, read_meta, write_case_day
 from src.engine.cls import ClsTask
-from src.metrics.presence import presence_score, presence_table, slice_presence
 from src.engine.config import ClsConfig
 from src.inference.gating import pixel_gate
+from src.metrics.presence import presence_score, presence_table, slice_presence
 from src.models.registry import create_model, list_archs
 from src.models.weights import load_encoder_weights
 from src.train import main

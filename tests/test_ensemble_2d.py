@@ -2,6 +2,7 @@
 and hole filling), the tuner on fabricated OOF runs (src.bench.ensemble2d: the file, the search's floor,
 proxies against exact scores, GI options and mismatched runs refused, bad files), and `src.submit
 --ensemble` on a tiny Carvana set with a run trained one epoch (the neutral file is `--runs`'s plain mean)."""
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -22,7 +23,7 @@ from src.data.image_samples import ImageInput, label_map
 from src.data.synthetic2d import generate_dataset
 from src.engine.config import Seg2DConfig
 from src.engine.run import train
-from src.ensembling import oof2d
+from src.ensembling import contributions, oof2d
 from src.ensembling.ensemble_file import EnsembleMember, load_ensemble, write_ensemble_file
 from src.ensembling.oof2d import image_sources, read_proxies, stream
 from src.ensembling.params import EnsembleParams
@@ -123,6 +124,29 @@ def test_tuned_file_is_the_2d_record_and_loads_back(fake, tuned):
     assert "jaccard" in printed and "final choice (held-out, 24 images)" in printed and "written:" in printed
     # a tuned ensemble beats both models alone here (their specks and holes are what it removes)
     assert scores["tuned_held_out"]["score"] > max(s["score"] for s in scores["models"].values())
+
+
+def test_each_parts_held_out_contribution_is_scored_without_it(tuned):
+    record, printed = tuned
+    rows = {r["component"]: r for r in record["scores"]["contributions"]}
+    assert list(rows) == ["model m0", "model m1", "thresholds", "gate", "min component size", "hole filling"]
+    assert rows["gate"]["note"] == "not used" and rows["gate"]["score"] is None  # no gate run
+    assert "held-out contribution" in printed
+    held_out = record["scores"]["tuned_held_out"]["score"]
+    scored = [r for r in rows.values() if r["score"] is not None]
+    assert scored and all(r["delta"] == pytest.approx(held_out - r["score"], abs=2e-6) for r in scored)
+
+
+def test_2d_ablations_reset_one_part_in_every_fold():
+    tuned = ImageEnsembleParams({"a": (1.0, 1.0), "b": (0.0, 1.0)}, (0.4, 0.5), (1e-3, 0.0), (False, False), (0.3, 0.0))
+    by_fold = {0: tuned, 1: dataclasses.replace(tuned, min_area=(0.0, 0.0))}
+    out = {a.component: a for a in contributions.ablations(by_fold)}
+    assert out["hole filling"].note == "not used" and out["hole filling"].params is None
+    assert out["model a"].note.startswith("skipped: nothing left in fold 0")  # a alone weighs class 1
+    assert all(p.min_area == (0.0, 0.0) and p.thresholds == (0.4, 0.5)
+               for p in out["min component size"].params.values())
+    assert out["gate"].params[0].gate_threshold == (0.0, 0.0) and not out["gate"].params[1].gated
+    assert out["thresholds"].params[1].thresholds == (0.5, 0.5)
 
 
 def test_the_search_never_ends_below_its_start(fake):

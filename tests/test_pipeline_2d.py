@@ -1,5 +1,6 @@
 """Recipes on 2D data: the format from [data] (or the folder), its generator's keys, the data marker,
 the submission and truth paths of each format, and an [ablation] study as a step."""
+import json
 import shlex
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from src.core.errors import DataError
 from src.data.synthetic2d import generate_dataset
 from src.orchestration.recipes import load_recipe, outputs, plan
+from src.pipeline import main as pipeline_main
 
 CARVANA = """
 name = "cv"
@@ -121,3 +123,54 @@ def test_models_need_folds_and_a_recipe_needs_models_or_a_study(tmp_path):
     nothing = ABLATION.split("[ablation]")[0]
     with pytest.raises(DataError, match=r"no \[\[models\]\] and no \[ablation\]"):
         load_recipe(_write(tmp_path, nothing))
+
+
+GATED = """
+name = "gated"
+[data]
+dir = "{root}/Dataset503_Gated"
+format = "nnunet"
+synthetic = {{ cases = 10, test_cases = 2, size = "32x32" }}
+[folds]
+n_folds = 2
+[[models]]
+name = "seg"
+stage = "seg2d"
+arch = "unet_tiny"
+folds = [0, 1]
+{common}
+[[models]]
+name = "cls"
+stage = "cls"
+arch = "cls_tiny"
+folds = [0, 1]
+{common}
+[ensemble]
+gate = "cls"
+passes = 1
+[submit]
+out = "{root}/sub"
+device = "cpu"
+[report]
+out = "{root}/report"
+"""
+
+
+def test_a_2d_recipe_with_a_classifier_gate_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    """nnU-Net 2D data: a segmenter and a presence classifier trained on two folds, the ensemble offered the
+    classifier as its gate, the submission of label images scored against the synthetic truth, the report."""
+    monkeypatch.chdir(tmp_path)  # folds/ and cache/ of the recipe's defaults
+    common = 'img_size = 24\nepochs = 1\nbatch_size = 4\nworkers = 0\ndevice = "cpu"'
+    path = tmp_path / "gated.toml"
+    path.write_text(GATED.format(root=tmp_path, common=common))
+    steps = {s.name: s for s in plan(load_recipe(path), "runs")}
+    assert steps["train cls fold 0"].argv[steps["train cls fold 0"].argv.index("--stage") + 1] == "cls"
+    assert steps["ensemble"].argv[steps["ensemble"].argv.index("--gate") + 1] == "runs/cls"
+    assert pipeline_main([str(path), "--runs-dir", "runs"]) == 0
+    record = json.loads((tmp_path / "runs" / "ensemble_gated.json").read_text())
+    assert record["dims"] == "2d" and record["oof"]["gate"] == "runs/cls" and list(record["oof"]["stages"]) == ["seg"]
+    assert record["gate"] in (None, "runs/cls") and bool(record["gate"]) == any(record["params"]["gate_threshold"])
+    assert sorted(p.name for p in (tmp_path / "sub").glob("*.png")) == ["case_010.png", "case_011.png"]
+    assert 0.0 <= json.loads((tmp_path / "sub.score.json").read_text())["dice"] <= 1.0
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "Presence precision-recall" in page and "Ensemble" in page

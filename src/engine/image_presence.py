@@ -35,7 +35,8 @@ class ImagePresenceTask(ImageSegmentationTask):
 
     def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
         presence = batch["mask"].flatten(2).amax(dim=2)  # (B, K): 1 where the one-vs-rest target has a pixel
-        return self.criterion(model(to_device(self.cfg, batch["image"], device)), presence.to(device, non_blocking=True))
+        logits = model(to_device(self.cfg, batch["image"], device))
+        return self.criterion(logits, presence.to(device, non_blocking=True))
 
     def predict_volume(self, model: nn.Module, image: ImageInput, device: torch.device, box: Box | None = None,
                        batch_size: int | None = None) -> np.ndarray:

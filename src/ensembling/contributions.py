@@ -11,6 +11,9 @@ A component's ablation maps EnsembleParams to the same parameters without it:
 - `min component size`: 0 in every class;
 - `z clean-up`: z_min_run 0 and z_largest off in every class.
 
+A 2D ensemble's (ImageEnsembleParams) components are its models, `thresholds` (0.5), `gate`
+(gate_threshold 0), `min component size` (min_area 0) and `hole filling` (off).
+
 `ablations` applies each to every fold's parameters of the held-out estimate: a component that
 changes no fold's parameters is "not used" and not scored, a model whose removal leaves a class
 with no weight is skipped with the reason; the tuner scores the rest exactly, in the pass that
@@ -22,14 +25,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-from src.ensembling.params import GROUPS, N_CLASSES, EnsembleParams, effective_weights
+from src.ensembling.params import GROUPS, EnsembleParams, effective_weights
+from src.ensembling.params2d import ImageEnsembleParams
 
 KEY = "contributions"  # under the ensemble record's "scores"
 NOT_USED = "not used"
 SKIPPED = "skipped"
 TITLE = "held-out contribution (score lost without it)"
 
-Ablate = Callable[[EnsembleParams], EnsembleParams]
+Params = EnsembleParams | ImageEnsembleParams
+Ablate = Callable[[Params], Params]
 
 
 def without_model(name: str) -> Ablate:
@@ -39,13 +44,19 @@ def without_model(name: str) -> Ablate:
 
 def reset(**values) -> Ablate:
     """The ablation setting every class of the named fields to its value."""
-    return lambda params: dataclasses.replace(params, **{k: (v,) * N_CLASSES for k, v in values.items()})
+    return lambda params: dataclasses.replace(params, **{k: (v,) * len(params.thresholds) for k, v in values.items()})
 
 
-def components(params: EnsembleParams, crop: bool) -> dict[str, tuple[Ablate, str]]:
+def components(params: Params, crop: bool) -> dict[str, tuple[Ablate, str]]:
     """component -> (its ablation, what the ablation does), in the order post-processing applies them;
     the fusion only when both blend groups exist, the crop only with a detector (`crop`)."""
     out = {f"model {name}": (without_model(name), "weights 0, the rest renormalised") for name in params.weights}
+    if isinstance(params, ImageEnsembleParams):
+        out["thresholds"] = (reset(thresholds=0.5), "thresholds 0.5")
+        out["gate"] = (reset(gate_threshold=0.0), "gate off")
+        out["min component size"] = (reset(min_area=0.0), "min area 0")
+        out["hole filling"] = (reset(fill_holes=False), "no hole filling")
+        return out
     if set(params.groups.values()) == set(GROUPS):
         out["2.5D/3D fusion"] = (reset(fusion=0.5), "fusion 0.5")
     out["thresholds"] = (reset(thresholds=0.5), "thresholds 0.5")
@@ -62,21 +73,24 @@ class Ablation:
     """One component removed from every fold's parameters; `params` None when it is not scored."""
 
     component: str
-    params: dict[int, EnsembleParams] | None
+    params: dict[int, Params] | None
     note: str
 
 
-def _nothing_left(by_fold: dict[int, EnsembleParams]) -> str | None:
+def _nothing_left(by_fold: dict[int, Params]) -> str | None:
     """Why the parameters cannot blend (a class with no weight left), or None."""
     for fold, params in by_fold.items():
         try:
-            effective_weights(params, list(params.weights))
+            if isinstance(params, ImageEnsembleParams):
+                params.weight_matrix()
+            else:
+                effective_weights(params, list(params.weights))
         except ValueError as exc:
             return f"{SKIPPED}: nothing left in fold {fold} ({exc})"
     return None
 
 
-def ablations(by_fold: dict[int, EnsembleParams], crop: bool) -> list[Ablation]:
+def ablations(by_fold: dict[int, Params], crop: bool = False) -> list[Ablation]:
     """Every component of the held-out estimate's per-fold parameters, removed in turn."""
     out = []
     for component, (ablate, what) in components(next(iter(by_fold.values())), crop).items():

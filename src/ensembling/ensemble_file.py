@@ -12,10 +12,10 @@ Every run the ensemble needs at test time is described once, with the folds and 
 with; a member's `predict` names its gate and crop runs by path, so a run used only as a member's
 gate predicts exactly as its out-of-fold predictions did.
 
-A 2D ensemble (src.ensembling.tune2d) says so with "dims": "2d"; it has no crop run, its members no
-gate or crop of their own, and its "gate" (a classifier of the images, its one auxiliary run) is there
-exactly when its parameters gate; its "params" are ImageEnsembleParams (src.ensembling.params2d). `Ensemble.dims` tells them
-apart; a file without "dims" is a GI ensemble, read as before.
+A 2D ensemble (src.ensembling.tune2d) says so with "dims": "2d"; it has no crop run, its members no gate
+or crop of their own, and its "gate" (a classifier of the images, its one auxiliary run) is there exactly
+when its parameters gate; its "params" are ImageEnsembleParams (src.ensembling.params2d). `Ensemble.dims`
+tells them apart; a file without "dims" is a GI ensemble, read as before.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The 2D tuner's out-of-fold images, one at a time: `image_sources` lists every cached image with an OOF
-prediction in all runs (and in the gate run, whose (K,) presence gates the classes), `proxy_strides` sizes the proxies to the memory budget, `stream` reads each image
-once (its models' float16 (K, H, W) files memory-mapped, its truth from the cache) and scores parameter
-sets on it exactly with index_map, and `read_proxies` does so while keeping each image's proxy.
+prediction in all runs (and in the gate run, whose (K,) presence gates the classes), `proxy_strides` sizes
+the proxies to the memory budget, `stream` reads each image once (its models' float16 (K, H, W) files
+memory-mapped, its truth from the cache) and scores parameter sets on it exactly with index_map, and
+`read_proxies` does so while keeping each image's proxy.
 
 So the tuner never holds the exact arrays of more than one image: Carvana's 5088 train images at
 1918 x 1280 are 25 GB of float16 OOF per model, read twice (for the proxies with the scores known before

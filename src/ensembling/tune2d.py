@@ -3,17 +3,19 @@
 
 The runs must segment the cache's channels and labels (check_image_run) on the same folds; so must the
 `--gate` run classify them (the cls stage on 2D images: each image's (K,) presence), whose presence the
-search may then require per class before the class is predicted in an image. Each image
-is read once into a proxy sized to --memory-gb (src.ensembling.oof2d), scoring each model alone and
-the plain mean exactly on the way; then the GI tuner's coordinate descent searches, on the proxies,
-which models take part, their weights per class, and per class the threshold, the gate threshold (with
-a gate run), the minimum component size and hole filling (src.ensembling.search2d), from the model that scores best alone on the tuning
-images, keeping a change only when its gain clears --min-gain and --se-factor bootstrap standard
+search may then require per class before the class is predicted in an image. Each image is read once into
+a proxy sized to --memory-gb (src.ensembling.oof2d), scoring each model alone and the plain mean exactly
+on the way; then the GI tuner's coordinate descent searches, on the proxies, which models take part, their
+weights per class, and per class the threshold, the gate threshold (with a gate run), the minimum
+component size and hole filling (src.ensembling.search2d), from the model that scores best alone on the
+tuning images, keeping a change only when its gain clears --min-gain and --se-factor bootstrap standard
 errors of the paired per-image gain. The held-out estimate cross-tunes (tune on the other folds, score
-fold f), and the final choice (src.ensembling.choice) takes the tuned ensemble, the plain mean or one
-model alone, whichever is best held out, with bootstrap intervals over the images. Every score reported
-is exact: the dataset's metric "dice" (the mean over images of each image's Dice, mean over classes),
-with the Jaccard beside it, rescored image by image from the memory-mapped files.
+fold f), with what each part of it wins held out (src.ensembling.contributions: the held-out score with
+the part removed from every fold's parameters), and the final choice (src.ensembling.choice) takes the
+tuned ensemble, the plain mean or one model alone, whichever is best held out, with bootstrap intervals
+over the images. Every score reported is exact: the dataset's metric "dice" (the mean over images of each
+image's Dice, mean over classes), with the Jaccard beside it, rescored image by image from the
+memory-mapped files.
 
 Untuned candidates (each model alone, the plain mean) use the runs' validation threshold, so they score
 as validation did; the plain mean takes 0.5 when the runs were validated at different thresholds.
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Callable
 
 from src.core.errors import DataError
 from src.data.image_cache import ImageCache
-from src.ensembling import choice
+from src.ensembling import choice, contributions
 from src.ensembling.choice import Candidate
 from src.ensembling.ensemble_file import AuxiliaryRun, EnsembleMember, write_ensemble_file
 from src.ensembling.oof2d import image_sources, proxy_strides, read_proxies, stream
@@ -102,7 +104,9 @@ def tune_images(opts: TuneOptions, runs: list[TrainedRun], cache_dir: Path, log:
                          rules=rules, log=log, start=start)
     clock.lap("held_out_search")
     log("ensemble: exact scores on the full images")
-    in_sample, *rest = stream(sources, cache, [found.params] + ([by_fold] if by_fold else []))
+    ablated = contributions.ablations(by_fold) if by_fold else []
+    sets = [found.params] + ([by_fold] if by_fold else []) + [a.params for a in ablated if a.params]
+    in_sample, *rest = stream(sources, cache, sets)
     clock.lap("exact")
     scores["tuned_in_sample"] = in_sample.summary()
     untuned = [Candidate(choice.alone(n, thresholds[n]), singles[n], alone[n], alone[n]) for n in names]
@@ -111,11 +115,13 @@ def tune_images(opts: TuneOptions, runs: list[TrainedRun], cache_dir: Path, log:
     same = next((c.name for c in untuned if c.params == found.params), choice.TUNED)
     chosen = Candidate(same, found.params, in_sample, None)
     if rest:
-        held_out = rest[0]
+        held_out, *without = rest
         scores["tuned_held_out"] = held_out.summary()
         scores["held_out_by_fold"] = {str(f): round(held_out.over([s.key for s in sources if s.fold == f]).score, 6)
                                       for f in by_fold}
         scores["gap"] = round(scores["tuned_in_sample"]["score"] - scores["tuned_held_out"]["score"], 6)
+        scores[contributions.KEY] = contributions.rows(ablated, scores["tuned_held_out"]["score"],
+                                                       [r.summary()["score"] for r in without])
         tuned = Candidate(choice.TUNED, found.params, in_sample, held_out)
         chosen, scores[choice.KEY] = choice.choose(untuned + [tuned], list(held_out.ids), unit="images")
     scores[choice.WRITTEN] = chosen.summary()
@@ -135,6 +141,8 @@ def tune_images(opts: TuneOptions, runs: list[TrainedRun], cache_dir: Path, log:
     record = write_ensemble_file(opts.out, kept, [gate] if gate else [], gate, None, params, dims="2d",
                                  scores=scores, oof=oof, search=search)
     log(score_table(record))
+    if scores.get(contributions.KEY):
+        log("\n" + contributions.table(scores[contributions.KEY]))
     if scores.get(choice.KEY):
         log("\n" + choice.table(scores[choice.KEY]))
     log(f"ensemble: wrote {opts.out}")

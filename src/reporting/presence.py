@@ -1,11 +1,11 @@
 """Presence report of a classifier run (`python -m src.cls_report`).
 
 Reads the run's out-of-fold presence probabilities, (Z, 3) per GI case-day or (K,) per 2D image
-(fold<K>/oof/ with --fold, else the run's pred_oof/ when complete, else every fold's oof/), and the
-truth from the cache masks (a class is present in a slice or image when it has a pixel). Writes DIR/cls_report.csv, one row per
-class and their mean: slices, positives, average precision, precision / recall / F1 / true-negative
-rate at --threshold, and the best F1 over thresholds with its threshold; and DIR/cls_pr_curve.png,
-the precision-recall curve of each class with the --threshold point marked.
+(fold<K>/oof/ with --fold, else the run's pred_oof/ when complete, else every fold's oof/), and the truth
+from the cache masks (a class is present in a slice or image when it has a pixel). Writes
+DIR/cls_report.csv, one row per class and their mean: slices, positives, average precision, precision /
+recall / F1 / true-negative rate at --threshold, and the best F1 over thresholds with its threshold; and
+DIR/cls_pr_curve.png, the precision-recall curve of each class with the --threshold point marked.
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from src.core.errors import DataError
 from src.data.image_cache import ImageCache, is_image_cache
 from src.data.layout import CLASSES, load_prediction
 from src.data.volumes import VolumeCache
-from src.metrics.presence import image_presence, presence_table, slice_presence
 from src.inference.runs import TrainedRun
+from src.metrics.presence import image_presence, presence_table, slice_presence
 
 CSV_NAME, PNG_NAME = "cls_report.csv", "cls_pr_curve.png"
 
@@ -47,22 +47,21 @@ def _pairs(files: dict[str, Path], cache: VolumeCache | ImageCache):
     if isinstance(cache, ImageCache):
         k = cache.description.n_classes
         for key in [key for key in cache.table()["key"] if key in files]:
-            yield files[key], artifacts.load_prediction(files[key], image=True), image_presence(cache.load(key)[1], k)[None]
+            yield files[key], artifacts.load_prediction(files[key], image=True), image_presence(cache.load(key)[1], k)
     else:
         for cd in [cd for cd in cache.case_days("train") if cd in files]:
             yield files[cd], load_prediction(files[cd]), slice_presence(cache.load(cd).mask)
 
 
 def load_presence(files: dict[str, Path], cache: VolumeCache | ImageCache) -> tuple[np.ndarray, np.ndarray]:
-    """Stacked (N, K) probabilities and truth over the case-days (slices) or 2D images of `files`, in cache order."""
+    """Stacked (N, K) probabilities and truth over the slices of the case-days, or the 2D images, of `files`,
+    in cache order."""
     probs, truth = [], []
     for path, p, t in _pairs(files, cache):
-        p = p.reshape(t.shape) if p.size == t.size and p.ndim == 1 else p
         if p.shape != t.shape:
-            raise DataError(f"{path}: presence of shape {p.shape}, expected {t.shape[-1:] if isinstance(cache, ImageCache) else t.shape} "
-                            "(is this a classifier run?)")
-        probs.append(p.astype(np.float32))
-        truth.append(t)
+            raise DataError(f"{path}: presence of shape {p.shape}, expected {t.shape} (is this a classifier run?)")
+        probs.append(p.astype(np.float32).reshape(-1, t.shape[-1]))
+        truth.append(t.reshape(-1, t.shape[-1]))
     if not probs:
         raise DataError(f"{cache.root}: none of the run's OOF case-days or images is in this cache")
     return np.concatenate(probs), np.concatenate(truth)

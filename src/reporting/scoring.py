@@ -96,7 +96,7 @@ def evaluate_segmentation(run: TrainedRun, cache: VolumeCache) -> SegmentationRe
 
 
 @dataclass
-class ImageResult:
+class ImageSegmentationResult:
     """OOF scores of a segmentation run on 2D images (src.metrics.overlap, each image's index map at its
     fold's threshold): per image (worst Dice first), the summary overall and per stratum, Dice per class."""
 
@@ -106,7 +106,7 @@ class ImageResult:
     thresholds: list[float]  # of the folds scored
 
 
-def evaluate_images(run: TrainedRun, cache: ImageCache) -> ImageResult | None:
+def evaluate_images(run: TrainedRun, cache: ImageCache) -> ImageSegmentationResult | None:
     """Every fold's OOF images scored against the cache's masks; None when the run has none."""
     entries = cache.table().set_index("key")
     strata = {k: ("" if s is None else str(s)) for k, s in entries["stratum"].items()}
@@ -128,7 +128,7 @@ def evaluate_images(run: TrainedRun, cache: ImageCache) -> ImageResult | None:
     table.insert(3, "fold", table["key"].map(fold_of))
     table = table.sort_values(["dice", "key"], kind="stable").reset_index(drop=True)
     class_dice = rows.groupby("class", sort=False)["dice"].mean().reindex(list(labels))
-    return ImageResult(table, summary(rows), class_dice.rename("Dice (mean over images)"),
+    return ImageSegmentationResult(table, summary(rows), class_dice.rename("Dice (mean over images)"),
                        sorted({threshold(f) for f in folds}))
 
 

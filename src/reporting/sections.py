@@ -16,7 +16,13 @@ from src.reporting import ensemble, figures, presence
 from src.reporting.oof import image_panel, overlay_panels, presence_oof
 from src.reporting.page import FigureFile, FigureWriter
 from src.reporting.runs import fold_log, threshold
-from src.reporting.scoring import ImageResult, SegmentationResult, evaluate_images, evaluate_segmentation, extremes
+from src.reporting.scoring import (
+    ImageSegmentationResult,
+    SegmentationResult,
+    evaluate_images,
+    evaluate_segmentation,
+    extremes,
+)
 
 CLS_STAGE = "cls"
 
@@ -41,7 +47,7 @@ class ImageSection:
     """A segmentation run on 2D images: its dataset, the OOF summary overall and per stratum, the Dice per
     class (more than one class only) and the worst and best images."""
 
-    result: ImageResult
+    result: ImageSegmentationResult
     dataset: str
     labels: tuple[str, ...]
     channels: tuple[str, ...]
