@@ -143,8 +143,9 @@ def test_every_registered_arch_builds_and_runs_one_forward(spec):
 
 
 def test_the_tuner_and_its_workers_never_import_torch():
-    """The GI tuner's process and its forked workers hold OOF proxies, not models: importing torch (about
-    700 MB of resident libraries in each) raised the tuner's measured peak memory by 20 % once."""
-    code = "import sys, src.ensemble, src.ensembling.shards; print('torch' in sys.modules)"
+    """The tuners' processes and their spawned workers (GI and 2D) hold OOF proxies, not models: importing
+    torch (about 700 MB of resident libraries in each) raised the tuner's measured peak memory by 20 % once."""
+    code = ("import sys, src.ensemble, src.ensembling.shards, src.ensembling.tune2d, src.ensembling.shards2d; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=SRC.parent)
     assert out.stdout.strip() == "False"

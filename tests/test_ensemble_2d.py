@@ -137,6 +137,27 @@ def test_each_parts_held_out_contribution_is_scored_without_it(tuned):
     assert scored and all(r["delta"] == pytest.approx(held_out - r["score"], abs=2e-6) for r in scored)
 
 
+def test_workers_share_the_images_and_change_no_result(fake, tuned, tmp_path):
+    root, runs = fake
+    record, _ = tuned
+    two = tune(TuneOptions(runs=tuple(runs), out=tmp_path / "two.json", workers=2), log=lambda line: None)
+    assert two["search"]["workers"] == 2 and record["search"]["workers"] == 1
+    assert two["search"]["workers_peak_rss_gb"] > 0 and record["search"]["workers_peak_rss_gb"] == 0
+    assert two["params"] == record["params"] and two["scores"] == record["scores"]
+    assert two["search"]["evaluations"] == record["search"]["evaluations"]
+    assert two["search"]["proxy"] == record["search"]["proxy"]  # the same proxies, split in two
+
+
+def test_the_benchmark_compares_worker_counts_on_the_same_oof(tmp_path, capsys):
+    from src.bench.ensemble2d import main as bench_main
+
+    assert bench_main(["--images", "8", "--size", "48x32", "--folds", "2", "--workers", "1,2", "--repeats", "1",
+                       "--work", str(tmp_path), "--out", str(tmp_path / "t.csv")]) == 0
+    row = pd.read_csv(tmp_path / "t.csv").iloc[0]
+    assert row["workers"] == 1 and row["images"] == 8 and row["ratio_w2"] > 0 and row["wall_s_w2"] > 0
+    assert row["index_map_s"] > 0 and row["proxy_eval_s"] > 0 and list(tmp_path.glob("ens2d_*")) == []
+
+
 def test_2d_ablations_reset_one_part_in_every_fold():
     tuned = ImageEnsembleParams({"a": (1.0, 1.0), "b": (0.0, 1.0)}, (0.4, 0.5), (1e-3, 0.0), (False, False), (0.3, 0.0))
     by_fold = {0: tuned, 1: dataclasses.replace(tuned, min_area=(0.0, 0.0))}

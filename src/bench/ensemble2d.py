@@ -124,49 +124,62 @@ def _primitives(root: Path, runs: list[Path], memory_gb: float, repeats: int) ->
     sources = image_sources(loaded, cache, log=lambda line: None)
     _, strides = proxy_strides([s.shape for s in sources], len(runs), cache.description.n_classes, memory_gb)
     cases, _ = read_proxies(sources, cache, strides, [])
-    probs, _ = sources[0].read(cache)
+    probs, _, _ = sources[0].read(cache)
     evaluator = ImageEvaluator(cases, cache.description.n_classes)
     return {"index_map_s": median_seconds(lambda: index_map(probs, params), repeats),
             "proxy_eval_s": median_seconds(lambda: evaluator.score(params), repeats)}
 
 
-def _tune_once(root: str, runs: list[str], passes: int, holdout: bool, memory_gb: float, repeats: int) -> dict:
-    """Run the tuner in this (fresh) process: wall time, phases, evaluations, peak RSS growth; then the primitives."""
+def _tune_once(root: str, runs: list[str], passes: int, holdout: bool, memory_gb: float, repeats: int,
+               workers: int = 1) -> dict:
+    """Run the tuner in this (fresh) process with `workers`: wall time, phases, evaluations, peak RSS growth
+    (this process's, and its workers' peaks summed); then the primitives (`repeats` 0: none)."""
     reset_peak_rss()
     base = status_kib("VmRSS")
     start = time.perf_counter()
     record = tune(TuneOptions(runs=tuple(map(Path, runs)), out=Path(root) / "ensemble.json",
                               cache_dir=Path(root) / "cache", holdout_folds=None if holdout else (), passes=passes,
-                              memory_gb=memory_gb), log=lambda line: None)
+                              memory_gb=memory_gb, workers=workers), log=lambda line: None)
     seconds = time.perf_counter() - start
     peak = (status_kib("VmHWM") - base) / 2**20
     search, scores = record["search"], record["scores"]
     return {"wall_s": seconds, "evaluations": search["evaluations"], "side": search["proxy"]["side"],
             "stride": "-".join(map(str, sorted(set(search["proxy"]["strides"])))),
-            "proxy_mb": search["proxy"]["bytes"] / 2**20, "peak_rss_gb": peak,
+            "proxy_mb": search["proxy"]["bytes"] / 2**20, "peak_rss_gb": peak + search["workers_peak_rss_gb"],
             **{f"{phase}_s": s for phase, s in search["seconds"].items()},
             "in_sample": scores["tuned_in_sample"]["score"],
             "held_out": scores.get("tuned_held_out", {}).get("score"),
             "best_single": max(s["score"] for s in scores["models"].values()),
             "written": scores["written"]["name"],
-            **_primitives(Path(root), [Path(r) for r in runs], memory_gb, repeats)}
+            **(_primitives(Path(root), [Path(r) for r in runs], memory_gb, repeats) if repeats else {})}
 
 
 def bench(images: int, models: int, size: tuple[int, int], folds: int, passes: int, holdout: bool,
-          memory_gb: float, repeats: int, seed: int, work: Path) -> dict:
+          memory_gb: float, repeats: int, seed: int, work: Path, workers: tuple[int, ...] = (1,)) -> dict:
+    """One size: the tuner with workers[0] (its full row), then on the same OOF with each other worker count
+    (its wall time, peak memory and wall-time ratio to the first, columns suffixed _w<N>)."""
     root = Path(tempfile.mkdtemp(prefix=f"ens2d_{images}x{models}_", dir=work))
     try:
         runs = fabricate(root, images, models, size, folds, seed)
         disk = sum(p.stat().st_size for p in (root / "runs").rglob("*.npy")) / 2**30
-        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-            result = pool.submit(_tune_once, str(root), [str(r) for r in runs], passes, holdout, memory_gb,
-                                 repeats).result()
+        results = []
+        for i, n in enumerate(workers):
+            with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+                results.append(pool.submit(_tune_once, str(root), [str(r) for r in runs], passes, holdout, memory_gb,
+                                           repeats if i == 0 else 0, n).result())
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    result = results[0]
     rounded = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
+    others = {}
+    for n, other in zip(workers[1:], results[1:]):
+        if other["in_sample"] != result["in_sample"] or other["held_out"] != result["held_out"]:
+            raise RuntimeError(f"--workers {n} scored otherwise than --workers {workers[0]}")
+        others.update({f"wall_s_w{n}": round(other["wall_s"], 1), f"peak_rss_gb_w{n}": round(other["peak_rss_gb"], 3),
+                       f"ratio_w{n}": round(other["wall_s"] / result["wall_s"], 3)})
     return {"images": images, "size": f"{size[0]}x{size[1]}", "models": models, "oof_gb": round(disk, 3),
-            **rounded, "wall_s": round(result["wall_s"], 1),
-            "s_per_eval": round(result["wall_s"] / result["evaluations"], 4)}
+            "workers": workers[0], **rounded, "wall_s": round(result["wall_s"], 1),
+            "s_per_eval": round(result["wall_s"] / result["evaluations"], 4), **others}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,11 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the timed primitives (median)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()), help="scratch folder")
+    parser.add_argument("--workers", default="1", help="comma-separated worker counts, each on the same OOF "
+                        "(the first's full row; the others' wall time and its ratio to the first)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here (CSV)")
     args = parser.parse_args(argv)
+    workers = tuple(int_list(args.workers, "--workers"))
     sizes = [(models, n) for models in int_list(args.models, "--models") for n in int_list(args.images, "--images")]
     measure_sizes(sizes, lambda models, n: bench(n, models, args.size, args.folds, args.passes, not args.no_holdout,
-                                                 args.memory_gb, args.repeats, args.seed, args.work), args.out)
+                                                 args.memory_gb, args.repeats, args.seed, args.work, workers), args.out)
     return 0
 
 

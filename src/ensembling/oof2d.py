@@ -81,12 +81,14 @@ def image_sources(runs: list[TrainedRun], cache: ImageCache, log: Callable[[str]
             for key, group, h, w in zip(rows["key"], rows["group"], rows["height"], rows["width"])]
 
 
-def proxy_strides(shapes: list[tuple[int, int]], models: int, classes: int, memory_gb: float) -> tuple[int, list[int]]:
+def proxy_strides(shapes: list[tuple[int, int]], models: int, classes: int, memory_gb: float,
+                  workers: int = 1) -> tuple[int, list[int]]:
     """(side, per-image strides): the finest grid of at most `side` pixels a side per image (stride =
-    ceil(longest side / side)) whose proxies fit `memory_gb` beside the interpreter and one full image,
-    `side` shrinking from PROXY_SIDE by a fifth at a time."""
+    ceil(longest side / side)) whose proxies fit `memory_gb` beside an interpreter and one full image per
+    worker, `side` shrinking from PROXY_SIDE by a fifth at a time."""
     largest = max(h * w for h, w in shapes)
-    budget = (memory_gb - BASE_GB) * 2**30 - largest * classes * (2 * models + FULL_BYTES_PER_PIXEL)
+    reserve = workers * (BASE_GB * 2**30 + largest * classes * (2 * models + FULL_BYTES_PER_PIXEL))
+    budget = memory_gb * 2**30 - reserve
     per_pixel = models * classes + 1  # uint8 probabilities, the uint8 truth
     side, need = PROXY_SIDE, 0
     while side >= MIN_SIDE:
@@ -95,9 +97,10 @@ def proxy_strides(shapes: list[tuple[int, int]], models: int, classes: int, memo
         if need + len(shapes) * IMAGE_OVERHEAD <= budget:
             return side, strides
         side = side * 4 // 5
-    raise DataError(f"--memory-gb {memory_gb}: too little for {len(shapes)} images x {models} models (their "
-                    f"proxies of {MIN_SIDE} px a side need {(need + len(shapes) * IMAGE_OVERHEAD) / 2**30:.2f} GB "
-                    f"beside the interpreter and one full image)")
+    raise DataError(f"--memory-gb {memory_gb}: too little for {len(shapes)} images x {models} models with "
+                    f"{workers} worker(s) (their proxies of {MIN_SIDE} px a side need "
+                    f"{(need + len(shapes) * IMAGE_OVERHEAD) / 2**30:.2f} GB beside {reserve / 2**30:.2f} GB for "
+                    "the interpreters and one full image per worker)")
 
 
 def stream(sources: list[ImageSource], cache: ImageCache, param_sets: list[Params],

@@ -58,6 +58,15 @@ class ImageResult:
         return cls(tuple(r[0] for r in rows), tuple(r[1] for r in rows), np.array([r[2] for r in rows], dtype=np.float64),
                    np.array([r[3] for r in rows], dtype=np.float64))
 
+    @classmethod
+    def joined(cls, parts: list[ImageResult], order: dict[str, int]) -> ImageResult:
+        """The results of disjoint sets of images as one, its images in `order` (key -> position)."""
+        ids = [i for p in parts for i in p.ids]
+        groups = [g for p in parts for g in p.groups]
+        index = np.array(sorted(range(len(ids)), key=lambda j: order[ids[j]]), dtype=np.int64)
+        dice, jaccard = (np.concatenate([getattr(p, f) for p in parts] or [np.zeros(0)]) for f in ("dice", "jaccard"))
+        return cls(tuple(ids[j] for j in index), tuple(groups[j] for j in index), dice[index], jaccard[index])
+
     @property
     def score(self) -> float:
         return float(self.dice.mean()) if len(self.ids) else math.nan

@@ -66,7 +66,19 @@ def choose_stride(shapes: list[tuple[int, ...]], models: int, memory_gb: float, 
                     f"with {workers} worker(s) (one full case-day needs {reserve / 2**30:.1f} GB per worker)")
 
 
-class Shard:
+class ShardBase:
+    """What every shard answers beside its own requests: its process's peak memory, and the dispatch."""
+
+    @staticmethod
+    def peak_rss_kib() -> int:
+        return status_kib("VmHWM")
+
+    def handle(self, request: tuple):
+        kind, *args = request
+        return getattr(self, kind)(*args)
+
+
+class Shard(ShardBase):
     """Some case-days as proxies, with the exact scores of `baseline` parameter sets made while reading."""
 
     def __init__(self, sources: list[CaseSource], stride: int, baseline: list[Params]):
@@ -101,19 +113,11 @@ class Shard:
     def nbytes(self) -> int:
         return self.evaluator.nbytes()
 
-    @staticmethod
-    def peak_rss_kib() -> int:
-        return status_kib("VmHWM")
 
-    def handle(self, request: tuple):
-        kind, *args = request
-        return getattr(self, kind)(*args)
-
-
-def _serve(conn, sources: list[CaseSource], stride: int, baseline: list[Params]) -> None:
-    """A worker process: build the shard, then answer requests until told to stop."""
+def _serve(conn, factory, args: tuple) -> None:
+    """A worker process: build the shard (factory(*args)), then answer requests until told to stop."""
     try:
-        shard = Shard(sources, stride, baseline)
+        shard = factory(*args)
         conn.send(("ok", None))
         while (request := conn.recv()) is not None:
             conn.send(("ok", shard.handle(request)))
@@ -123,12 +127,14 @@ def _serve(conn, sources: list[CaseSource], stride: int, baseline: list[Params])
         conn.send(("crash", traceback.format_exc()))
 
 
-class _Remote:
-    def __init__(self, sources, stride, baseline):
+class Remote:
+    """A shard, factory(*args) (a module-level class: it is pickled), in a spawned worker process."""
+
+    def __init__(self, factory, *args):
         # spawned workers import the main module, so the tuner's imports leave torch out (0.8 GB each)
         context = get_context("spawn")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, sources, stride, baseline), daemon=True)
+        self.process = context.Process(target=_serve, args=(child, factory, args), daemon=True)
         self.process.start()
         child.close()
 
@@ -156,9 +162,11 @@ class _Remote:
             self.process.terminate()
 
 
-class _Local:
-    def __init__(self, sources, stride, baseline):
-        self.shard, self._reply = Shard(sources, stride, baseline), None
+class Local:
+    """A shard, factory(*args), in this process: the same requests answered at once."""
+
+    def __init__(self, factory, *args):
+        self.shard, self._reply = factory(*args), None
 
     def send(self, request) -> None:
         self._reply = self.shard.handle(request)
@@ -170,29 +178,27 @@ class _Local:
         pass
 
 
-class ShardedEvaluator:
-    """Proxy scores for the search, exact scores for the report, over shards of the case-days.
+def deal(sizes: list[int], workers: int) -> list[list[int]]:
+    """Indices of the items of `sizes` dealt to min(workers, items) parts (at least one): largest first,
+    round robin, so that each part holds items of every size (and of every fold, in practice)."""
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+    n = max(1, min(workers, len(sizes)))
+    return [order[k::n] for k in range(n)]
 
-    `baseline` parameter sets are scored exactly while the case-days are read (`baseline_results`).
-    Case-days are dealt to shards largest first, round robin, so that each holds every fold.
-    """
 
-    def __init__(self, sources: list[CaseSource], stride: int, workers: int = 1, baseline: list[Params] = ()):
-        self.cases = [CaseInfo(s.case_day, s.fold, s.shape, s.has_gate, s.has_box) for s in sources]
-        self.evaluations = 0
-        self._order = {s.case_day: i for i, s in enumerate(sources)}
-        order = sorted(range(len(sources)), key=lambda i: -math.prod(sources[i].shape))
-        n = max(1, min(workers, len(sources)))
-        parts = [[sources[i] for i in order[k::n]] for k in range(n)]
-        kind = _Local if n == 1 else _Remote
+class ShardPool:
+    """One shard per part (`factory(*args)` for each args of `parts`): in this process with one part,
+    else each in a spawned worker process; requests go to every shard, and they answer in parallel."""
+
+    def __init__(self, factory, parts: list[tuple]):
+        kind = Local if len(parts) == 1 else Remote
         self._shards = []
         try:
-            for part in parts:
-                self._shards.append(kind(part, stride, list(baseline)))
-            if kind is _Remote:
+            for args in parts:
+                self._shards.append(kind(factory, *args))
+            if kind is Remote:
                 for shard in self._shards:
                     shard.receive()  # built
-            self.baseline_results = [self._aggregate(parts) for parts in zip(*self._ask("baseline_scores"))]
         except BaseException:
             self.close()
             raise
@@ -201,6 +207,47 @@ class ShardedEvaluator:
         for shard in self._shards:
             shard.send(request)
         return [shard.receive() for shard in self._shards]
+
+    def nbytes(self) -> int:
+        """Bytes of proxies held by every shard."""
+        return sum(self._ask("nbytes"))
+
+    def workers_peak_rss_gb(self) -> float:
+        """Sum of the worker processes' peak resident memory (0 when the shard lives in this process)."""
+        remote = [s for s in self._shards if isinstance(s, Remote)]
+        for shard in remote:
+            shard.send(("peak_rss_kib",))
+        return sum(shard.receive() for shard in remote) / 2**20
+
+    def close(self) -> None:
+        for shard in self._shards:
+            shard.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ShardedEvaluator(ShardPool):
+    """Proxy scores for the search, exact scores for the report, over shards of the case-days.
+
+    `baseline` parameter sets are scored exactly while the case-days are read (`baseline_results`).
+    Case-days are dealt to shards largest first, round robin (`deal`), so that each holds every fold.
+    """
+
+    def __init__(self, sources: list[CaseSource], stride: int, workers: int = 1, baseline: list[Params] = ()):
+        self.cases = [CaseInfo(s.case_day, s.fold, s.shape, s.has_gate, s.has_box) for s in sources]
+        self.evaluations = 0
+        self._order = {s.case_day: i for i, s in enumerate(sources)}
+        parts = deal([math.prod(s.shape) for s in sources], workers)
+        super().__init__(Shard, [([sources[i] for i in part], stride, list(baseline)) for part in parts])
+        try:
+            self.baseline_results = [self._aggregate(parts) for parts in zip(*self._ask("baseline_scores"))]
+        except BaseException:
+            self.close()
+            raise
 
     def _aggregate(self, parts) -> MetricResult:
         return aggregate(self.ordered(parts))
@@ -219,24 +266,3 @@ class ShardedEvaluator:
         """Exact case scores of each parameter set, every case-day read again in full."""
         replies = self._ask("exact", list(param_sets))
         return [self.ordered(parts) for parts in zip(*replies)]
-
-    def nbytes(self) -> int:
-        """Bytes of proxies held by every shard."""
-        return sum(self._ask("nbytes"))
-
-    def workers_peak_rss_gb(self) -> float:
-        """Sum of the worker processes' peak resident memory (0 when the shard lives in this process)."""
-        remote = [s for s in self._shards if isinstance(s, _Remote)]
-        for shard in remote:
-            shard.send(("peak_rss_kib",))
-        return sum(shard.receive() for shard in remote) / 2**20
-
-    def close(self) -> None:
-        for shard in self._shards:
-            shard.close()
-
-    def __enter__(self) -> ShardedEvaluator:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

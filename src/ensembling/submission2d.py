@@ -37,9 +37,9 @@ from src.data.formats.submission import label_ending, write_carvana_csv, write_l
 from src.data.image_samples import label_map
 from src.ensembling.ensemble_file import Ensemble, load_ensemble
 from src.ensembling.postprocess2d import index_map
-from src.inference.images import check_image_run, predict_images, run_threshold
+from src.inference.images import predict_images, run_threshold
 from src.inference.predict import RunPredictor
-from src.inference.runs import TrainedRun
+from src.inference.runs import TrainedRun, check_image_run
 from src.inference.tta import merge
 
 if TYPE_CHECKING:

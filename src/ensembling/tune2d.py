@@ -4,18 +4,18 @@
 The runs must segment the cache's channels and labels (check_image_run) on the same folds; so must the
 `--gate` run classify them (the cls stage on 2D images: each image's (K,) presence), whose presence the
 search may then require per class before the class is predicted in an image. Each image is read once into
-a proxy sized to --memory-gb (src.ensembling.oof2d), scoring each model alone and the plain mean exactly
-on the way; then the GI tuner's coordinate descent searches, on the proxies, which models take part, their
-weights per class, and per class the threshold, the gate threshold (with a gate run), the minimum
-component size and hole filling (src.ensembling.search2d), from the model that scores best alone on the
-tuning images, keeping a change only when its gain clears --min-gain and --se-factor bootstrap standard
-errors of the paired per-image gain. The held-out estimate cross-tunes (tune on the other folds, score
-fold f), with what each part of it wins held out (src.ensembling.contributions: the held-out score with
-the part removed from every fold's parameters), and the final choice (src.ensembling.choice) takes the
-tuned ensemble, the plain mean or one model alone, whichever is best held out, with bootstrap intervals
-over the images. Every score reported is exact: the dataset's metric "dice" (the mean over images of each
-image's Dice, mean over classes), with the Jaccard beside it, rescored image by image from the
-memory-mapped files.
+a proxy sized to --memory-gb (src.ensembling.oof2d), by --workers processes (src.ensembling.shards2d),
+scoring each model alone and the plain mean exactly on the way; then the GI tuner's coordinate descent
+searches, on the proxies, which models take part, their weights per class, and per class the threshold,
+the gate threshold (with a gate run), the minimum component size and hole filling
+(src.ensembling.search2d), from the model that scores best alone on the tuning images, keeping a change
+only when its gain clears --min-gain and --se-factor bootstrap standard errors of the paired per-image
+gain. The held-out estimate cross-tunes (tune on the other folds, score fold f), with what each part of it
+wins held out (src.ensembling.contributions: the held-out score with the part removed from every fold's
+parameters), and the final choice (src.ensembling.choice) takes the tuned ensemble, the plain mean or one
+model alone, whichever is best held out, with bootstrap intervals over the images. Every score reported is
+exact: the dataset's metric "dice" (the mean over images of each image's Dice, mean over classes), with
+the Jaccard beside it, rescored image by image from the memory-mapped files.
 
 Untuned candidates (each model alone, the plain mean) use the runs' validation threshold, so they score
 as validation did; the plain mean takes 0.5 when the runs were validated at different thresholds.
@@ -31,14 +31,14 @@ from src.data.image_cache import ImageCache
 from src.ensembling import choice, contributions
 from src.ensembling.choice import Candidate
 from src.ensembling.ensemble_file import AuxiliaryRun, EnsembleMember, write_ensemble_file
-from src.ensembling.oof2d import image_sources, proxy_strides, read_proxies, stream
+from src.ensembling.oof2d import image_sources, proxy_strides
 from src.ensembling.params2d import ImageEnsembleParams
 from src.ensembling.search import SearchRules, check_holdout_folds, coordinate_descent, cross_tune
-from src.ensembling.search2d import ImageEvaluator, ImageSearchSpace
+from src.ensembling.search2d import ImageSearchSpace
+from src.ensembling.shards2d import ImageShardedEvaluator
 from src.ensembling.tune import Clock, auxiliary_run, score_table
 from src.ensembling.uncertainty import score_over
-from src.inference.images import check_image_run
-from src.inference.runs import TrainedRun
+from src.inference.runs import TrainedRun, check_image_run
 
 if TYPE_CHECKING:
     from src.ensembling.tune import TuneOptions
@@ -80,34 +80,38 @@ def tune_images(opts: TuneOptions, runs: list[TrainedRun], cache_dir: Path, log:
     thresholds, plain_threshold = validation_thresholds(runs, log)
     singles = {n: ImageEnsembleParams.alone(names, n, k, thresholds[n]) for n in names}
     plain = ImageEnsembleParams.plain_mean(names, k, plain_threshold)
-    side, strides = proxy_strides([s.shape for s in sources], len(names), k, opts.memory_gb)
-    log(f"ensemble: search on proxies of at most {side} px a side (stride {min(strides)}-{max(strides)})")
+    workers = max(1, min(opts.workers, len(sources)))
+    side, strides = proxy_strides([s.shape for s in sources], len(names), k, opts.memory_gb, workers)
+    log(f"ensemble: search on proxies of at most {side} px a side (stride {min(strides)}-{max(strides)}), "
+        f"{workers} worker(s)")
     clock = Clock()
-    cases, (*single_results, plain_result) = read_proxies(sources, cache, strides, [*singles.values(), plain])
-    clock.lap("read")
-    alone = dict(zip(names, single_results))  # model -> its exact OOF result alone
-    scores = {"models": {n: r.summary() for n, r in alone.items()}, "plain_mean": plain_result.summary()}
-    evaluator = ImageEvaluator(cases, k)
     space = ImageSearchSpace(tuple(names), k, opts.per_class, gate=gate_run is not None)
     rules = SearchRules(opts.passes, opts.min_gain, opts.se_factor)
+    with ImageShardedEvaluator(sources, strides, cache_dir, workers, [*singles.values(), plain]) as evaluator:
+        *single_results, plain_result = evaluator.baseline_results
+        clock.lap("read")
+        alone = dict(zip(names, single_results))  # model -> its exact OOF result alone
+        scores = {"models": {n: r.summary() for n, r in alone.items()}, "plain_mean": plain_result.summary()}
 
-    def best_alone(chosen) -> ImageEnsembleParams:
-        """The search's start: the model that scores best alone on the tuning images (exact)."""
-        keys = [c.key for c in chosen]
-        return singles[max(names, key=lambda n: score_over(alone[n], keys))]
+        def best_alone(chosen) -> ImageEnsembleParams:
+            """The search's start: the model that scores best alone on the tuning images (exact)."""
+            keys = [c.key for c in chosen]
+            return singles[max(names, key=lambda n: score_over(alone[n], keys))]
 
-    start = best_alone if opts.passes else lambda chosen: plain  # no search (--passes 0): the plain mean
-    log("search on every OOF image:")
-    found = coordinate_descent(evaluator, space, start=start(cases), rules=rules, log=log)
-    clock.lap("search")
-    by_fold = cross_tune(evaluator, space, folds if opts.holdout_folds is None else list(opts.holdout_folds),
-                         rules=rules, log=log, start=start)
-    clock.lap("held_out_search")
-    log("ensemble: exact scores on the full images")
-    ablated = contributions.ablations(by_fold) if by_fold else []
-    sets = [found.params] + ([by_fold] if by_fold else []) + [a.params for a in ablated if a.params]
-    in_sample, *rest = stream(sources, cache, sets)
-    clock.lap("exact")
+        start = best_alone if opts.passes else lambda chosen: plain  # no search (--passes 0): the plain mean
+        log("search on every OOF image:")
+        found = coordinate_descent(evaluator, space, start=start(sources), rules=rules, log=log)
+        clock.lap("search")
+        by_fold = cross_tune(evaluator, space, folds if opts.holdout_folds is None else list(opts.holdout_folds),
+                             rules=rules, log=log, start=start)
+        clock.lap("held_out_search")
+        log("ensemble: exact scores on the full images")
+        ablated = contributions.ablations(by_fold) if by_fold else []
+        sets = [found.params] + ([by_fold] if by_fold else []) + [a.params for a in ablated if a.params]
+        in_sample, *rest = evaluator.exact(sets)
+        clock.lap("exact")
+        proxy_bytes, workers_peak = evaluator.nbytes(), evaluator.workers_peak_rss_gb()
+        evaluations = evaluator.evaluations
     scores["tuned_in_sample"] = in_sample.summary()
     untuned = [Candidate(choice.alone(n, thresholds[n]), singles[n], alone[n], alone[n]) for n in names]
     if len(names) > 1:  # with one model, the plain mean is that model alone
@@ -126,11 +130,11 @@ def tune_images(opts: TuneOptions, runs: list[TrainedRun], cache_dir: Path, log:
         chosen, scores[choice.KEY] = choice.choose(untuned + [tuned], list(held_out.ids), unit="images")
     scores[choice.WRITTEN] = chosen.summary()
     search = {"passes": found.passes, "min_gain": opts.min_gain, "se_factor": opts.se_factor,
-              "per_class": opts.per_class, "evaluations": evaluator.evaluations,
+              "per_class": opts.per_class, "evaluations": evaluations,
               "held_out_folds": sorted(by_fold) if by_fold else [],
               "proxy": {"side": side, "strides": [min(strides), max(strides)], "quantised": "uint8",
-                        "bytes": evaluator.nbytes(), "in_sample_score": round(found.result.score, 6)},
-              "workers": 1, "seconds": clock.laps}
+                        "bytes": proxy_bytes, "in_sample_score": round(found.result.score, 6)},
+              "workers": workers, "workers_peak_rss_gb": round(workers_peak, 3), "seconds": clock.laps}
     oof = {"images": len(sources), "folds": folds, "cache_dir": str(cache_dir),
            "stages": {m.name: m.stage for m in members}, "gate": str(gate_run.path) if gate_run else None,
            "metric": cache.description.metric,

@@ -4,35 +4,15 @@ would take 740 GB decoded): each image is decoded by its dataset's format, predi
 are handed on (to be averaged, or blended by a 2D ensemble), one image in memory at a time."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from src.core.errors import DataError
-from src.data.description import DatasetDescription, read_description
+from src.data.description import DatasetDescription
 from src.data.formats.base import ImageFormat, Sample
-from src.data.image_cache import is_image_cache
 from src.data.image_samples import ImageInput
 from src.inference.predict import RunPredictor
-from src.inference.runs import TrainedRun
-
-
-def check_image_run(run: TrainedRun, description: DatasetDescription, data_dir: Path,
-                    flag: str = "--runs", output: str = "probabilities") -> TrainedRun:
-    """`run`, if it predicts `output` (segments, or with "presence" classifies) 2D images of the channels and
-    classes of `description` (its cache's description says so); else a one-line error naming `flag` and the run."""
-    run.require(output, flag)
-    cache = run.cache_dir()
-    if not is_image_cache(cache):
-        raise DataError(f"{flag} {run.path}: its cache {cache} holds no 2D images (missing, or the GI slices); "
-                        f"{data_dir} holds 2D images")
-    trained = read_description(cache)
-    for what in ("channels", "labels"):
-        if getattr(trained, what) != getattr(description, what):
-            raise DataError(f"{flag} {run.path}: trained on {what} {list(getattr(trained, what))} ({cache}), "
-                            f"{data_dir} has {list(getattr(description, what))}")
-    return run
 
 
 def run_threshold(predictors: list[RunPredictor], given: float | None) -> float:

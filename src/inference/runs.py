@@ -13,6 +13,8 @@ from pathlib import Path
 
 from src.core.artifacts import FoldDir, FoldRecord, Prediction, RunDir
 from src.core.errors import DataError
+from src.data.description import DatasetDescription, read_description
+from src.data.image_cache import is_image_cache
 from src.data.layout import load_prediction
 from src.data.volumes import cache_dir_for
 from src.engine.stages import StageSpec, get_stage
@@ -155,3 +157,20 @@ class TrainedRun:
             raise DataError(f"{self.path}: no {split} prediction for {missing[0]} "
                             f"(run python -m src.predict --run {self.path} --split {split})")
         return {cd: load_prediction(files[cd]) for cd in case_days}
+
+
+def check_image_run(run: TrainedRun, description: DatasetDescription, data_dir: Path,
+                    flag: str = "--runs", output: str = "probabilities") -> TrainedRun:
+    """`run`, if it predicts `output` (segments, or with "presence" classifies) 2D images of the channels and
+    classes of `description` (its cache's description says so); else a one-line error naming `flag` and the run."""
+    run.require(output, flag)
+    cache = run.cache_dir()
+    if not is_image_cache(cache):
+        raise DataError(f"{flag} {run.path}: its cache {cache} holds no 2D images (missing, or the GI slices); "
+                        f"{data_dir} holds 2D images")
+    trained = read_description(cache)
+    for what in ("channels", "labels"):
+        if getattr(trained, what) != getattr(description, what):
+            raise DataError(f"{flag} {run.path}: trained on {what} {list(getattr(trained, what))} ({cache}), "
+                            f"{data_dir} has {list(getattr(description, what))}")
+    return run
