@@ -112,11 +112,16 @@ def stream(sources: list[ImageSource], cache: ImageCache, param_sets: list[Param
     n_classes = cache.description.n_classes
     for source in sources:
         probs, truth, presence = source.read(cache)
+        scored = []  # (params, scores) of this image: a set equal to one scored before is not computed again
         for out, params in zip(rows, param_sets):
             chosen = params.get(source.fold) if isinstance(params, dict) else params
-            if chosen is not None:
-                pred = index_map(probs, chosen, presence=presence)
-                out.append((source.key, source.group, *image_scores(pred, truth, n_classes)))
+            if chosen is None:
+                continue
+            scores = next((s for p, s in scored if p == chosen), None)
+            if scores is None:
+                scores = image_scores(index_map(probs, chosen, presence=presence), truth, n_classes)
+                scored.append((chosen, scores))
+            out.append((source.key, source.group, *scores))
         if visit is not None:
             visit(source, probs, truth, presence)
     return [ImageResult.of(r) for r in rows]
