@@ -69,7 +69,7 @@ def test_the_classifier_saves_each_images_presence_scored_by_ap(work):
     truth = np.stack(truth)
     assert truth.any(axis=0).all() and not truth.all(), "each label present in some images, absent from others"
     log = pd.read_csv(run / "log.csv")
-    expected = presence_score(presence_table(np.stack(probs), truth, 0.5, labels))
+    expected = presence_score(presence_table(np.stack(probs), truth, 0.5, labels, "images"))
     assert abs(log["val_score"].max() - expected) < 1e-9
     assert {f"val_ap_{name}" for name in labels} <= set(log)
     scores = pd.read_csv(run / "oof_scores.csv")
@@ -87,7 +87,7 @@ def test_reports_name_the_datasets_labels(work, tmp_path, capsys):
     labels = list(ImageCache(work / "cache").description.labels)
     assert cls_report_main(["--run", str(work / "runs" / "cls"), "--out", str(tmp_path / "cls")]) == 0
     table = pd.read_csv(tmp_path / "cls" / "cls_report.csv")
-    assert table["class"].tolist() == [*labels, "mean"] and (table["slices"][:-1] == 12).all()
+    assert table["class"].tolist() == [*labels, "mean"] and (table["images"][:-1] == 12).all()
     assert (tmp_path / "cls" / "cls_pr_curve.png").stat().st_size > 0
     assert report_main(["--runs", str(work / "runs" / "cls"), "--out", str(tmp_path / "page")]) == 0
     page = (tmp_path / "page" / "index.html").read_text()

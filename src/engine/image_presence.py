@@ -58,7 +58,8 @@ class ImagePresenceTask(ImageSegmentationTask):
                          "accuracy": float(((p >= thr) == t).mean())})
             probs.append(p)
             truths.append(t)
-        scores = presence_table(np.stack(probs).astype(np.float32), np.stack(truths), thr, self.description.labels)
+        scores = presence_table(np.stack(probs).astype(np.float32), np.stack(truths), thr, self.description.labels,
+                                "images")
         score = presence_score(scores)
         metrics = {"val_score": score}
         for row in scores.to_dict("records"):

@@ -21,10 +21,10 @@ def image_presence(mask: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def presence_table(probs: np.ndarray, truth: np.ndarray, threshold: float = 0.5,
-                   classes: tuple[str, ...] = CLASSES) -> pd.DataFrame:
-    """Per class (of `classes`, the GI's by default) on (N, K) presence probabilities and truth: slices
-    (images on 2D data), positives, AP, and precision, recall, F1 and true-negative rate at `threshold`
-    (NaN where undefined)."""
+                   classes: tuple[str, ...] = CLASSES, unit: str = "slices") -> pd.DataFrame:
+    """Per class (of `classes`, the GI's by default) on (N, K) presence probabilities and truth: the count
+    of `unit` (slices; images on 2D data), positives, AP, and precision, recall, F1 and true-negative rate
+    at `threshold` (NaN where undefined)."""
     rows = []
     for c, name in enumerate(classes):
         p, t = probs[:, c].astype(np.float64), truth[:, c].astype(bool)
@@ -33,7 +33,7 @@ def presence_table(probs: np.ndarray, truth: np.ndarray, threshold: float = 0.5,
                           np.count_nonzero(~pred & t), np.count_nonzero(~pred & ~t))
         precision = tp / (tp + fp) if tp + fp else np.nan
         recall = tp / (tp + fn) if tp + fn else np.nan
-        rows.append({"class": name, "slices": len(t), "positives": int(t.sum()),
+        rows.append({"class": name, unit: len(t), "positives": int(t.sum()),
                      "ap": average_precision_score(t, p) if t.any() else np.nan,
                      "precision": precision, "recall": recall,
                      "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else np.nan,

@@ -41,6 +41,11 @@ def class_names(cache: VolumeCache | ImageCache) -> tuple[str, ...]:
     return cache.description.labels if isinstance(cache, ImageCache) else CLASSES
 
 
+def unit_of(cache: VolumeCache | ImageCache) -> str:
+    """What one presence row is: a GI slice, or a 2D image."""
+    return "images" if isinstance(cache, ImageCache) else "slices"
+
+
 def _pairs(files: dict[str, Path], cache: VolumeCache | ImageCache):
     """(file, probabilities, truth) of each entry of `files`, in cache order: a GI case-day's (Z, 3) per
     slice, or a 2D image's (K,)."""
@@ -68,9 +73,9 @@ def load_presence(files: dict[str, Path], cache: VolumeCache | ImageCache) -> tu
 
 
 def report_table(probs: np.ndarray, truth: np.ndarray, threshold: float = 0.5,
-                 classes: tuple[str, ...] = CLASSES) -> pd.DataFrame:
+                 classes: tuple[str, ...] = CLASSES, unit: str = "slices") -> pd.DataFrame:
     """presence_table plus the best F1 over thresholds per class, and a mean row."""
-    table = presence_table(probs, truth, threshold, classes)
+    table = presence_table(probs, truth, threshold, classes, unit)
     best_f1, best_thr = [], []
     for c in range(len(classes)):
         if not truth[:, c].any():
@@ -119,7 +124,7 @@ def presence_report(run_dir: str | Path, out_dir: str | Path, fold: str | None =
         raise DataError(f"{run_dir}: no out-of-fold predictions" + (f" in fold {fold}" if fold else ""))
     probs, truth = load_presence(files, cache)
     classes = class_names(cache)
-    table = report_table(probs, truth, threshold, classes)
+    table = report_table(probs, truth, threshold, classes, unit_of(cache))
     out_dir = Path(out_dir)
     with atomic_path(out_dir / CSV_NAME) as tmp:
         table.to_csv(tmp, index=False)

@@ -128,7 +128,7 @@ def _presence(out: FigureWriter, run: TrainedRun, cache: VolumeCache | ImageCach
     if oof is None:
         return None
     cut, classes = threshold(next(iter(run.folds.values()))), presence.class_names(cache)
-    table = presence.report_table(*oof, cut, classes)
+    table = presence.report_table(*oof, cut, classes, presence.unit_of(cache))
     curve = out.draw(f"{slug}_precision_recall.png", f"{run.name}: precision-recall per class of presence",
                      presence.pr_curve_figure, *oof, cut, classes)
     return PresenceSection(table, cut, curve)
