@@ -28,7 +28,7 @@ from src.ensembling.ensemble_file import EnsembleMember, load_ensemble, write_en
 from src.ensembling.oof2d import image_sources, read_proxies, stream
 from src.ensembling.params import EnsembleParams
 from src.ensembling.params2d import ImageEnsembleParams
-from src.ensembling.postprocess2d import fill_holes, index_map
+from src.ensembling.postprocess2d import fill_holes, index_map, index_maps
 from src.ensembling.search import SearchRules, coordinate_descent
 from src.ensembling.search2d import ImageEvaluator, ImageSearchSpace
 from src.ensembling.tune import TuneOptions, tune
@@ -60,6 +60,19 @@ def test_per_class_thresholds_weights_and_the_most_probable_class():
     assert index_map({"a": a, "b": b}, ImageEnsembleParams({"a": (1, 1), "b": (0, 1)}, (0.7, 0.3))).tolist() == [[2, 2]]
     with pytest.raises(ValueError, match="no model has weight for class 0"):
         index_map({"a": a, "b": b}, ImageEnsembleParams({"a": (0, 1), "b": (0, 1)}, (0.5, 0.5)))
+
+
+def test_index_maps_share_blends_and_equal_index_map_of_each_set():
+    rng = np.random.default_rng(1)
+    probs = {n: rng.random((2, 30, 40)).astype(np.float16) for n in ("a", "b")}
+    base = ImageEnsembleParams({"a": (1.0, 1.0), "b": (0.5, 1.0)}, (0.5, 0.5))
+    sets = [base, dataclasses.replace(base, thresholds=(0.3, 0.6)), base.replace_weight("b", 0, 0.0),
+            dataclasses.replace(base, min_area=(0.01, 0.0), fill_holes=(True, False)), base]
+    presence = np.array([0.9, 0.2], dtype=np.float32)
+    maps = index_maps(probs, sets, presence=presence)
+    assert len(maps) == len(sets)
+    assert all(np.array_equal(m, index_map(probs, p, presence=presence)) for m, p in zip(maps, sets))
+    assert not np.array_equal(maps[0], maps[1]) and not np.array_equal(maps[0], maps[2])
 
 
 def test_min_area_drops_small_8_connected_components_as_a_fraction_of_the_image():

@@ -21,7 +21,7 @@ from src.core.errors import DataError
 from src.data.image_cache import ImageCache
 from src.ensembling.oof import check_probs, shared_folds
 from src.ensembling.params2d import ImageEnsembleParams
-from src.ensembling.postprocess2d import index_map
+from src.ensembling.postprocess2d import index_maps
 from src.ensembling.search2d import ImageCase, ImageResult, image_scores, make_proxy
 from src.ensembling.shards import BASE_GB
 from src.inference.runs import TrainedRun
@@ -112,16 +112,15 @@ def stream(sources: list[ImageSource], cache: ImageCache, param_sets: list[Param
     n_classes = cache.description.n_classes
     for source in sources:
         probs, truth, presence = source.read(cache)
-        scored = []  # (params, scores) of this image: a set equal to one scored before is not computed again
-        for out, params in zip(rows, param_sets):
-            chosen = params.get(source.fold) if isinstance(params, dict) else params
-            if chosen is None:
-                continue
-            scores = next((s for p, s in scored if p == chosen), None)
-            if scores is None:
-                scores = image_scores(index_map(probs, chosen, presence=presence), truth, n_classes)
-                scored.append((chosen, scores))
-            out.append((source.key, source.group, *scores))
+        chosen = [params.get(source.fold) if isinstance(params, dict) else params for params in param_sets]
+        distinct = []  # a set equal to one before it is not computed again on this image
+        for params in chosen:
+            if params is not None and not any(params == other for other in distinct):
+                distinct.append(params)
+        scores = [image_scores(pred, truth, n_classes) for pred in index_maps(probs, distinct, presence=presence)]
+        for out, params in zip(rows, chosen):
+            if params is not None:
+                out.append((source.key, source.group, *scores[next(i for i, d in enumerate(distinct) if d == params)]))
         if visit is not None:
             visit(source, probs, truth, presence)
     return [ImageResult.of(r) for r in rows]

@@ -87,5 +87,20 @@ def index_map(probs: dict[str, np.ndarray], params: ImageEnsembleParams, scale: 
               presence: np.ndarray | None = None) -> np.ndarray:
     """(H, W) uint8 index map of the members' (K, H, W) probabilities (name -> array, every model of
     params.weights) and the gate run's (K,) `presence` under `params` (steps 1-5 of the module doc)."""
-    names = list(params.weights)
-    return labels(blend([probs[n] for n in names], params.weight_matrix(names)), params, scale, presence)
+    return index_maps(probs, [params], scale, presence)[0]
+
+
+def index_maps(probs: dict[str, np.ndarray], param_sets: list[ImageEnsembleParams], scale: float = 1.0,
+               presence: np.ndarray | None = None) -> list[np.ndarray]:
+    """index_map of each parameter set on one image; sets with the same models and weights share one blend
+    (step 1), as the tuner's in-sample, held-out and ablated sets mostly do."""
+    blends, out = [], []  # blends: (model names, weight matrix, their blend)
+    for params in param_sets:
+        names = list(params.weights)
+        weights = params.weight_matrix(names)
+        blended = next((b for n, w, b in blends if n == names and np.array_equal(w, weights)), None)
+        if blended is None:
+            blended = blend([probs[n] for n in names], weights)
+            blends.append((names, weights, blended))
+        out.append(labels(blended, params, scale, presence))
+    return out
