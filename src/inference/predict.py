@@ -157,21 +157,30 @@ def predict_run(opts: PredictOptions) -> Path:
                              opts.batch_size, cache_dir)
     saved = {path: TrainedRun.load(path, opts.allow_incomplete).predictions(opts.split, case_days)
              for path in settings.runs()}
-    out = PredictionDir(opts.out) if opts.out else run.dir.predictions(opts.split)
-    check_output(out.path, "--out", (opts.run, opts.gate, opts.crop, cache_dir), run.data_dir(opts.data_dir),
-                 (out.manifest_path.name,), "prediction folder")
-    out.begin()
     cache_split = "train" if opts.split == "oof" else "test"
+    predictions = ((cd, predict_member(predictor, settings, cache.load(cd, cache_split),
+                                       lambda path, vol: saved[path][vol.case_day], oof=opts.split == "oof"))
+                   for cd in case_days)
+    out = _write_predictions(opts, run, predictor, case_days, predictions, (opts.gate, opts.crop, cache_dir))
+    print(f"predict: {run.name} {opts.split}: {len(case_days)} case-days -> {out}")
+    return out
+
+
+def _write_predictions(opts: PredictOptions, run: TrainedRun, predictor: RunPredictor, names: list[str],
+                       predictions, inputs: tuple) -> Path:
+    """The prediction folder (--out, else the run's): checked against `inputs` first, each (name, prediction)
+    saved into a staging folder, the manifest last; a failure leaves the previous folder as it was."""
+    out = PredictionDir(opts.out) if opts.out else run.dir.predictions(opts.split)
+    check_output(out.path, "--out", (opts.run, *inputs), run.data_dir(opts.data_dir), (out.manifest_path.name,),
+                 "prediction folder")
+    out.begin()
     try:
-        for cd in case_days:
-            pred = predict_member(predictor, settings, cache.load(cd, cache_split),
-                                  lambda path, vol: saved[path][vol.case_day], oof=opts.split == "oof")
-            out.save(cd, pred)
+        for name, prediction in predictions:
+            out.save(name, prediction)
         out.commit({"run": str(opts.run), "split": opts.split, "stage": predictor.stage,
-                    "folds": predictor.fold_names, **settings.to_dict(), "case_days": case_days})
-    finally:  # a failed prediction leaves the previous one as it was
+                    "folds": predictor.fold_names, **opts.settings.to_dict(), "case_days": names})
+    finally:
         out.discard()
-    print(f"predict: {run.name} {opts.split}: {len(case_days)} case-days -> {out.path}")
     return out.path
 
 
@@ -192,16 +201,7 @@ def _predict_images(opts: PredictOptions, run: TrainedRun, chosen: list[TrainedF
     if missing:
         raise DataError(f"{cache_dir / 'train'}: validation image {missing[0]} is not cached (run python -m src.prepare)")
     predictor = RunPredictor(run, [f.fold for f in chosen], "oof", opts.tta, device, opts.batch_size, cache_dir)
-    out = PredictionDir(opts.out) if opts.out else run.dir.predictions("oof")
-    check_output(out.path, "--out", (opts.run, cache_dir), run.data_dir(opts.data_dir), (out.manifest_path.name,),
-                 "prediction folder")
-    out.begin()
-    try:
-        for key in keys:
-            out.save(key, predictor.predict_oof(ImageInput.of(key, *cache.load(key))))
-        out.commit({"run": str(opts.run), "split": "oof", "stage": predictor.stage, "folds": predictor.fold_names,
-                    **opts.settings.to_dict(), "case_days": keys})
-    finally:  # a failed prediction leaves the previous one as it was
-        out.discard()
-    print(f"predict: {run.name} oof: {len(keys)} images{', tta ' + ','.join(opts.tta) if opts.tta else ''} -> {out.path}")
-    return out.path
+    predictions = ((key, predictor.predict_oof(ImageInput.of(key, *cache.load(key)))) for key in keys)
+    out = _write_predictions(opts, run, predictor, keys, predictions, (cache_dir,))
+    print(f"predict: {run.name} oof: {len(keys)} images{', tta ' + ','.join(opts.tta) if opts.tta else ''} -> {out}")
+    return out

@@ -30,7 +30,6 @@ from src.orchestration.execution import address_field, check_executor, executor_
 from src.orchestration.schema import NOT_TRAINING, validate_recipe
 from src.orchestration.steps import StampLedger, Step
 
-
 TEST_COUNT_KEYS = {"gi": "test_cases", "carvana": "test_cars", "nnunet": "test_cases"}  # generator options
 
 
@@ -123,9 +122,14 @@ def _oof_manifest(runs_dir: str, name: str) -> str:
     return str(RunDir(Path(runs_dir) / name).predictions("oof").manifest_path)
 
 
+def _fold_done_files(recipe: Recipe, name: str, runs_dir: str) -> tuple[str, ...]:
+    """The done marker of every fold the recipe trains of model `name`."""
+    return tuple(str(fold_dir(runs_dir, name, f).done_path) for f in recipe.model(name).get("folds", [0]))
+
+
 def _done_files(recipe: Recipe, names: list[str], runs_dir: str) -> tuple[str, ...]:
     """What the ensemble waits for: every fold's done marker, and the OOF of a model with `tta`."""
-    return tuple(str(fold_dir(runs_dir, n, f).done_path) for n in names for f in recipe.model(n).get("folds", [0])) \
+    return tuple(f for n in names for f in _fold_done_files(recipe, n, runs_dir)) \
         + tuple(_oof_manifest(runs_dir, n) for n in names if recipe.model(n).get("tta"))
 
 
@@ -212,7 +216,7 @@ def plan(recipe: Recipe, runs_dir: str = "runs") -> list[Step]:
             device = ("--device", model["device"]) if "device" in model else ()
             steps.append(Step(f"predict {model['name']} oof", "src.predict",
                               ("--run", f"{runs_dir}/{model['name']}", "--split", "oof", "--tta", model["tta"], *device),
-                              (_oof_manifest(runs_dir, model["name"]),), _done_files(recipe, [model["name"]], runs_dir)[:-1],
+                              (_oof_manifest(runs_dir, model["name"]),), _fold_done_files(recipe, model["name"], runs_dir),
                               gpus=_gpus(model)))
     if recipe.ensemble is not None:
         steps += _final_steps(recipe, runs_dir)

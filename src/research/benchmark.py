@@ -336,7 +336,8 @@ def _train_and_score(opts: BenchmarkOptions, arch: str, runs: Path, log) -> dict
         args = ["--stage", "seg2d", "--arch", arch, "--fold", opts.fold, "--data-dir", opts.data_dir,
                 "--cache-dir", str(opts.cache), "--folds-csv", opts.folds_csv, "--out", str(runs), "--name", name,
                 "--img-size", str(opts.img_size), "--batch-size", str(opts.batch_size),
-                *([] if image else ["--channels", str(opts.channels)]), "--epochs", str(opts.train_epochs), "--device", opts.device, "--workers", str(opts.workers)]
+                *([] if image else ["--channels", str(opts.channels)]), "--epochs", str(opts.train_epochs),
+                "--device", opts.device, "--workers", str(opts.workers)]
         if fold.has_resume_state():
             args.append("--resume")
         try:
@@ -359,7 +360,7 @@ def run_benchmark(opts: BenchmarkOptions, log=print) -> pd.DataFrame:
     from src.research.evaluation import write_tables
 
     ensure_prepared(opts.data_dir, opts.cache, log)
-    if is_image_cache(opts.cache) and opts.channels != 3:
+    if is_image_cache(opts.cache) and opts.channels != BenchmarkOptions.channels:
         raise DataError(f"--channels is an option of slice volumes; {opts.cache} holds 2D images "
                         "(the model's input channels come from its description)")
     out = Path(opts.out)
